@@ -1,0 +1,49 @@
+"""anypool: a Redis connection pool and client for structured concurrency (trio and asyncio)."""
+
+from ._config import PoolConfig as PoolConfig
+from ._config import RedisConfig as RedisConfig
+from ._config import split_url as split_url
+from ._errors import AnyPoolError as AnyPoolError
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import ConfigError as ConfigError
+from ._errors import ConnectError as ConnectError
+from ._errors import ConnectionClosed as ConnectionClosed
+from ._errors import ConnectionError as ConnectionError
+from ._errors import ConnectionLost as ConnectionLost
+from ._errors import ConnectTimeout as ConnectTimeout
+from ._errors import InvalidArgument as InvalidArgument
+from ._errors import PoolClosed as PoolClosed
+from ._errors import PoolError as PoolError
+from ._errors import PoolTimeout as PoolTimeout
+from ._errors import PoolUnavailable as PoolUnavailable
+from ._errors import ProtocolError as ProtocolError
+from ._errors import ReplyDecodeError as ReplyDecodeError
+from ._errors import ResponseError as ResponseError
+from ._errors import TimeoutError as TimeoutError
+from ._errors import TooManyWaiters as TooManyWaiters
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AnyPoolError",
+    "AuthenticationError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionClosed",
+    "ConnectionError",
+    "ConnectionLost",
+    "InvalidArgument",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolError",
+    "PoolTimeout",
+    "PoolUnavailable",
+    "ProtocolError",
+    "RedisConfig",
+    "ReplyDecodeError",
+    "ResponseError",
+    "TimeoutError",
+    "TooManyWaiters",
+    "split_url",
+]

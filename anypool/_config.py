@@ -1,0 +1,491 @@
+"""Validated, immutable configuration: how to reach Redis (RedisConfig) and how to pool (PoolConfig).
+
+Both records validate every field when they are built, so a bad value fails where it is written,
+with a :class:`~anypool.ConfigError` that names the field and the value.  Passwords never appear
+in ``repr()``, in error messages, or in :meth:`RedisConfig.to_url` unless ``redact=False``.
+
+URLs follow redis-py's conventions::
+
+    redis://[[username]:password@]host[:port][/db][?option=value&...]
+    rediss://...                      (TLS; ssl_* options are only allowed here)
+    unix://[[username]:password@]/path/to/socket[?db=N&...]
+
+Query options use the field names below; redis-py's ``socket_connect_timeout`` is accepted as an
+alias of ``connect_timeout``.  Pool options (``max_connections``, ``health_check_interval``) are
+returned separately by :func:`split_url` for the pool to use.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import parse_qsl, quote, unquote
+
+from ._errors import ConfigError
+
+__all__ = ["PoolConfig", "RedisConfig", "split_url"]
+
+SslCertReqs = Literal["required", "optional", "none"]
+
+_DEFAULT_PORT = 6379
+_REDACTED = "***"
+_MIB = 1024 * 1024
+
+
+def _fail(field: str, value: Any, reason: str) -> ConfigError:
+    return ConfigError(field, value, reason)
+
+
+def _check_int(field: str, value: Any, *, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(field, value, "must be an integer")
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise _fail(field, value, f"must be {bounds}")
+    return value
+
+
+def _check_timeout(field: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(field, value, "must be a number of seconds, or None for no timeout")
+    if not (value > 0 and math.isfinite(value)):
+        raise _fail(field, value, "must be a positive, finite number of seconds (or None)")
+    return float(value)
+
+
+def _check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(field, value, "must be True or False")
+    return value
+
+
+def _check_optional_str(field: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _fail(field, value, "must be a string or None")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class RedisConfig:
+    """How to connect to one Redis server.  Immutable; every field is validated on creation.
+
+    Attributes:
+        host: server host name or IP address (ignored when ``unix_socket_path`` is set).
+        port: TCP port, 1-65535.
+        db: database number selected after connecting.
+        username: ACL user name (Redis >= 6); ``None`` means the default user.
+        password: password for ``AUTH``; never shown by ``repr()`` or by default by ``to_url()``.
+            A username with no password authenticates with an empty password (``nopass`` users).
+        unix_socket_path: connect through this unix socket instead of TCP.
+        ssl: use TLS.  The server certificate is verified by default.
+        ssl_ca_certs: CA bundle file used to verify the server (default: the system's).
+        ssl_certfile: client certificate file, for servers that require one.
+        ssl_keyfile: private key of the client certificate.
+        ssl_cert_reqs: ``"required"`` (default), ``"optional"`` or ``"none"`` (no verification).
+        ssl_check_hostname: check that the certificate matches ``host`` (default True).
+        connect_timeout: seconds allowed for TCP connect, TLS and the Redis handshake together.
+        socket_timeout: default seconds allowed for one command; ``None`` waits forever.  A
+            command that times out closes its connection (its reply is still owed).
+        socket_keepalive: enable TCP keepalive on the socket (default True).
+        client_name: name given with ``CLIENT SETNAME`` (visible in ``CLIENT LIST``).
+        protocol: 3 (RESP3, the default; falls back to 2 on servers without ``HELLO``) or 2.
+        decode_responses: decode replies to ``str`` with ``encoding``.
+        encoding: codec used to encode ``str`` arguments and decode replies.
+        encoding_errors: codec error handler (``"strict"``, ``"replace"``...).
+        max_reply_size: largest reply, in bytes, the parser will buffer before failing with a
+            ProtocolError (default 512 MiB, Redis's own ``proto-max-bulk-len``).
+    """
+
+    host: str = "localhost"
+    port: int = _DEFAULT_PORT
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    unix_socket_path: str | None = None
+    ssl: bool = False
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: SslCertReqs = "required"
+    ssl_check_hostname: bool = True
+    connect_timeout: float | None = 10.0
+    socket_timeout: float | None = None
+    socket_keepalive: bool = True
+    client_name: str | None = None
+    protocol: int = 3
+    decode_responses: bool = False
+    encoding: str = "utf-8"
+    encoding_errors: str = "strict"
+    max_reply_size: int = 512 * _MIB
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise through the back door, once, here
+        if not isinstance(self.host, str) or not self.host:
+            raise _fail("host", self.host, "must be a non-empty string")
+        _check_int("port", self.port, low=1, high=65535)
+        _check_int("db", self.db, low=0)
+        _check_optional_str("username", self.username)
+        if self.password is not None and not isinstance(self.password, str):
+            raise _fail("password", _REDACTED, "must be a string or None")
+        _check_optional_str("unix_socket_path", self.unix_socket_path)
+        if self.unix_socket_path == "":
+            raise _fail("unix_socket_path", "", "must be a socket path, or None for TCP")
+        _check_bool("ssl", self.ssl)
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            value = _check_optional_str(name, getattr(self, name))
+            if value is not None and not self.ssl:
+                raise _fail(name, value, "is a TLS option but ssl is off (use rediss:// or ssl=True)")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise _fail("ssl_keyfile", self.ssl_keyfile, "needs ssl_certfile as well")
+        if self.ssl_cert_reqs not in ("required", "optional", "none"):
+            raise _fail("ssl_cert_reqs", self.ssl_cert_reqs, "must be required, optional or none")
+        _check_bool("ssl_check_hostname", self.ssl_check_hostname)
+        if self.ssl and self.unix_socket_path is not None:
+            raise _fail("ssl", self.ssl, "TLS over a unix socket is not supported")
+        set_(self, "connect_timeout", _check_timeout("connect_timeout", self.connect_timeout))
+        set_(self, "socket_timeout", _check_timeout("socket_timeout", self.socket_timeout))
+        _check_bool("socket_keepalive", self.socket_keepalive)
+        if self.client_name is not None and (
+            not isinstance(self.client_name, str)
+            or not self.client_name
+            or not self.client_name.isprintable()
+            or " " in self.client_name
+        ):
+            raise _fail("client_name", self.client_name, "must be printable, without spaces")
+        if self.protocol not in (2, 3) or isinstance(self.protocol, bool):
+            raise _fail("protocol", self.protocol, "must be 2 (RESP2) or 3 (RESP3)")
+        _check_bool("decode_responses", self.decode_responses)
+        try:
+            codecs.lookup(self.encoding)
+        except (LookupError, TypeError):
+            raise _fail("encoding", self.encoding, "is not a known codec") from None
+        try:
+            codecs.lookup_error(self.encoding_errors)
+        except (LookupError, TypeError):
+            raise _fail("encoding_errors", self.encoding_errors, "is not a codec error handler") from None
+        _check_int("max_reply_size", self.max_reply_size, low=1024)
+
+    # --- presentation -------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            if f.name == "password" and value is not None:
+                value = _REDACTED
+            shown.append(f"{f.name}={value!r}")
+        return f"RedisConfig({', '.join(shown)})"
+
+    @property
+    def address(self) -> str:
+        """Where this config connects, for messages: ``host:port`` or the socket path."""
+        if self.unix_socket_path is not None:
+            return self.unix_socket_path
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def replace(self, **changes: Any) -> RedisConfig:
+        """Return a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    # --- URLs ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> RedisConfig:
+        """Parse a ``redis://``, ``rediss://`` or ``unix://`` URL.
+
+        Args:
+            url: the URL; see the module documentation for its form and options.
+            **overrides: fields that take precedence over what the URL says.
+
+        Raises:
+            ConfigError: the URL or an option in it is invalid, or it names a pool option
+                (``max_connections``...), which belongs to the pool (use :func:`split_url`).
+        """
+        config, pool_options = split_url(url, **overrides)
+        if pool_options:
+            name = next(iter(pool_options))
+            raise _fail(
+                name,
+                pool_options[name],
+                "is a pool option: pass the URL to RedisPool.from_url(), or use split_url()",
+            )
+        return config
+
+    def to_url(self, *, redact: bool = True) -> str:
+        """Build the URL that :meth:`from_url` turns back into this config.
+
+        Options that have their default value are left out.  The password appears as ``***``
+        unless ``redact=False``; user name and password are percent-encoded.
+
+        Args:
+            redact: hide the password (default).  Pass False only to hand the URL to a program
+                that must connect with it.
+        """
+        userinfo = ""
+        if self.username is not None or self.password is not None:
+            userinfo = quote(self.username or "", safe="")
+            if self.password is not None:
+                userinfo += ":" + (_REDACTED if redact else quote(self.password, safe=""))
+            userinfo += "@"
+        options: dict[str, str] = {}
+        if self.unix_socket_path is not None:
+            base = f"unix://{userinfo}{quote(self.unix_socket_path, safe='/')}"
+            if self.db:
+                options["db"] = str(self.db)
+        else:
+            scheme = "rediss" if self.ssl else "redis"
+            base = f"{scheme}://{userinfo}{self.address}/{self.db}"
+        for f in dataclasses.fields(self):
+            if f.name in _NOT_QUERY_OPTIONS:
+                continue
+            value = getattr(self, f.name)
+            if value != f.default:
+                options[f.name] = _format_option(value)
+        if not options:
+            return base
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in options.items())
+        return f"{base}?{query}"
+
+    # --- the environment ----------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RedisConfig:
+        """Build a config from ``REDIS_URL`` and ``REDIS_SOCKET_TIMEOUT``.
+
+        ``REDIS_URL`` defaults to ``redis://localhost:6379/0``.  Pool variables
+        (``REDIS_MAX_CONNECTIONS``, ``REDIS_HEALTH_CHECK_INTERVAL``) are read by
+        :meth:`PoolConfig.from_env`.
+
+        Args:
+            environ: the variables to read (default ``os.environ``).
+            **overrides: fields that take precedence over the environment.
+
+        Raises:
+            ConfigError: a variable is invalid; the error names the variable.
+        """
+        env = os.environ if environ is None else environ
+        url = env.get("REDIS_URL") or "redis://localhost:6379/0"
+        if "REDIS_SOCKET_TIMEOUT" in env and "socket_timeout" not in overrides:
+            overrides["socket_timeout"] = _env_timeout(env, "REDIS_SOCKET_TIMEOUT")
+        try:
+            return cls.from_url(url, **overrides)
+        except ConfigError as exc:
+            exc.add_note("(read from the REDIS_URL environment variable)")
+            raise
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PoolConfig:
+    """How many connections to keep, and how to look after them.  Immutable, validated.
+
+    Attributes:
+        max_size: most connections open at once (commands wait for one beyond that).
+        health_check_interval: seconds an idle connection may go unused before the background
+            health task pings it; ``None`` disables keepalive pings.
+    """
+
+    max_size: int = 10
+    health_check_interval: float | None = 30.0
+
+    def __post_init__(self) -> None:
+        _check_int("max_size", self.max_size, low=1)
+        object.__setattr__(
+            self,
+            "health_check_interval",
+            _check_timeout("health_check_interval", self.health_check_interval),
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PoolConfig:
+        """Build a pool config from ``REDIS_MAX_CONNECTIONS`` and ``REDIS_HEALTH_CHECK_INTERVAL``.
+
+        Raises:
+            ConfigError: a variable is invalid; the error names the variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if "REDIS_MAX_CONNECTIONS" in env:
+            raw = env["REDIS_MAX_CONNECTIONS"]
+            try:
+                values["max_size"] = _check_int("REDIS_MAX_CONNECTIONS", int(raw), low=1)
+            except ValueError:
+                raise _fail("REDIS_MAX_CONNECTIONS", raw, "must be an integer >= 1") from None
+        if "REDIS_HEALTH_CHECK_INTERVAL" in env:
+            values["health_check_interval"] = _env_timeout(env, "REDIS_HEALTH_CHECK_INTERVAL")
+        values.update(overrides)
+        return cls(**values)
+
+
+# --- URL parsing ------------------------------------------------------------------------------
+
+_SCHEMES = ("redis", "rediss", "unix")
+# Fields that the URL carries outside the query string.
+_NOT_QUERY_OPTIONS = frozenset(
+    {"host", "port", "db", "username", "password", "unix_socket_path", "ssl"}
+)
+_SSL_OPTIONS = frozenset(
+    {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
+)
+_ALIASES = {"socket_connect_timeout": "connect_timeout"}
+# Query options that configure the pool rather than the connection, and the PoolConfig field
+# each one sets.
+_POOL_OPTIONS = {"max_connections": "max_size", "health_check_interval": "health_check_interval"}
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+               "0": False, "false": False, "no": False, "off": False}  # fmt: skip
+
+
+def _format_option(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _field_types() -> dict[str, Any]:
+    return {f.name: f.type for f in dataclasses.fields(RedisConfig)}
+
+
+def _convert(name: str, raw: str, kind: str) -> Any:
+    """Turn the text of one query option into the type its field wants."""
+    if "bool" in kind:
+        word = raw.strip().lower()
+        if word not in _BOOL_WORDS:
+            raise _fail(name, raw, "must be true or false")
+        return _BOOL_WORDS[word]
+    if kind.startswith("int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise _fail(name, raw, "must be an integer") from None
+    if "float" in kind:
+        if raw.strip().lower() in ("", "none"):
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise _fail(name, raw, "must be a number of seconds") from None
+    return raw
+
+
+def _redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for error messages."""
+    return re.sub(r"(://[^/@:]*:)[^@/]*@", rf"\1{_REDACTED}@", url, count=1)
+
+
+def split_url(url: str, **overrides: Any) -> tuple[RedisConfig, dict[str, Any]]:
+    """Parse a URL into a :class:`RedisConfig` and the pool options it carries.
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        **overrides: RedisConfig fields that take precedence over the URL.
+
+    Returns:
+        The connection config, and a dict of PoolConfig field names to values for the pool
+        options found in the query string (``max_connections`` becomes ``max_size``).
+
+    Raises:
+        ConfigError: the URL or one of its options is invalid (the password is redacted).
+    """
+    if not isinstance(url, str):
+        raise _fail("url", url, "must be a string")
+    shown = _redact_url(url)
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in _SCHEMES:
+        raise _fail("url", shown, "the scheme must be redis://, rediss:// or unix://")
+    rest, _, fragment = rest.partition("#")
+    if fragment:
+        raise _fail("url", shown, "a Redis URL has no #fragment")
+    location, _, query = rest.partition("?")
+    values: dict[str, Any] = {}
+
+    # user info: everything before the last "@" of the location.
+    userinfo, at, hostpart = location.rpartition("@")
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            values["username"] = unquote(user)
+        if colon:
+            values["password"] = unquote(password)
+    else:
+        hostpart = location
+
+    path_db: int | None = None
+    if scheme == "unix":
+        if not hostpart.startswith("/") or hostpart == "/":
+            raise _fail("url", shown, "a unix:// URL needs a socket path: unix:///path/to/sock")
+        values["unix_socket_path"] = unquote(hostpart)
+    else:
+        values["ssl"] = scheme == "rediss"
+        netloc, slash, path = hostpart.partition("/")
+        if netloc.startswith("["):
+            host, bracket, after = netloc[1:].partition("]")
+            if not bracket or (after and not after.startswith(":")):
+                raise _fail("url", shown, "an IPv6 host must be written [address]:port")
+            port_text = after[1:] if after else ""
+        else:
+            host, _, port_text = netloc.partition(":")
+        if host:
+            values["host"] = unquote(host)
+        if port_text:
+            if not port_text.isdigit():
+                raise _fail("port", port_text, "must be an integer between 1 and 65535")
+            values["port"] = int(port_text)
+        if slash and path:
+            if not path.isdigit():
+                raise _fail("db", unquote(path), "the URL path must be a database number")
+            path_db = int(path)
+            values["db"] = path_db
+
+    pool_options: dict[str, Any] = {}
+    types = _field_types()
+    seen: set[str] = set()
+    for raw_name, raw_value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        name = _ALIASES.get(raw_name, raw_name)
+        if name in seen:
+            raise _fail(raw_name, raw_value, "is given more than once in the URL")
+        seen.add(name)
+        if raw_name in _POOL_OPTIONS:
+            kind = "int" if raw_name == "max_connections" else "float | None"
+            pool_options[_POOL_OPTIONS[raw_name]] = _convert(raw_name, raw_value, kind)
+            continue
+        if name == "db":
+            db = _convert("db", raw_value, "int")
+            if path_db is not None and db != path_db:
+                raise _fail("db", raw_value, f"contradicts the database {path_db} in the URL path")
+            values["db"] = db
+            continue
+        if name in _NOT_QUERY_OPTIONS or name not in types:
+            known = ", ".join(sorted({*types} - _NOT_QUERY_OPTIONS | {"db", *_POOL_OPTIONS}))
+            raise _fail(raw_name, raw_value, f"is not a known URL option (known: {known})")
+        if name in _SSL_OPTIONS and scheme != "rediss":
+            raise _fail(raw_name, raw_value, "is a TLS option: it needs a rediss:// URL")
+        values[name] = _convert(raw_name, raw_value, str(types[name]))
+
+    for name, value in overrides.items():
+        if name not in types:
+            raise _fail(name, value, "is not a RedisConfig field")
+    values.update(overrides)
+    return RedisConfig(**values), pool_options
+
+
+def _env_timeout(env: Mapping[str, str], name: str) -> float | None:
+    raw = env[name]
+    if raw.strip().lower() in ("", "none"):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _fail(name, raw, "must be a number of seconds") from None
+    return _check_timeout(name, value)

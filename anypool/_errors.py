@@ -1,0 +1,140 @@
+"""anypool's exception hierarchy.
+
+Every anypool exception derives from :class:`AnyPoolError`, which itself derives from
+``redis.exceptions.RedisError``; each leaf also derives from the matching ``redis.exceptions``
+class, so code written for redis-py (``except redis.exceptions.ConnectionError``) keeps working.
+
+The groups answer "whose fault, and what now?":
+
+* :class:`ConnectionError` -- the connection could not be made or broke (the cause is chained);
+* :class:`TimeoutError` -- a command took longer than its timeout (the connection is discarded);
+* :class:`ProtocolError` -- the bytes from the server are not valid RESP (or too large);
+* :class:`ConfigError` -- a configuration value is wrong (names the field, never a password);
+* :class:`PoolError` -- the pool itself refused: closed, timed out, too many waiters, breaker open.
+
+Errors the *server* sent (``WRONGTYPE``, ``NOSCRIPT``...) are redis-py's own
+``ResponseError`` family, built by redis-py's parser table (see ``_compat.server_error``).
+This module imports nothing from anypool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.exceptions as _r
+
+ResponseError = _r.ResponseError
+
+__all__ = [
+    "AnyPoolError",
+    "AuthenticationError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionClosed",
+    "ConnectionError",
+    "ConnectionLost",
+    "InvalidArgument",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "PoolUnavailable",
+    "ProtocolError",
+    "ReplyDecodeError",
+    "ResponseError",
+    "TimeoutError",
+    "TooManyWaiters",
+]
+
+
+class AnyPoolError(_r.RedisError):
+    """Root of every exception anypool raises itself."""
+
+
+# --- the connection ---------------------------------------------------------------------------
+
+
+class ConnectionError(AnyPoolError, _r.ConnectionError):  # noqa: A001 - mirrors redis-py's name
+    """The connection could not be established, or it broke.  The cause is chained."""
+
+
+class ConnectError(ConnectionError):
+    """Connecting failed: refused, unreachable, unknown host, or TLS handshake rejected."""
+
+
+class ConnectTimeout(ConnectError, _r.TimeoutError):
+    """Connecting (TCP, TLS and the Redis handshake) took longer than ``connect_timeout``."""
+
+
+class ConnectionLost(ConnectionError):
+    """The server closed the connection, or the network broke it, while it was in use."""
+
+
+class ConnectionClosed(ConnectionError):
+    """The connection was already closed by anypool (after an error, a cancellation or close)."""
+
+
+class AuthenticationError(ConnectionError, _r.AuthenticationError):
+    """The server rejected the credentials (wrong password, unknown or disabled ACL user)."""
+
+
+class TimeoutError(AnyPoolError, _r.TimeoutError):  # noqa: A001 - mirrors redis-py's name
+    """A command did not complete within its timeout; its connection was closed, not reused."""
+
+
+# --- the protocol -----------------------------------------------------------------------------
+
+
+class ProtocolError(AnyPoolError, _r.InvalidResponse):
+    """The server sent bytes that are not valid RESP, or a reply larger than allowed.
+
+    Raised by the parser, which then stays failed: the connection is discarded.
+    """
+
+
+class ReplyDecodeError(AnyPoolError, ValueError):
+    """A reply could not be decoded with the configured ``encoding``/``encoding_errors``."""
+
+
+class InvalidArgument(AnyPoolError, _r.DataError, TypeError):
+    """A command argument has a type Redis cannot take (it names the position and the type)."""
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+class ConfigError(AnyPoolError, ValueError):
+    """A configuration value is invalid.
+
+    Attributes:
+        field: the name of the offending setting (``"port"``, ``"db"``, ``"url"``...).
+        value: the offending value, with any password replaced by ``"***"``.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"invalid {field} {value!r}: {reason}")
+
+
+# --- the pool ---------------------------------------------------------------------------------
+
+
+class PoolError(AnyPoolError):
+    """The pool refused the request."""
+
+
+class PoolClosed(PoolError):
+    """The pool was used before ``async with`` entered it, or after it closed."""
+
+
+class PoolTimeout(PoolError, _r.ConnectionError, _r.TimeoutError):
+    """No connection became available within the acquire timeout."""
+
+
+class TooManyWaiters(PoolError):
+    """``max_waiting`` tasks are already queued for a connection."""
+
+
+class PoolUnavailable(PoolError, _r.ConnectionError):
+    """The circuit breaker is open: Redis has been unreachable, so requests fail fast."""
