@@ -1,0 +1,676 @@
+"""Sans-IO RESP2/RESP3: a command packer and a resumable reply parser.  No I/O, no anyio.
+
+Theory of operation
+-------------------
+Bytes go in with ``parser.feed(data)``; ``parser.gets()`` returns the next complete reply, or the
+:data:`NEED_DATA` sentinel.  (hiredis's own default sentinel, ``False``, collides with the RESP3
+boolean ``#f``, and ``None`` with nil, so anypool uses a unique object.)  Error replies come back
+as exception *instances* (redis-py's classes, via ``error_factory``), never raised: only the
+caller knows whether an error reply is fatal.
+
+Two parsers give identical results (a Hypothesis differential test holds them to it):
+
+* :class:`PythonParser` keeps its place between calls -- a stack of the aggregates being built and
+  an offset into its buffer -- so feeding a large reply chunk by chunk costs linear time, never a
+  restart from the beginning.
+* :class:`HiredisParser` runs hiredis, which is several times faster, but cannot parse RESP3 blob
+  errors (``!``) and mis-counts attributes (``|``): an attribute would shift every later reply by
+  one.  Both type bytes can only appear right after a ``\\n``, so the wrapper looks for ``\\n!`` and
+  ``\\n|`` in each chunk (a C-speed search).  On a hit it replays the input since hiredis was last
+  at a reply boundary into a :class:`PythonParser` and uses that until the next boundary, then
+  returns to hiredis.  A hit inside a bulk string (user data) costs speed for that stretch only.
+  If a single reply in progress has outgrown the replay window, the input is split at the hit: a
+  hit at a reply boundary still switches exactly; a hit inside a reply is passed to hiredis, which
+  rejects a nested ``!`` (ProtocolError) -- only a *nested* attribute inside a reply larger than
+  the window, which no Redis server sends, could go unnoticed.
+
+Failure modes are latched: after a :class:`~anypool.ProtocolError` (junk, a reply over
+``max_reply_size``) or :class:`~anypool.ReplyDecodeError`, every later call raises it again, since
+the position in the stream is lost; the connection owning the parser must be closed.
+
+Types returned (identical to hiredis): simple and bulk strings, verbatim strings (format prefix
+dropped) and big numbers are ``bytes`` (``str`` when an encoding is set); integers ``int``; doubles
+``float``; booleans ``bool``; nulls ``None``; arrays and sets ``list``; maps ``dict``; pushes
+:data:`Push` (a ``list`` subclass, so pub/sub messages are told apart from replies); attributes are
+parsed and dropped.  A map that repeats a key (Redis never sends one) keeps the last value in the
+Python parser, while hiredis misassigns values; the two agree on every map Redis can send.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, Protocol
+
+from ._compat import server_error
+from ._errors import InvalidArgument, ProtocolError, ReplyDecodeError
+
+try:
+    import hiredis as _hiredis
+except ImportError:  # pragma: no cover - hiredis is a dependency; this keeps anypool importable
+    _hiredis = None
+
+__all__ = [
+    "HIREDIS_AVAILABLE",
+    "NEED_DATA",
+    "DEFAULT_MAX_REPLY_SIZE",
+    "HiredisParser",
+    "Packer",
+    "Parser",
+    "Push",
+    "PythonParser",
+    "make_parser",
+]
+
+HIREDIS_AVAILABLE: Final = _hiredis is not None and hasattr(_hiredis, "PushNotification")
+DEFAULT_MAX_REPLY_SIZE: Final = 512 * 1024 * 1024
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+"""Returned by ``gets()`` when no complete reply is buffered yet."""
+
+if HIREDIS_AVAILABLE:
+    Push: type[list[Any]] = _hiredis.PushNotification
+else:  # pragma: no cover
+
+    class PushNotification(list[Any]):
+        """A RESP3 push message (pub/sub message, invalidation...), as opposed to a reply."""
+
+    Push = PushNotification
+
+ErrorFactory = Callable[[str], Exception]
+
+
+class Parser(Protocol):
+    """What the connection needs from a parser."""
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes received from the server."""
+
+    def gets(self) -> Any:
+        """Return the next complete reply, or :data:`NEED_DATA`."""
+
+    def has_data(self) -> bool:
+        """Whether bytes are buffered that are not part of a returned reply."""
+
+
+def make_parser(
+    *,
+    encoding: str | None = None,
+    errors: str = "strict",
+    max_reply_size: int = DEFAULT_MAX_REPLY_SIZE,
+    error_factory: ErrorFactory = server_error,
+    use_hiredis: bool | None = None,
+) -> PythonParser | HiredisParser:
+    """Build the fastest parser available.
+
+    Args:
+        encoding: decode strings with this codec; ``None`` returns ``bytes``.
+        errors: codec error handler for decoding.
+        max_reply_size: bytes one reply may occupy before the parser fails.
+        error_factory: turns an error reply's text into an exception instance.
+        use_hiredis: force (True) or forbid (False) hiredis; ``None`` uses it when installed.
+    """
+    if use_hiredis is None:
+        use_hiredis = HIREDIS_AVAILABLE
+    if use_hiredis:
+        return HiredisParser(
+            encoding=encoding, errors=errors, max_reply_size=max_reply_size,
+            error_factory=error_factory,
+        )  # fmt: skip
+    return PythonParser(
+        encoding=encoding, errors=errors, max_reply_size=max_reply_size,
+        error_factory=error_factory,
+    )  # fmt: skip
+
+
+# --- the pure-Python parser -------------------------------------------------------------------
+
+# Type bytes, as ints (indexing a bytes object gives an int).
+_BULK, _SIMPLE, _INT, _ERROR = ord("$"), ord("+"), ord(":"), ord("-")
+_ARRAY, _MAP, _SET, _PUSH, _ATTR = ord("*"), ord("%"), ord("~"), ord(">"), ord("|")
+_NULL, _BOOL, _DOUBLE, _BIGNUM = ord("_"), ord("#"), ord(","), ord("(")
+_BLOB_ERROR, _VERBATIM = ord("!"), ord("=")
+_AGGREGATES = frozenset({_ARRAY, _MAP, _SET, _PUSH, _ATTR})
+_BLOBS = frozenset({_BULK, _BLOB_ERROR, _VERBATIM})
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_DOUBLE_RE = re.compile(rb"-?(?:inf|nan|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)")
+_BIGNUM_RE = re.compile(rb"-?[0-9]+")
+# A line (type byte + header) longer than this without its CRLF is junk, not a slow server.
+_MAX_LINE = 64 * 1024
+# Compact the buffer once this much of its front has been consumed.
+_COMPACT_AT = 64 * 1024
+
+
+class _Frame:
+    """An aggregate being built: its type byte, the items so far, and how many are still due."""
+
+    __slots__ = ("items", "kind", "remaining")
+
+    def __init__(self, kind: int, remaining: int) -> None:
+        self.kind = kind
+        self.items: list[Any] = []
+        self.remaining = remaining
+
+
+def _parse_int(line: bytes | bytearray) -> int:
+    """Parse ``-?[0-9]+`` strictly (``int()`` would also take spaces, ``+`` and ``_``)."""
+    if line.isdigit() or (line[:1] == b"-" and line[1:].isdigit()):
+        return int(line)
+    raise ProtocolError(f"invalid integer in reply header: {bytes(line[:40])!r}")
+
+
+class PythonParser:
+    """The pure-Python RESP2/RESP3 parser: resumable, bounded, latched on failure."""
+
+    def __init__(
+        self,
+        *,
+        encoding: str | None = None,
+        errors: str = "strict",
+        max_reply_size: int = DEFAULT_MAX_REPLY_SIZE,
+        error_factory: ErrorFactory = server_error,
+    ) -> None:
+        if encoding is not None:
+            codecs.lookup(encoding)
+        self._encoding = encoding
+        self._errors = errors
+        self._max_reply_size = max_reply_size
+        self._error_factory = error_factory
+        # Invariant: bytes before _pos belong to replies already returned or to items already
+        # stored in _stack; _reply_start <= _pos marks where the reply in progress began.
+        self._buf: bytes | bytearray = b""
+        self._pos = 0
+        self._reply_start = 0
+        self._stack: list[_Frame] = []
+        self._failed: Exception | None = None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes received from the server."""
+        if self._failed is not None:
+            raise self._failed
+        if not data:
+            return
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            # Everything buffered was consumed: start over without copying.
+            self._buf = data if type(data) is bytes else bytes(data)
+            self._reply_start -= pos
+            self._pos = 0
+            return
+        if type(buf) is bytes:
+            buf = bytearray(buf[pos:])
+            self._reply_start -= pos
+            self._pos = pos = 0
+        elif pos >= _COMPACT_AT:
+            del buf[:pos]
+            self._reply_start -= pos
+            self._pos = 0
+        buf += data
+        self._buf = buf
+
+    def has_data(self) -> bool:
+        """Whether bytes are buffered that are not part of a returned reply."""
+        return self._pos < len(self._buf) or bool(self._stack)
+
+    def is_clean(self) -> bool:
+        """Whether the parser sits exactly at a reply boundary with nothing buffered."""
+        return not self.has_data()
+
+    def gets(self) -> Any:
+        """Return the next complete reply, or :data:`NEED_DATA`.
+
+        Raises:
+            ProtocolError: the input is not RESP, or a reply exceeds ``max_reply_size``.
+            ReplyDecodeError: a string cannot be decoded with the configured encoding.
+        """
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._parse()
+        except (ProtocolError, ReplyDecodeError) as exc:
+            self._failed = exc
+            raise
+        except UnicodeDecodeError as exc:
+            self._failed = ReplyDecodeError(
+                f"a reply could not be decoded as {self._encoding} ({exc.reason}); "
+                "use decode_responses=False or a lenient encoding_errors"
+            )
+            self._failed.__cause__ = exc
+            raise self._failed from exc
+
+    def _parse(self) -> Any:
+        buf, pos, stack = self._buf, self._pos, self._stack
+        end = len(buf)
+        encoding, errors = self._encoding, self._errors
+        value: Any
+        while True:
+            if not stack:
+                self._reply_start = pos
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                if end - pos > _MAX_LINE:
+                    raise ProtocolError(f"a reply header is longer than {_MAX_LINE} bytes")
+                break
+            kind = buf[pos]
+            if kind in _BLOBS:
+                length = _parse_int(buf[pos + 1 : eol])
+                if length < 0:
+                    if length != -1 or kind != _BULK:
+                        raise ProtocolError(f"invalid length {length} in a {chr(kind)} reply")
+                    value = None
+                    pos = eol + 2
+                else:
+                    if length > self._max_reply_size:
+                        raise ProtocolError(
+                            f"the server announced a {length}-byte string, more than "
+                            f"max_reply_size ({self._max_reply_size})"
+                        )
+                    start = eol + 2
+                    stop = start + length
+                    if stop + 2 > end:
+                        break
+                    if buf[stop : stop + 2] != b"\r\n":
+                        raise ProtocolError("a bulk string is not followed by CRLF")
+                    value = buf[start:stop]
+                    if type(value) is not bytes:
+                        value = bytes(value)
+                    pos = stop + 2
+                    if kind == _BULK:
+                        if encoding is not None:
+                            value = value.decode(encoding, errors)
+                    elif kind == _VERBATIM:
+                        if length < 4 or value[3:4] != b":":
+                            raise ProtocolError("a verbatim string lacks its 3-letter format")
+                        value = value[4:]
+                        if encoding is not None:
+                            value = value.decode(encoding, errors)
+                    else:
+                        value = self._error_factory(value.decode("utf-8", "replace"))
+            elif kind in _AGGREGATES:
+                count = _parse_int(buf[pos + 1 : eol])
+                pos = eol + 2
+                if count > 0:
+                    stack.append(_Frame(kind, count * 2 if kind in (_MAP, _ATTR) else count))
+                    continue
+                if count == 0:
+                    if kind == _ATTR:
+                        continue
+                    value = {} if kind == _MAP else Push() if kind == _PUSH else []
+                elif count == -1 and kind != _ATTR:
+                    value = None
+                else:
+                    raise ProtocolError(f"invalid length {count} in a {chr(kind)} reply")
+            else:
+                line = buf[pos + 1 : eol]
+                pos = eol + 2
+                if kind == _SIMPLE or kind == _ERROR:
+                    if b"\r" in line or b"\n" in line:
+                        raise ProtocolError("a simple string contains CR or LF")
+                    value = bytes(line)
+                    if kind == _ERROR:
+                        value = self._error_factory(value.decode("utf-8", "replace"))
+                    elif encoding is not None:
+                        value = value.decode(encoding, errors)
+                elif kind == _INT:
+                    value = _parse_int(line)
+                    if not _INT64_MIN <= value <= _INT64_MAX:
+                        raise ProtocolError(f"integer reply {value} is outside the 64-bit range")
+                elif kind == _NULL:
+                    if line:
+                        raise ProtocolError("a null reply has content")
+                    value = None
+                elif kind == _BOOL:
+                    if line == b"t":
+                        value = True
+                    elif line == b"f":
+                        value = False
+                    else:
+                        raise ProtocolError(f"invalid boolean reply {bytes(line[:40])!r}")
+                elif kind == _DOUBLE:
+                    if _DOUBLE_RE.fullmatch(line) is None:
+                        raise ProtocolError(f"invalid double reply {bytes(line[:40])!r}")
+                    value = float(line)
+                elif kind == _BIGNUM:
+                    if _BIGNUM_RE.fullmatch(line) is None:
+                        raise ProtocolError(f"invalid big number reply {bytes(line[:40])!r}")
+                    value = bytes(line)
+                    if encoding is not None:
+                        value = value.decode(encoding, errors)
+                else:
+                    raise ProtocolError(f"invalid reply type byte {bytes([kind])!r}")
+
+            # Deliver the value to the aggregate awaiting it, closing every aggregate it
+            # completes; a value that completes the whole reply is returned.
+            while True:
+                if not stack:
+                    self._pos = pos
+                    return value
+                frame = stack[-1]
+                frame.items.append(value)
+                frame.remaining -= 1
+                if frame.remaining:
+                    break
+                stack.pop()
+                items = frame.items
+                if frame.kind == _ARRAY or frame.kind == _SET:
+                    value = items
+                elif frame.kind == _MAP:
+                    try:
+                        value = dict(zip(items[::2], items[1::2], strict=True))
+                    except TypeError:
+                        raise ProtocolError("a map reply has a key Python cannot hash") from None
+                elif frame.kind == _PUSH:
+                    value = Push(items)
+                else:
+                    # An attribute is dropped: the element after it fills the slot it preceded.
+                    break
+        # Not enough data: keep our place.
+        self._pos = pos
+        if end - self._reply_start > self._max_reply_size:
+            raise ProtocolError(
+                f"a reply exceeds max_reply_size ({self._max_reply_size} bytes) "
+                "and is still incomplete"
+            )
+        return NEED_DATA
+
+
+# --- the hiredis parser -----------------------------------------------------------------------
+
+# Where a type byte hiredis cannot handle may start (see the module docstring).
+_HIREDIS_BLIND_SPOT = re.compile(rb"\n[|!]")
+_HIREDIS_UNKNOWN_TYPES = (b"|", b"!")
+# How much input since hiredis was last at a reply boundary is kept for a replay.
+_REPLAY_WINDOW = 4 * 1024 * 1024
+
+
+class HiredisParser:
+    """hiredis, made safe for RESP3 blob errors and attributes (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        encoding: str | None = None,
+        errors: str = "strict",
+        max_reply_size: int = DEFAULT_MAX_REPLY_SIZE,
+        error_factory: ErrorFactory = server_error,
+    ) -> None:
+        if not HIREDIS_AVAILABLE:  # pragma: no cover
+            raise RuntimeError("hiredis >= 3.2 is not installed")
+        if encoding is not None:
+            codecs.lookup(encoding)
+        self._encoding = encoding
+        self._errors = errors
+        self._max_reply_size = max_reply_size
+        self._error_factory = error_factory
+        self._reader = self._new_reader()
+        # Input fed since the reader was last at a reply boundary with nothing buffered, or None
+        # once that exceeded the replay window (until the next boundary).
+        self._replay: list[bytes] | None = []
+        self._replay_size = 0
+        # Replies returned since that boundary (a replay must skip them).
+        self._returned = 0
+        # Bytes fed since the last complete reply: bounds the reply in progress (approximately:
+        # it may include the tail of the chunk that completed the previous reply).
+        self._pending = 0
+        # Whether the last byte fed was "\n" (a type byte may follow) -- true at the start.
+        self._line_start = True
+        # Replies parsed ahead while locating a blind-spot hit, in order.
+        self._ready: deque[Any] = deque()
+        # The pure-Python parser handling a stretch hiredis cannot, or None.
+        self._fallback: PythonParser | None = None
+        self._failed: Exception | None = None
+
+    def _new_reader(self) -> Any:
+        options: dict[str, Any] = {
+            "notEnoughData": NEED_DATA,
+            "protocolError": ProtocolError,
+            "replyError": self._error_factory,
+            "errors": self._errors,
+        }
+        if self._encoding is not None:
+            options["encoding"] = self._encoding
+        return _hiredis.Reader(**options)
+
+    def _new_fallback(self) -> PythonParser:
+        return PythonParser(
+            encoding=self._encoding, errors=self._errors, max_reply_size=self._max_reply_size,
+            error_factory=self._error_factory,
+        )  # fmt: skip
+
+    def has_data(self) -> bool:
+        """Whether bytes are buffered that are not part of a returned reply."""
+        if self._ready or (self._fallback is not None and self._fallback.has_data()):
+            return True
+        return bool(self._pending) or bool(self._reader.has_data())
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes received from the server."""
+        if self._failed is not None:
+            raise self._failed
+        if type(data) is not bytes:
+            data = bytes(data)
+        if not data:
+            return
+        if self._fallback is not None:
+            self._fallback.feed(data)
+            return
+        if self._line_start and data[:1] in _HIREDIS_UNKNOWN_TYPES:
+            hit = 0
+        else:
+            match = _HIREDIS_BLIND_SPOT.search(data)
+            hit = -1 if match is None else match.start() + 1
+        self._line_start = data[-1:] == b"\n"
+        if hit < 0:
+            self._feed_reader(data)
+        elif self._replay is not None:
+            self._start_fallback([*self._replay, data])
+        else:
+            self._feed_past_window(data, hit)
+
+    def _feed_reader(self, data: bytes) -> None:
+        self._reader.feed(data)
+        self._pending += len(data)
+        if self._replay is not None:
+            self._replay.append(data)
+            self._replay_size += len(data)
+            if self._replay_size > _REPLAY_WINDOW:
+                self._replay = None
+                self._replay_size = 0
+        if self._pending > self._max_reply_size:
+            self._fail(
+                ProtocolError(
+                    f"a reply exceeds max_reply_size ({self._max_reply_size} bytes) "
+                    "and is still incomplete"
+                )
+            )
+
+    def _start_fallback(self, chunks: list[bytes]) -> None:
+        """Re-parse everything since the last boundary in Python, skipping returned replies."""
+        fallback = self._new_fallback()
+        self._fallback = fallback
+        try:
+            fallback.feed(b"".join(chunks))
+            for _ in range(self._returned):
+                fallback.gets()
+        except (ProtocolError, ReplyDecodeError) as exc:
+            self._fail(exc)
+        self._reader = self._new_reader()
+        self._replay, self._replay_size, self._returned, self._pending = [], 0, 0, 0
+
+    def _feed_past_window(self, data: bytes, hit: int) -> None:
+        """The replay window is gone: split the input at each hit to see where it falls."""
+        while hit >= 0:
+            self._feed_reader(data[:hit])
+            data = data[hit:]
+            self._drain()
+            if self._replay is not None and not self._pending:
+                # The hit sits exactly at a reply boundary: it is a type byte.
+                self._start_fallback([data])
+                return
+            # Inside a reply: a bulk string's content (hiredis takes it as data) or a nested
+            # type byte, which hiredis rejects for "!" and which no server sends for "|".
+            match = _HIREDIS_BLIND_SPOT.search(data, 1)
+            self._feed_reader(data[: match.start() + 1] if match else data)
+            if match is None:
+                return
+            data = data[match.start() + 1 :]
+            hit = 0
+
+    def _drain(self) -> None:
+        """Move every complete reply from hiredis into ``_ready``."""
+        while True:
+            reply = self._gets_reader()
+            if reply is NEED_DATA:
+                return
+            self._ready.append(reply)
+
+    def _gets_reader(self) -> Any:
+        try:
+            reply = self._reader.gets()
+        except ProtocolError as exc:
+            self._fail(exc)
+        except UnicodeDecodeError as exc:
+            self._fail(
+                ReplyDecodeError(
+                    f"a reply could not be decoded as {self._encoding} ({exc.reason}); "
+                    "use decode_responses=False or a lenient encoding_errors"
+                ),
+                exc,
+            )
+        except TypeError:
+            self._fail(ProtocolError("a map reply has a key Python cannot hash"))
+        if reply is NEED_DATA:
+            return reply
+        self._pending = 0
+        if self._reader.has_data():
+            self._returned += 1
+        else:  # a reply boundary with nothing buffered: the replay can start afresh here
+            self._replay, self._replay_size, self._returned = [], 0, 0
+        return reply
+
+    def _fail(self, exc: Exception, cause: BaseException | None = None) -> Any:
+        self._failed = exc
+        if cause is not None:
+            raise exc from cause
+        raise exc
+
+    def gets(self) -> Any:
+        """Return the next complete reply, or :data:`NEED_DATA`.
+
+        Raises:
+            ProtocolError: the input is not RESP, or a reply exceeds ``max_reply_size``.
+            ReplyDecodeError: a string cannot be decoded with the configured encoding.
+        """
+        if self._failed is not None:
+            raise self._failed
+        if self._ready:
+            return self._ready.popleft()
+        fallback = self._fallback
+        if fallback is None:
+            return self._gets_reader()
+        try:
+            reply = fallback.gets()
+        except (ProtocolError, ReplyDecodeError) as exc:
+            self._failed = exc
+            raise
+        if reply is not NEED_DATA and fallback.is_clean():
+            # Back at a boundary with nothing buffered: hand the stream back to hiredis.
+            self._fallback = None
+            self._line_start = True
+        return reply
+
+
+# --- the packer -------------------------------------------------------------------------------
+
+Arg = str | bytes | bytearray | memoryview | int | float
+
+
+class Packer:
+    """Encodes commands as RESP arrays of bulk strings.
+
+    Arguments may be ``str`` (encoded with ``encoding``), ``bytes``, ``bytearray``,
+    ``memoryview``, ``int`` (``IntEnum`` packs its value) or ``float`` (packed as ``repr()``, as
+    redis-py does).  Anything else, including ``bool`` and ``None``, raises
+    :class:`~anypool.InvalidArgument` naming the position and the type, since silently packing
+    ``True`` or ``None`` as text is a classic source of wrong data.
+    """
+
+    __slots__ = ("_encoding", "_errors", "_hiredis_pack")
+
+    def __init__(self, encoding: str = "utf-8", errors: str = "strict") -> None:
+        self._encoding = encoding
+        self._errors = errors
+        # hiredis packs exactly what this class does, provided str means strict UTF-8; it refuses
+        # (TypeError) bool, None, IntEnum and bytearray, which then take the Python path.
+        exact = codecs.lookup(encoding).name == "utf-8" and errors == "strict"
+        self._hiredis_pack = _hiredis.pack_command if HIREDIS_AVAILABLE and exact else None
+
+    def pack(self, args: Sequence[Arg]) -> bytes:
+        """Encode one command.
+
+        Raises:
+            InvalidArgument: an argument has an unsupported type, or the command is empty.
+        """
+        if self._hiredis_pack is not None:
+            try:
+                packed: bytes = self._hiredis_pack(args if type(args) is tuple else tuple(args))
+            except (TypeError, UnicodeEncodeError):
+                pass
+            else:
+                if len(args):
+                    return packed
+        return self._pack_python(args)
+
+    def pack_many(self, commands: Iterable[Sequence[Arg]]) -> bytes:
+        """Encode several commands into one buffer, for a single write."""
+        return b"".join([self.pack(command) for command in commands])
+
+    def _pack_python(self, args: Sequence[Arg]) -> bytes:
+        if not len(args):
+            raise InvalidArgument("a command needs at least its name")
+        out = [b"*%d\r\n" % len(args)]
+        encoding, errors = self._encoding, self._errors
+        for position, arg in enumerate(args):
+            data: bytes | bytearray | memoryview
+            if isinstance(arg, bytes | bytearray):
+                data = arg
+            elif isinstance(arg, str):
+                data = arg.encode(encoding, errors)
+            elif isinstance(arg, bool) or not isinstance(arg, int | float | memoryview):
+                raise InvalidArgument(
+                    f"argument {position} of {_command_name(args)!r} is of type "
+                    f"{type(arg).__name__}: Redis accepts str, bytes, bytearray, memoryview, "
+                    "int or float; convert it first"
+                )
+            elif isinstance(arg, int):
+                data = b"%d" % arg
+            elif isinstance(arg, float):
+                data = repr(arg).encode()
+            else:
+                data = arg
+                out.append(b"$%d\r\n" % arg.nbytes)
+                out.append(data)
+                out.append(b"\r\n")
+                continue
+            out.append(b"$%d\r\n" % len(data))
+            out.append(data)
+            out.append(b"\r\n")
+        return b"".join(out)
+
+
+def _command_name(args: Sequence[Any]) -> str:
+    name = args[0]
+    if isinstance(name, bytes | bytearray):
+        return bytes(name).decode("utf-8", "replace")
+    return str(name)
