@@ -1,0 +1,487 @@
+"""One Redis connection: an anyio byte stream, the RESP codec, the handshake, reply accounting.
+
+Theory of operation
+-------------------
+A connection is a strict request/response pipe.  ``_owed`` counts the replies the server still
+owes: it goes up *before* a command is sent and down after each complete reply (an error reply
+is a complete reply).  Whatever interrupts an exchange -- cancellation, a timeout, a broken
+socket, a protocol or decode error -- leaves ``_owed > 0`` or the parser failed, and the
+connection is then closed at once under a shielded cancel scope.  It is never reused: the next
+caller could otherwise receive the reply meant for the one that left.  Closing also makes the
+server drop a client blocked in BLPOP/XREAD/WAIT, so it consumes nothing for a caller that left.
+
+This module is the one place where anyio, socket, TLS and OS errors become anypool errors
+(:func:`_translate`); the original is always chained as ``__cause__``.
+
+A Connection is not safe for concurrent use by several tasks: the pool leases it to one holder.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NoReturn
+
+import anyio
+import anyio.abc
+import redis.exceptions
+from anyio.streams.tls import TLSStream
+
+from ._config import RedisConfig
+from ._errors import (
+    AnyPoolError,
+    AuthenticationError,
+    ConnectError,
+    ConnectionClosed,
+    ConnectionLost,
+    ConnectTimeout,
+    ProtocolError,
+    TimeoutError,
+)
+from ._resp import NEED_DATA, Arg, Packer, Push, make_parser
+
+__all__ = ["Connection", "DEFAULT"]
+
+logger = logging.getLogger("anypool.connection")
+
+_READ_SIZE: Final = 64 * 1024
+
+
+class _Default:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Final = _Default()
+"""Use the configured ``socket_timeout`` (as opposed to None: no timeout)."""
+
+Timeout = float | None | _Default
+
+
+class _CommandTimedOut(Exception):
+    """Internal: a command's own deadline passed (turned into TimeoutError by _translate)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+
+class Connection:
+    """A single connection to Redis.  Create it with :meth:`connect`.
+
+    Attributes:
+        config: the configuration it was made with.
+        protocol: the RESP version actually in use (3, or 2 after a fallback).
+        server_version: the server's version string, from ``HELLO`` (None on RESP2).
+        client_id: the server's id for this client (``CLIENT ID``), from ``HELLO``.
+        created_at: ``time.monotonic()`` when the connection was established.
+        last_used_at: ``time.monotonic()`` when the last command completed.
+        on_push: called with each RESP3 push message (pub/sub, invalidation) that arrives while
+            a reply is awaited; when None, pushes are counted in ``pushes_dropped`` and logged.
+    """
+
+    def __init__(self, config: RedisConfig, stream: anyio.abc.ByteStream) -> None:
+        self.config = config
+        self._stream = stream
+        self._packer = Packer(config.encoding, config.encoding_errors)
+        self._parser = make_parser(
+            encoding=config.encoding if config.decode_responses else None,
+            errors=config.encoding_errors,
+            max_reply_size=config.max_reply_size,
+        )
+        self._timeout = config.socket_timeout
+        # Replies the server still owes us.  Invariant: 0 whenever no exchange is in progress,
+        # unless the connection is closed.
+        self._owed = 0
+        self._closed_by: str | None = None  # why the connection was closed, once it is
+        self.protocol = config.protocol
+        self.server_version: str | None = None
+        self.client_id: int | None = None
+        self.created_at = self.last_used_at = time.monotonic()
+        self.on_push: Callable[[list[Any]], None] | None = None
+        self.pushes_dropped = 0
+
+    # --- establishing -------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, config: RedisConfig) -> Connection:
+        """Connect, authenticate, select the database and name the client.
+
+        TCP connect, TLS and the handshake together must finish within ``connect_timeout``.
+        With ``protocol=3`` one ``HELLO 3 AUTH .. SETNAME ..`` does it all; a server without
+        ``HELLO`` (Redis < 6) gets ``AUTH`` and ``CLIENT SETNAME`` over RESP2 instead.
+
+        Cancellation: a cancelled or failed connect closes the socket before returning; nothing
+        is left open.
+
+        Raises:
+            ConnectError: refused, unreachable, unknown host, TLS failure, or the server
+                rejected ``SELECT``/``CLIENT SETNAME``.
+            ConnectTimeout: ``connect_timeout`` passed.
+            AuthenticationError: wrong password, or unknown or disabled ACL user.
+            ProtocolError: the server's replies are not RESP.
+        """
+        stream: anyio.abc.ByteStream | None = None
+        timeout = config.connect_timeout
+        try:
+            with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                stream = await _open_stream(config)
+                connection = cls(config, stream)
+                await connection._handshake()
+                return connection
+            raise ConnectTimeout(
+                f"connecting to {config.address} took longer than connect_timeout ({timeout}s)"
+            )
+        except BaseException as exc:
+            if stream is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.aclose_forcefully(stream)
+            error = _translate(exc, config, connecting=True)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _handshake(self) -> None:
+        config = self.config
+        followups: list[tuple[Arg, ...]] = []
+        resp2 = config.protocol == 2
+        if not resp2:
+            hello: list[Arg] = ["HELLO", 3]
+            if config.password is not None or config.username is not None:
+                hello += ["AUTH", config.username or "default", config.password or ""]
+            if config.client_name is not None:
+                hello += ["SETNAME", config.client_name]
+            reply = await self._exchange([tuple(hello)], None)
+            info = reply[0]
+            if isinstance(info, Exception):
+                text = str(info).lower()
+                if "unknown command" not in text and "noproto" not in text:
+                    raise self._handshake_error("HELLO", info)
+                resp2 = True  # Redis < 6: no HELLO, no RESP3
+                logger.debug("%s does not know HELLO; using RESP2", config.address)
+            else:
+                self._read_hello(info)
+        if resp2:
+            self.protocol = 2
+            if config.password is not None:
+                auth: tuple[Arg, ...] = (config.password,)
+                if config.username is not None:
+                    auth = (config.username, config.password)
+                followups.append(("AUTH", *auth))
+            if config.client_name is not None:
+                followups.append(("CLIENT", "SETNAME", config.client_name))
+        if config.db:
+            followups.append(("SELECT", config.db))
+        if followups:
+            replies = await self._exchange(followups, None)
+            for command, reply in zip(followups, replies, strict=True):
+                if isinstance(reply, Exception):
+                    raise self._handshake_error(str(command[0]), reply)
+
+    def _read_hello(self, info: Any) -> None:
+        if not isinstance(info, dict):
+            raise ProtocolError(f"HELLO returned {type(info).__name__}, not a map")
+        self.protocol = 3
+        fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
+        version = fields.get("version")
+        if version is not None:
+            self.server_version = version.decode() if isinstance(version, bytes) else str(version)
+        client_id = fields.get("id")
+        if isinstance(client_id, int):
+            self.client_id = client_id
+
+    def _handshake_error(self, command: str, reply: Exception) -> AnyPoolError:
+        user = self.config.username or "default"
+        if isinstance(reply, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError):
+            error: AnyPoolError = AuthenticationError(
+                f"{self.config.address} rejected user {user!r} during {command}: {reply}"
+            )
+        else:
+            error = ConnectError(f"{command} failed while connecting to {self.config.address}: {reply}")
+        error.__cause__ = reply
+        return error
+
+    # --- commands -----------------------------------------------------------------------------
+
+    async def execute(self, *args: Arg, timeout: Timeout = DEFAULT) -> Any:
+        """Send one command and return its reply (raw: no redis-py callbacks applied).
+
+        Args:
+            *args: the command and its arguments.
+            timeout: seconds allowed for the whole exchange; ``DEFAULT`` uses
+                ``config.socket_timeout``, ``None`` waits forever.
+
+        Raises:
+            redis.exceptions.ResponseError: the server answered with an error (the connection
+                stays usable).
+            TimeoutError: the timeout passed; the connection is closed.
+            ConnectionLost: the connection broke; it is closed.
+            ConnectionClosed: the connection had already been closed.
+            InvalidArgument: an argument has a type Redis cannot take (nothing was sent).
+
+        Cancellation: if cancelled before the reply arrived, the connection is closed (the
+        reply is still owed) and the cancellation propagates.
+        """
+        reply = (await self._exchange((args,), timeout))[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def execute_many(
+        self, commands: Sequence[Sequence[Arg]], *, timeout: Timeout = DEFAULT
+    ) -> list[Any]:
+        """Send several commands in one write and return their replies in order.
+
+        Error replies are returned as exception instances in their place, not raised: the
+        caller decides (a pipeline may collect them, a transaction may abort).
+
+        Raises and cancellation: as :meth:`execute`.
+        """
+        if not commands:
+            return []
+        return await self._exchange(commands, timeout)
+
+    async def _exchange(self, commands: Sequence[Sequence[Arg]], timeout: Timeout) -> list[Any]:
+        if self._closed_by is not None:
+            raise ConnectionClosed(
+                f"the connection to {self.config.address} is closed ({self._closed_by})"
+            )
+        packer = self._packer
+        # Packing first: a bad argument raises here, before anything is owed or sent.
+        data = packer.pack(commands[0]) if len(commands) == 1 else packer.pack_many(commands)
+        if timeout is DEFAULT:
+            timeout = self._timeout
+        count = len(commands)
+        self._owed += count
+        try:
+            if timeout is None:
+                await self._stream.send(data)
+                replies = [await self._read_reply() for _ in range(count)]
+            else:
+                assert isinstance(timeout, float | int)
+                replies = []
+                with anyio.move_on_after(timeout) as scope:
+                    await self._stream.send(data)
+                    while len(replies) < count:
+                        replies.append(await self._read_reply())
+                if scope.cancelled_caught:
+                    raise _CommandTimedOut(timeout)
+        except BaseException as exc:
+            await self._abandon(exc, commands)
+        self.last_used_at = time.monotonic()
+        return replies
+
+    async def _read_reply(self) -> Any:
+        parser = self._parser
+        while True:
+            reply = parser.gets()
+            if reply is NEED_DATA:
+                parser.feed(await self._stream.receive(_READ_SIZE))
+                continue
+            if type(reply) is Push:
+                self._push(reply)
+                continue
+            self._owed -= 1
+            return reply
+
+    def _push(self, message: list[Any]) -> None:
+        if self.on_push is not None:
+            self.on_push(message)
+        else:
+            self.pushes_dropped += 1
+            logger.debug("dropped a push message on %s: %.80r", self.config.address, message)
+
+    async def _abandon(self, exc: BaseException, commands: Sequence[Sequence[Arg]]) -> NoReturn:
+        """An exchange was interrupted: close the connection and raise the translated error."""
+        owed = self._owed
+        error = _translate(exc, self.config, owed=owed, command=commands[0][0])
+        await self._close(f"{type(error).__name__} with {owed} replies owed")
+        if error is exc:
+            raise exc
+        raise error from exc
+
+    # --- state --------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has been closed (by :meth:`aclose` or after a failure)."""
+        return self._closed_by is not None
+
+    @property
+    def replies_owed(self) -> int:
+        """Replies the server still owes (0 between exchanges on a healthy connection)."""
+        return self._owed
+
+    @property
+    def is_reusable(self) -> bool:
+        """Whether another caller may use this connection: open, nothing owed, nothing unread."""
+        return self._closed_by is None and self._owed == 0 and not self._parser.has_data()
+
+    def looks_alive(self) -> bool:
+        """Cheap, synchronous check (one non-blocking peek) that an idle connection still works.
+
+        False when the server has closed the socket, or sent bytes nobody asked for (which
+        would be read as the next caller's reply).  A True result is not a guarantee: only a
+        round trip (PING) proves the server answers.
+        """
+        if not self.is_reusable:
+            return False
+        try:
+            sock: socket.socket = self._stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        except anyio.TypedAttributeLookupError:  # pragma: no cover - every stream we open has one
+            return True
+        # asyncio hands out a TransportSocket, which hides recv(); peeking does not disturb the
+        # transport, so use the socket it wraps.
+        sock = getattr(sock, "_sock", sock)
+        try:
+            peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # open, and nothing waiting
+        except OSError:
+            return False
+        if not peeked:
+            return False  # end of stream: the server closed it
+        # TLS may carry records of its own (TLS 1.3 session tickets); plain TCP may not.
+        return isinstance(self._stream, TLSStream)
+
+    async def aclose(self) -> None:
+        """Close the connection now, without waiting on the server.
+
+        Cancellation: the socket is closed whether or not the caller is cancelled.
+        """
+        await self._close("closed by its owner")
+
+    async def _close(self, reason: str) -> None:
+        if self._closed_by is not None:
+            return
+        self._closed_by = reason
+        with anyio.CancelScope(shield=True):
+            await anyio.aclose_forcefully(self._stream)
+
+    def __repr__(self) -> str:
+        state = f"closed: {self._closed_by}" if self._closed_by else f"owed={self._owed}"
+        return (
+            f"<Connection {self.config.address} db={self.config.db} "
+            f"resp{self.protocol} {state}>"
+        )
+
+
+# --- opening the stream -----------------------------------------------------------------------
+
+
+async def _open_stream(config: RedisConfig) -> anyio.abc.ByteStream:
+    stream: anyio.abc.ByteStream
+    if config.unix_socket_path is not None:
+        stream = await anyio.connect_unix(config.unix_socket_path)
+    elif config.ssl:
+        stream = await anyio.connect_tcp(
+            config.host,
+            config.port,
+            ssl_context=_ssl_context(config),
+            tls_hostname=config.host,
+            # Redis servers may close without a TLS close_notify; do not treat that as an
+            # attack, and do not wait for one when closing.
+            tls_standard_compatible=False,
+        )
+    else:
+        stream = await anyio.connect_tcp(config.host, config.port)
+    if config.unix_socket_path is None:
+        _tune_socket(stream, config)
+    return stream
+
+
+def _tune_socket(stream: anyio.abc.ByteStream, config: RedisConfig) -> None:
+    sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if config.socket_keepalive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # Notice a dead peer within ~90 s rather than the kernel's default of ~2 hours.
+        for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+@functools.lru_cache(maxsize=16)
+def _ssl_context(config: RedisConfig) -> ssl.SSLContext:
+    """One TLS context per config (loading CA bundles is slow); verification on by default."""
+    try:
+        context = ssl.create_default_context(cafile=config.ssl_ca_certs)
+        if config.ssl_cert_reqs == "none":
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context.check_hostname = config.ssl_check_hostname
+            if config.ssl_cert_reqs == "optional":
+                context.verify_mode = ssl.CERT_OPTIONAL
+        if config.ssl_certfile is not None:
+            context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectError(f"cannot load the TLS certificates for {config.address}: {exc}") from exc
+    return context
+
+
+# --- the one place foreign errors become anypool errors ---------------------------------------
+
+
+def _translate(
+    exc: BaseException,
+    config: RedisConfig,
+    *,
+    connecting: bool = False,
+    owed: int = 0,
+    command: Any = None,
+) -> BaseException:
+    """Map an anyio/OS/TLS error to anypool's hierarchy; return anything else unchanged.
+
+    Cancellation, anypool's own errors and bugs pass through as they are.
+    """
+    address = config.address
+    original = exc
+    if isinstance(exc, AnyPoolError):
+        return exc
+    if isinstance(exc, _CommandTimedOut):
+        name = command.decode() if isinstance(command, bytes) else str(command)
+        return TimeoutError(
+            f"{name} got no reply from {address} within {exc.timeout}s; "
+            "the connection was closed, since its reply is still owed"
+        )
+    if connecting:
+        exc = _first_connect_error(exc)
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            return ConnectError(f"TLS handshake with {address} failed: {exc}")
+        if isinstance(exc, socket.gaierror):
+            return ConnectError(f"cannot resolve host {config.host!r}: {exc.strerror}")
+        if isinstance(exc, ConnectionRefusedError):
+            return ConnectError(f"connection to {address} refused (is Redis running there?)")
+        if isinstance(exc, anyio.EndOfStream | anyio.BrokenResourceError):
+            return ConnectError(f"{address} closed the connection during the handshake")
+        if isinstance(exc, OSError):
+            return ConnectError(f"cannot connect to {address}: {exc.strerror or exc}")
+        return original
+    pending = f" with {owed} replies owed" if owed else ""
+    if isinstance(exc, anyio.EndOfStream):
+        return ConnectionLost(f"{address} closed the connection{pending}")
+    if isinstance(exc, anyio.ClosedResourceError):
+        return ConnectionClosed(f"the connection to {address} was closed{pending}")
+    if isinstance(exc, anyio.BrokenResourceError | OSError | ssl.SSLError):
+        return ConnectionLost(f"the connection to {address} broke{pending}: {exc}")
+    return exc
+
+
+def _first_connect_error(exc: BaseException) -> BaseException:
+    """anyio reports failed connects as ``OSError("All connection attempts failed")`` caused by
+    the real error, or by a group of them (one per address tried): the first says what happened."""
+    cause = exc.__cause__
+    if not isinstance(exc, OSError) or cause is None:
+        return exc
+    if isinstance(cause, BaseExceptionGroup):
+        first: BaseException = cause.exceptions[0]
+        return first
+    return cause

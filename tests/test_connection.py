@@ -1,0 +1,446 @@
+"""One connection against a real server, on asyncio and trio: commands, handshake, and every
+hazard that could hand a caller someone else's reply or leak a socket."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import anyio
+import pytest
+import redis.exceptions
+
+import anypool
+from anypool import RedisConfig
+from anypool._connection import Connection
+from anypool.testing import RedisServer
+
+from .conftest import open_fds
+
+pytestmark = pytest.mark.anyio
+
+BUSY_SCRIPT = "local i = 0 while i < tonumber(ARGV[1]) do i = i + 1 end return i"
+
+
+@asynccontextmanager
+async def connected(config: RedisConfig) -> AsyncIterator[Connection]:
+    connection = await Connection.connect(config)
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
+class Slot:
+    """One pool slot, the way the pool will treat it: reuse the connection while it is reusable,
+    otherwise open a new one.  Enough to show what a caller after a failure would receive."""
+
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+        self.connection: Connection | None = None
+        self.opened = 0
+
+    async def get(self) -> Connection:
+        if self.connection is None or not self.connection.is_reusable:
+            if self.connection is not None:
+                await self.connection.aclose()
+            self.connection = await Connection.connect(self.config)
+            self.opened += 1
+        return self.connection
+
+    async def aclose(self) -> None:
+        if self.connection is not None:
+            await self.connection.aclose()
+
+
+# --- basics -----------------------------------------------------------------------------------
+
+
+async def test_commands_and_replies(config: RedisConfig) -> None:
+    async with connected(config) as conn:
+        assert conn.protocol == 3
+        assert conn.server_version is not None
+        assert isinstance(conn.client_id, int)
+        assert await conn.execute("SET", "basics:k", "v") == b"OK"
+        assert await conn.execute("GET", "basics:k") == b"v"
+        assert await conn.execute("GET", "basics:missing") is None
+        await conn.execute("DEL", "basics:h")
+        assert await conn.execute("HSET", "basics:h", "f", 1) == 1
+        assert await conn.execute("HGETALL", "basics:h") == {b"f": b"1"}
+        assert conn.replies_owed == 0
+        assert conn.is_reusable
+        assert conn.looks_alive()
+
+
+async def test_error_reply_is_raised_and_leaves_the_connection_usable(config: RedisConfig) -> None:
+    async with connected(config) as conn:
+        await conn.execute("SET", "err:k", "v")
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await conn.execute("LPUSH", "err:k", "x")
+        assert conn.is_reusable
+        assert await conn.execute("GET", "err:k") == b"v"
+
+
+async def test_execute_many_returns_errors_in_place(config: RedisConfig) -> None:
+    async with connected(config) as conn:
+        replies = await conn.execute_many(
+            [("SET", "many:k", "v"), ("INCR", "many:k"), ("GET", "many:k"), ("PING",)]
+        )
+        assert replies[0] == b"OK"
+        assert isinstance(replies[1], redis.exceptions.ResponseError)
+        assert replies[2:] == [b"v", b"PONG"]
+        assert conn.is_reusable
+        assert await conn.execute_many([]) == []
+
+
+async def test_bad_argument_sends_nothing(config: RedisConfig) -> None:
+    async with connected(config) as conn:
+        with pytest.raises(anypool.InvalidArgument, match="argument 2 of 'SET'"):
+            await conn.execute("SET", "k", None)  # type: ignore[arg-type]
+        assert conn.is_reusable
+        assert await conn.execute("PING") == b"PONG"
+
+
+async def test_resp2_decode_db_and_client_name(config: RedisConfig) -> None:
+    options = RedisConfig.replace(
+        config, protocol=2, decode_responses=True, db=3, client_name="anypool-test"
+    )
+    async with connected(options) as conn:
+        assert conn.protocol == 2
+        await conn.execute("SET", "resp2:k", "é")
+        assert await conn.execute("GET", "resp2:k") == "é"
+        assert await conn.execute("CLIENT", "GETNAME") == "anypool-test"
+        info = await conn.execute("CLIENT", "INFO")
+        assert " db=3 " in info
+        assert await conn.execute("HGETALL", "resp2:none") == []  # RESP2 shape: flat list
+    async with connected(config.replace(db=3)) as conn:
+        assert await conn.execute("GET", "resp2:k") == "é".encode()
+    async with connected(config) as conn:
+        assert await conn.execute("GET", "resp2:k") is None  # db 0
+
+
+async def test_resp3_hello_sets_name(config: RedisConfig) -> None:
+    async with connected(config.replace(client_name="hello-name")) as conn:
+        assert await conn.execute("CLIENT", "GETNAME") == b"hello-name"
+
+
+async def test_unix_socket(redis_server: RedisServer) -> None:
+    config = RedisConfig.from_url(f"unix://{redis_server.unix_socket_path}?db=2")
+    async with connected(config) as conn:
+        assert await conn.execute("PING") == b"PONG"
+        assert b" db=2 " in await conn.execute("CLIENT", "INFO")
+
+
+async def test_fallback_to_resp2_when_the_server_lacks_hello() -> None:
+    # --rename-command HELLO "" makes a Redis 6+ server answer like Redis 5: unknown command.
+    with RedisServer("--rename-command", "HELLO", "", password="pw") as server:
+        config = RedisConfig.from_url(server.url, client_name="old-server")
+        async with connected(config) as conn:
+            assert conn.protocol == 2
+            assert await conn.execute("CLIENT", "GETNAME") == b"old-server"
+            assert await conn.execute("PING") == b"PONG"
+
+
+async def test_acl_user(own_server: RedisServer) -> None:
+    async with connected(RedisConfig.from_url(own_server.url)) as admin:
+        await admin.execute("ACL", "SETUSER", "reader", "on", ">readerpw", "~*", "+get", "+hello")
+    config = RedisConfig.from_url(f"redis://reader:readerpw@127.0.0.1:{own_server.port}/0")
+    async with connected(config) as conn:
+        assert await conn.execute("GET", "acl:k") is None
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await conn.execute("SET", "acl:k", "v")
+        assert conn.is_reusable
+
+
+async def test_push_messages_do_not_count_as_replies(config: RedisConfig) -> None:
+    async with connected(config) as conn, connected(config) as other:
+        await conn.execute("CLIENT", "TRACKING", "on")
+        await conn.execute("GET", "push:k")  # now tracked
+        await other.execute("SET", "push:k", "changed")  # invalidation push to conn
+        seen: list[list[object]] = []
+        conn.on_push = seen.append
+        # the push arrives before (or with) the PING reply; it must not be taken for the reply
+        assert await conn.execute("PING") == b"PONG"
+        assert await conn.execute("GET", "push:k") == b"changed"
+        assert seen
+        assert seen[0][0] == b"invalidate"
+
+
+# --- hazard 1: a cancelled GET never hands its reply to the next caller -----------------------
+
+
+async def test_get_cancelled_while_server_busy_never_returns_previous_reply(
+    config: RedisConfig,
+) -> None:
+    async with connected(config) as setup:
+        await setup.execute("MSET", "h1:k1", "v1", "h1:k2", "v2", "h1:k3", "v3")
+    slot = Slot(config)
+    first = await slot.get()
+    async with connected(config) as busy, anyio.create_task_group() as tg:
+        tg.start_soon(busy.execute, "EVAL", BUSY_SCRIPT, 0, 30_000_000)
+        await anyio.wait_all_tasks_blocked()  # the script has been sent: the server is busy
+        with anyio.move_on_after(0.05) as scope:
+            await first.execute("GET", "h1:k1")
+        assert scope.cancelled_caught, "the server answered before the deadline"
+    assert first.closed, "a connection that still owes a reply must be closed"
+    assert first.replies_owed == 1
+    with pytest.raises(anypool.ConnectionClosed):
+        await first.execute("GET", "h1:k2")
+    for key, value in [("h1:k2", b"v2"), ("h1:k3", b"v3"), ("h1:k1", b"v1")]:
+        assert await (await slot.get()).execute("GET", key) == value
+    assert slot.opened == 2
+    await slot.aclose()
+
+
+# --- hazard 2: a cancelled BLPOP consumes nothing ---------------------------------------------
+
+
+async def _blocked_clients(conn: Connection) -> int:
+    info = await conn.execute("INFO", "clients")
+    text = info.decode() if isinstance(info, bytes) else info
+    return int(text.split("blocked_clients:")[1].split()[0])
+
+
+async def test_cancelled_blpop_closes_and_consumes_nothing(config: RedisConfig) -> None:
+    async with connected(config) as producer:
+        await producer.execute("DEL", "h2:jobs")
+        consumer = await Connection.connect(config)
+        async with anyio.create_task_group() as tg:
+
+            async def consume() -> None:
+                with anyio.CancelScope() as scope:
+                    cancel_scope.append(scope)
+                    await consumer.execute("BLPOP", "h2:jobs", 0)
+
+            cancel_scope: list[anyio.CancelScope] = []
+            tg.start_soon(consume)
+            with anyio.fail_after(5):
+                while await _blocked_clients(producer) != 1:
+                    await anyio.sleep(0.01)
+            cancel_scope[0].cancel()
+        assert consumer.closed
+        # the server must see the client gone before anything is pushed
+        with anyio.fail_after(5):
+            while await _blocked_clients(producer) != 0:
+                await anyio.sleep(0.01)
+        assert await producer.execute("LPUSH", "h2:jobs", "job-1") == 1
+        await anyio.sleep(0.05)
+        assert await producer.execute("LRANGE", "h2:jobs", 0, -1) == [b"job-1"]
+
+
+# --- hazard 3: a large SET cancelled mid-send -------------------------------------------------
+
+
+async def test_large_set_cancelled_mid_send(own_server: RedisServer) -> None:
+    config = RedisConfig.from_url(own_server.url)
+    slot = Slot(config)
+    async with connected(config) as setup:
+        await setup.execute("SET", "h3:small", "mine")
+    conn = await slot.get()
+    big = b"x" * (64 * 1024 * 1024)
+    own_server.pause()  # the server reads nothing: the send fills the socket buffers and blocks
+    try:
+        with anyio.move_on_after(0.3) as scope:
+            await conn.execute("SET", "h3:big", big)
+        assert scope.cancelled_caught
+        assert conn.closed
+    finally:
+        own_server.resume()
+    assert await (await slot.get()).execute("GET", "h3:small") == b"mine"
+    assert await (await slot.get()).execute("EXISTS", "h3:big") == 0  # the half command was dropped
+    await slot.aclose()
+
+
+# --- hazard 4: cancellation during connect or handshake leaks no socket ------------------------
+
+
+@contextmanager
+def blackhole() -> Iterator[int]:
+    """A loopback port whose accept queue is full: new connects hang in SYN_SENT."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        time.sleep(0.1)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers (a hung Redis)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+async def test_cancel_during_connect_leaks_no_socket() -> None:
+    with blackhole() as port:
+        config = RedisConfig(port=port, host="127.0.0.1", connect_timeout=None)
+        before = open_fds()
+        for _ in range(3):
+            with anyio.move_on_after(0.2) as scope:
+                await Connection.connect(config)
+            assert scope.cancelled_caught
+        assert open_fds() == before
+
+
+async def test_cancel_during_handshake_leaks_no_socket() -> None:
+    with silent_server() as port:
+        config = RedisConfig(port=port, host="127.0.0.1", connect_timeout=None, password="pw")
+        before = open_fds()
+        for _ in range(3):
+            with anyio.move_on_after(0.2) as scope:
+                await Connection.connect(config)
+            assert scope.cancelled_caught
+        assert open_fds() == before
+
+
+# --- hazard 5: each failure has its own error, within the configured time ---------------------
+
+
+async def test_wrong_password(own_server: RedisServer) -> None:
+    async with connected(RedisConfig.from_url(own_server.url)) as admin:
+        await admin.execute("CONFIG", "SET", "requirepass", "right")
+    config = RedisConfig.from_url(f"redis://:wrong-secret@127.0.0.1:{own_server.port}/0")
+    before = open_fds()
+    with pytest.raises(anypool.AuthenticationError) as info:
+        await Connection.connect(config)
+    assert "wrong-secret" not in str(info.value)
+    assert isinstance(info.value, redis.exceptions.AuthenticationError)
+    assert isinstance(info.value, redis.exceptions.ConnectionError)
+    assert open_fds() == before
+    with pytest.raises(anypool.AuthenticationError):  # no password at all: NOAUTH on SELECT
+        await Connection.connect(RedisConfig(port=own_server.port, db=1, host="127.0.0.1"))
+    with pytest.raises(anypool.AuthenticationError):  # the same over RESP2
+        await Connection.connect(config.replace(protocol=2))
+
+
+async def test_unknown_acl_user(redis_server: RedisServer) -> None:
+    config = RedisConfig.from_url(f"redis://nobody:pw@127.0.0.1:{redis_server.port}/0")
+    with pytest.raises(anypool.AuthenticationError, match="'nobody'") as info:
+        await Connection.connect(config)
+    assert "pw@" not in str(info.value)
+
+
+async def test_refused_port() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before = open_fds()
+    with pytest.raises(anypool.ConnectError, match="refused"):
+        await Connection.connect(RedisConfig(host="127.0.0.1", port=port))
+    assert open_fds() == before
+
+
+async def test_blackholed_address_times_out_within_connect_timeout() -> None:
+    with blackhole() as port:
+        before = open_fds()
+        started = time.monotonic()
+        with pytest.raises(anypool.ConnectTimeout, match=r"connect_timeout \(0.3s\)"):
+            await Connection.connect(RedisConfig(host="127.0.0.1", port=port, connect_timeout=0.3))
+        assert time.monotonic() - started < 2.0  # bounded: 0.3 s plus scheduling slack
+        assert open_fds() == before
+
+
+async def test_hung_server_during_handshake_times_out() -> None:
+    with silent_server() as port:
+        with pytest.raises(anypool.ConnectTimeout):
+            await Connection.connect(RedisConfig(host="127.0.0.1", port=port, connect_timeout=0.3))
+
+
+async def test_command_timeout_closes_the_connection(config: RedisConfig) -> None:
+    async with connected(config.replace(socket_timeout=0.2)) as conn:
+        with pytest.raises(anypool.TimeoutError, match="DEBUG got no reply") as info:
+            await conn.execute("DEBUG", "SLEEP", "0.6")
+        assert isinstance(info.value, redis.exceptions.TimeoutError)
+        assert conn.closed
+    async with connected(config) as conn:  # per-call timeout overrides the default
+        with pytest.raises(anypool.TimeoutError):
+            await conn.execute("DEBUG", "SLEEP", "0.6", timeout=0.1)
+        assert conn.closed
+
+
+async def test_server_killed_mid_command(own_server: RedisServer) -> None:
+    config = RedisConfig.from_url(own_server.url)
+    conn = await Connection.connect(config)
+    async with anyio.create_task_group() as tg:
+
+        async def kill_soon() -> None:
+            await anyio.wait_all_tasks_blocked()
+            await anyio.to_thread.run_sync(own_server.kill)
+
+        tg.start_soon(kill_soon)
+        with pytest.raises(anypool.ConnectionLost, match="1 replies owed"):
+            with anyio.fail_after(5):
+                await conn.execute("DEBUG", "SLEEP", "2")
+    assert conn.closed
+    with pytest.raises(anypool.ConnectError, match="refused"):
+        await Connection.connect(config)
+
+
+@asynccontextmanager
+async def scripted_server(reply: bytes) -> AsyncIterator[int]:
+    """A fake server: reads one command, writes ``reply``, then closes the connection."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def serve(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            await client.receive()
+            await client.send(reply)
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        yield port
+        tg.cancel_scope.cancel()
+
+
+async def test_server_gone_mid_reply() -> None:
+    async with scripted_server(b"$100\r\nonly part of the") as port:
+        conn = await Connection.connect(RedisConfig(host="127.0.0.1", port=port, protocol=2))
+        with pytest.raises(anypool.ConnectionLost, match="closed the connection with 1 replies"):
+            await conn.execute("GET", "k")
+        assert conn.closed
+
+
+async def test_malformed_reply_is_a_protocol_error_and_closes() -> None:
+    async with scripted_server(b"?this is not RESP\r\n") as port:
+        conn = await Connection.connect(RedisConfig(host="127.0.0.1", port=port, protocol=2))
+        with pytest.raises(anypool.ProtocolError, match="type byte"):
+            await conn.execute("GET", "k")
+        assert conn.closed
+
+
+async def test_looks_alive_notices_a_server_side_close(config: RedisConfig) -> None:
+    async with connected(config) as victim, connected(config) as killer:
+        assert victim.looks_alive()
+        await killer.execute("CLIENT", "KILL", "ID", victim.client_id)
+        with anyio.fail_after(5):
+            while victim.looks_alive():
+                await anyio.sleep(0.01)
+        with pytest.raises(anypool.ConnectionLost):
+            await victim.execute("PING")
+
+
+async def test_repr_hides_password(config: RedisConfig) -> None:
+    async with connected(config.replace(client_name="repr")) as conn:
+        assert repr(conn).startswith("<Connection 127.0.0.1:")
+    await conn.aclose()  # idempotent
+    assert "closed by its owner" in repr(conn)
