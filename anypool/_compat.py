@@ -35,7 +35,7 @@ def server_error(message: str | bytes) -> RedisError:
     if isinstance(message, bytes):
         message = message.decode("utf-8", "replace")
     try:
-        error: RedisError = _BaseParser.parse_error(message)
+        error: RedisError = _BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
     except Exception:
         # redis-py's cluster error classes parse their text and raise on a malformed one
         # ("MOVED x"); a parser must return the error, not fail on it.

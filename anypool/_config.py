@@ -1,4 +1,4 @@
-"""Validated, immutable configuration: how to reach Redis (RedisConfig) and how to pool (PoolConfig).
+"""Validated, immutable configuration: how to reach Redis (RedisConfig), how to pool (PoolConfig).
 
 Both records validate every field when they are built, so a bad value fails where it is written,
 with a :class:`~anypool.ConfigError` that names the field and the value.  Passwords never appear
@@ -141,7 +141,9 @@ class RedisConfig:
         for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
             value = _check_optional_str(name, getattr(self, name))
             if value is not None and not self.ssl:
-                raise _fail(name, value, "is a TLS option but ssl is off (use rediss:// or ssl=True)")
+                raise _fail(
+                    name, value, "is a TLS option but ssl is off (use rediss:// or ssl=True)"
+                )
         if self.ssl_keyfile is not None and self.ssl_certfile is None:
             raise _fail("ssl_keyfile", self.ssl_keyfile, "needs ssl_certfile as well")
         if self.ssl_cert_reqs not in ("required", "optional", "none"):
@@ -169,7 +171,9 @@ class RedisConfig:
         try:
             codecs.lookup_error(self.encoding_errors)
         except (LookupError, TypeError):
-            raise _fail("encoding_errors", self.encoding_errors, "is not a codec error handler") from None
+            raise _fail(
+                "encoding_errors", self.encoding_errors, "is not a codec error handler"
+            ) from None
         _check_int("max_reply_size", self.max_reply_size, low=1024)
 
     # --- presentation -------------------------------------------------------------------------
@@ -213,10 +217,11 @@ class RedisConfig:
         """
         config, pool_options = split_url(url, **overrides)
         if pool_options:
-            name = next(iter(pool_options))
+            field = next(iter(pool_options))
+            option = next(k for k, v in _POOL_OPTIONS.items() if v == field)
             raise _fail(
-                name,
-                pool_options[name],
+                option,
+                pool_options[field],
                 "is a pool option: pass the URL to RedisPool.from_url(), or use split_url()",
             )
         return config

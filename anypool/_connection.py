@@ -130,7 +130,7 @@ class Connection:
         stream: anyio.abc.ByteStream | None = None
         timeout = config.connect_timeout
         try:
-            with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            with anyio.move_on_after(math.inf if timeout is None else timeout):
                 stream = await _open_stream(config)
                 connection = cls(config, stream)
                 await connection._handshake()
@@ -198,12 +198,16 @@ class Connection:
 
     def _handshake_error(self, command: str, reply: Exception) -> AnyPoolError:
         user = self.config.username or "default"
-        if isinstance(reply, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError):
+        if isinstance(
+            reply, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError
+        ):
             error: AnyPoolError = AuthenticationError(
                 f"{self.config.address} rejected user {user!r} during {command}: {reply}"
             )
         else:
-            error = ConnectError(f"{command} failed while connecting to {self.config.address}: {reply}")
+            error = ConnectError(
+                f"{command} failed while connecting to {self.config.address}: {reply}"
+            )
         error.__cause__ = reply
         return error
 
@@ -366,10 +370,7 @@ class Connection:
 
     def __repr__(self) -> str:
         state = f"closed: {self._closed_by}" if self._closed_by else f"owed={self._owed}"
-        return (
-            f"<Connection {self.config.address} db={self.config.db} "
-            f"resp{self.protocol} {state}>"
-        )
+        return f"<Connection {self.config.address} db={self.config.db} resp{self.protocol} {state}>"
 
 
 # --- opening the stream -----------------------------------------------------------------------

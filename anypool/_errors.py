@@ -54,7 +54,7 @@ class AnyPoolError(_r.RedisError):
 # --- the connection ---------------------------------------------------------------------------
 
 
-class ConnectionError(AnyPoolError, _r.ConnectionError):  # noqa: A001 - mirrors redis-py's name
+class ConnectionError(AnyPoolError, _r.ConnectionError):
     """The connection could not be established, or it broke.  The cause is chained."""
 
 
@@ -78,7 +78,7 @@ class AuthenticationError(ConnectionError, _r.AuthenticationError):
     """The server rejected the credentials (wrong password, unknown or disabled ACL user)."""
 
 
-class TimeoutError(AnyPoolError, _r.TimeoutError):  # noqa: A001 - mirrors redis-py's name
+class TimeoutError(AnyPoolError, _r.TimeoutError):
     """A command did not complete within its timeout; its connection was closed, not reused."""
 
 

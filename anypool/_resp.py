@@ -47,6 +47,7 @@ from typing import Any, Final, Protocol
 from ._compat import server_error
 from ._errors import InvalidArgument, ProtocolError, ReplyDecodeError
 
+_hiredis: Any
 try:
     import hiredis as _hiredis
 except ImportError:  # pragma: no cover - hiredis is a dependency; this keeps anypool importable
@@ -208,16 +209,18 @@ class PythonParser:
             self._reply_start -= pos
             self._pos = 0
             return
-        if type(buf) is bytes:
-            buf = bytearray(buf[pos:])
-            self._reply_start -= pos
-            self._pos = pos = 0
-        elif pos >= _COMPACT_AT:
-            del buf[:pos]
+        if isinstance(buf, bytes):
+            growing = bytearray(buf[pos:])
             self._reply_start -= pos
             self._pos = 0
-        buf += data
-        self._buf = buf
+        else:
+            growing = buf
+            if pos >= _COMPACT_AT:
+                del growing[:pos]
+                self._reply_start -= pos
+                self._pos = 0
+        growing += data
+        self._buf = growing
 
     def has_data(self) -> bool:
         """Whether bytes are buffered that are not part of a returned reply."""
@@ -314,7 +317,7 @@ class PythonParser:
             else:
                 line = buf[pos + 1 : eol]
                 pos = eol + 2
-                if kind == _SIMPLE or kind == _ERROR:
+                if kind in (_SIMPLE, _ERROR):
                     if b"\r" in line or b"\n" in line:
                         raise ProtocolError("a simple string contains CR or LF")
                     value = bytes(line)
@@ -614,7 +617,9 @@ class Packer:
         # hiredis packs exactly what this class does, provided str means strict UTF-8; it refuses
         # (TypeError) bool, None, IntEnum and bytearray, which then take the Python path.
         exact = codecs.lookup(encoding).name == "utf-8" and errors == "strict"
-        self._hiredis_pack = _hiredis.pack_command if HIREDIS_AVAILABLE and exact else None
+        self._hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None = (
+            _hiredis.pack_command if HIREDIS_AVAILABLE and exact else None
+        )
 
     def pack(self, args: Sequence[Arg]) -> bytes:
         """Encode one command.
@@ -639,7 +644,7 @@ class Packer:
     def _pack_python(self, args: Sequence[Arg]) -> bytes:
         if not len(args):
             raise InvalidArgument("a command needs at least its name")
-        out = [b"*%d\r\n" % len(args)]
+        out: list[bytes | bytearray | memoryview] = [b"*%d\r\n" % len(args)]
         encoding, errors = self._encoding, self._errors
         for position, arg in enumerate(args):
             data: bytes | bytearray | memoryview

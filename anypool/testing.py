@@ -230,12 +230,15 @@ class RedisServer:
             )
             try:
                 self._wait_ready()
-            except RedisServerError:
+            except BaseException:
                 log = self.log
                 self._reap()
                 if "Address already in use" in log and attempt + 1 < attempts:
                     self.port = 0  # another process took the port between probe and bind
                     continue
+                # __exit__ does not run when __enter__ raises: leave nothing behind.
+                self._dir.cleanup()
+                self._dir = None
                 raise
             self._paused = False
             return

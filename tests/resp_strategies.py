@@ -64,9 +64,7 @@ def _double() -> st.SearchStrategy[Reply]:
 
 
 def _bignum() -> st.SearchStrategy[Reply]:
-    return st.integers(-(10**40), 10**40).map(
-        lambda i: (b"(%d\r\n" % i, str(i).encode())
-    )
+    return st.integers(-(10**40), 10**40).map(lambda i: (b"(%d\r\n" % i, str(i).encode()))
 
 
 def _verbatim() -> st.SearchStrategy[Reply]:
@@ -117,7 +115,8 @@ def replies(resp3: bool = True) -> st.SearchStrategy[Reply]:
         )
         # Distinct keys: Redis never repeats one, and hiredis misassigns values when it happens.
         rmap = st.lists(
-            st.tuples(_hashable_keys, children), max_size=4,
+            st.tuples(_hashable_keys, children),
+            max_size=4,
             unique_by=lambda kv: (type(kv[0][1]), kv[0][1]),
         ).map(
             lambda kvs: (

@@ -360,9 +360,8 @@ async def test_blackholed_address_times_out_within_connect_timeout() -> None:
 
 
 async def test_hung_server_during_handshake_times_out() -> None:
-    with silent_server() as port:
-        with pytest.raises(anypool.ConnectTimeout):
-            await Connection.connect(RedisConfig(host="127.0.0.1", port=port, connect_timeout=0.3))
+    with silent_server() as port, pytest.raises(anypool.ConnectTimeout):
+        await Connection.connect(RedisConfig(host="127.0.0.1", port=port, connect_timeout=0.3))
 
 
 async def test_command_timeout_closes_the_connection(config: RedisConfig) -> None:

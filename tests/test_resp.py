@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import time
 from typing import Any
 
@@ -29,7 +30,7 @@ def parse_all(parser: Any, data: bytes, cuts: list[int]) -> list[Any]:
     """Feed ``data`` split at ``cuts``, collecting every reply as soon as it is complete."""
     out = []
     bounds = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    for start, stop in zip(bounds, bounds[1:], strict=False):
+    for start, stop in itertools.pairwise(bounds):
         parser.feed(data[start:stop])
         while (reply := parser.gets()) is not NEED_DATA:
             out.append(reply)
@@ -274,7 +275,9 @@ class Name(enum.StrEnum):
 def test_pack_types() -> None:
     packer = Packer()
     assert packer.pack(("SET", "k", b"v")) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
-    assert packer.pack(["X", 12, -3, 1.5, Color.RED, Name.KEY, bytearray(b"ba"), memoryview(b"m")]) == (
+    assert packer.pack(
+        ["X", 12, -3, 1.5, Color.RED, Name.KEY, bytearray(b"ba"), memoryview(b"m")]
+    ) == (
         b"*8\r\n$1\r\nX\r\n$2\r\n12\r\n$2\r\n-3\r\n$3\r\n1.5\r\n$1\r\n7\r\n$7\r\nthe-key\r\n"
         b"$2\r\nba\r\n$1\r\nm\r\n"
     )
@@ -285,7 +288,9 @@ def test_pack_types() -> None:
 
 @pytest.mark.parametrize("bad", [True, None, object(), [1], {"a": 1}])
 def test_pack_rejects_other_types_naming_position_and_type(bad: Any) -> None:
-    with pytest.raises(InvalidArgument, match=rf"argument 2 of 'SET' is of type {type(bad).__name__}"):
+    with pytest.raises(
+        InvalidArgument, match=rf"argument 2 of 'SET' is of type {type(bad).__name__}"
+    ):
         Packer().pack(("SET", "key", bad))
     with pytest.raises(TypeError):  # InvalidArgument is also a TypeError
         Packer().pack(("SET", "key", bad))

@@ -1,0 +1,247 @@
+"""RedisConfig / PoolConfig: URLs both ways, environment, validation, password hygiene."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from anypool import ConfigError, PoolConfig, RedisConfig, split_url
+
+
+@pytest.mark.parametrize(
+    ("config", "url"),
+    [
+        (RedisConfig(host="localhost", port=6379, db=0, password="secret"),
+         "redis://:secret@localhost:6379/0"),
+        (RedisConfig(host="redis.example.com", username="admin", password="pass"),
+         "redis://admin:pass@redis.example.com:6379/0"),
+        (RedisConfig(host="secure.redis.com", port=6380, ssl=True),
+         "rediss://secure.redis.com:6380/0"),
+        (RedisConfig(password="p@ss:w0rd!"), "redis://:p%40ss%3Aw0rd%21@localhost:6379/0"),
+    ],
+)  # fmt: skip
+def test_to_url_exact(config: RedisConfig, url: str) -> None:
+    assert config.to_url(redact=False) == url
+    assert RedisConfig.from_url(url) == config
+
+
+def test_to_url_redacts_by_default() -> None:
+    config = RedisConfig(username="admin", password="hunter2")
+    assert config.to_url() == "redis://admin:***@localhost:6379/0"
+    assert "hunter2" not in repr(config)
+    assert "password='***'" in repr(config)
+
+
+def test_from_url_forms() -> None:
+    config = RedisConfig.from_url(
+        "rediss://user:pw@[::1]:7000/5?protocol=2&decode_responses=true&client_name=api"
+        "&socket_timeout=1.5&socket_connect_timeout=3&ssl_cert_reqs=none"
+    )
+    assert (config.host, config.port, config.db, config.username, config.password) == (
+        "::1", 7000, 5, "user", "pw",
+    )  # fmt: skip
+    assert config.ssl and config.ssl_cert_reqs == "none"
+    assert config.protocol == 2 and config.decode_responses and config.client_name == "api"
+    assert (config.socket_timeout, config.connect_timeout) == (1.5, 3.0)
+    assert config.address == "[::1]:7000"
+    assert RedisConfig.from_url(config.to_url(redact=False)) == config
+
+    unix = RedisConfig.from_url("unix://:pw@/tmp/redis.sock?db=2")
+    assert (unix.unix_socket_path, unix.db, unix.password) == ("/tmp/redis.sock", 2, "pw")
+    assert unix.to_url(redact=False) == "unix://:pw@/tmp/redis.sock?db=2"
+    assert RedisConfig.from_url("redis://h").port == 6379
+    assert RedisConfig.from_url("redis://h/?db=4").db == 4
+    assert RedisConfig.from_url("REDIS://h:1/0").host == "h"
+    assert RedisConfig.from_url("redis://user@h").username == "user"
+    assert RedisConfig.from_url("redis://h", db=7).db == 7  # overrides win
+
+
+def test_split_url_returns_pool_options() -> None:
+    config, pool = split_url("redis://h/0?max_connections=20&health_check_interval=5")
+    assert config.host == "h"
+    assert pool == {"max_size": 20, "health_check_interval": 5.0}
+    with pytest.raises(ConfigError, match=r"max_connections .* is a pool option"):
+        RedisConfig.from_url("redis://h/0?max_connections=20")
+
+
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        ("http://localhost:6379/0", "url"),
+        ("localhost:6379", "url"),
+        ("redis://localhost:0/0", "port"),
+        ("redis://localhost:70000/0", "port"),
+        ("redis://localhost:abc/0", "port"),
+        ("redis://localhost:6379/-1", "db"),
+        ("redis://localhost:6379/abc", "db"),
+        ("redis://localhost/0?db=abc", "db"),
+        ("redis://localhost/1?db=2", "db"),
+        ("redis://localhost/0?socket_timeout=-1", "socket_timeout"),
+        ("redis://localhost/0?socket_timeout=abc", "socket_timeout"),
+        ("redis://localhost/0?connect_timeout=0", "connect_timeout"),
+        ("redis://localhost/0?bogus=1", "bogus"),
+        ("redis://localhost/0?ssl_ca_certs=/ca.pem", "ssl_ca_certs"),
+        ("redis://localhost/0?ssl_cert_reqs=none", "ssl_cert_reqs"),
+        ("redis://localhost/0?protocol=4", "protocol"),
+        ("redis://localhost/0?decode_responses=maybe", "decode_responses"),
+        ("redis://localhost/0?encoding=klingon", "encoding"),
+        ("redis://localhost/0?db=1&db=1", "db"),
+        ("redis://localhost/0?client_name=a%20b", "client_name"),
+        ("unix://", "url"),
+        ("redis://[::1/0", "url"),
+    ],
+)
+def test_bad_urls_name_the_field(url: str, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisConfig.from_url(url)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+    assert field in str(info.value)
+
+
+def test_bad_url_message_never_shows_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisConfig.from_url("redis://user:topsecret@localhost:99999/0")
+    assert "topsecret" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        RedisConfig.from_url("ftp://user:topsecret@localhost/0")
+    assert "topsecret" not in str(info.value)
+    assert "***" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        RedisConfig(password=123)  # type: ignore[arg-type]
+    assert "123" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"port": 0}, "port"),
+        ({"port": 70000}, "port"),
+        ({"port": True}, "port"),
+        ({"db": -1}, "db"),
+        ({"db": "abc"}, "db"),
+        ({"host": ""}, "host"),
+        ({"socket_timeout": -1}, "socket_timeout"),
+        ({"socket_timeout": float("nan")}, "socket_timeout"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+        ({"ssl_ca_certs": "/ca.pem"}, "ssl_ca_certs"),
+        ({"ssl": True, "ssl_keyfile": "k.pem"}, "ssl_keyfile"),
+        ({"ssl": True, "ssl_cert_reqs": "sometimes"}, "ssl_cert_reqs"),
+        ({"ssl": True, "unix_socket_path": "/s"}, "ssl"),
+        ({"unix_socket_path": ""}, "unix_socket_path"),
+        ({"protocol": 1}, "protocol"),
+        ({"encoding_errors": "nope"}, "encoding_errors"),
+        ({"max_reply_size": 10}, "max_reply_size"),
+        ({"client_name": "has space"}, "client_name"),
+        ({"decode_responses": "yes"}, "decode_responses"),
+    ],
+)
+def test_bad_values_name_the_field(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisConfig(**changes)
+    assert info.value.field == field
+
+
+def test_config_is_frozen_and_replace_validates() -> None:
+    config = RedisConfig()
+    with pytest.raises(AttributeError):
+        config.port = 1  # type: ignore[misc]
+    assert config.replace(port=1).port == 1
+    with pytest.raises(ConfigError):
+        config.replace(port=-1)
+    with pytest.raises(ConfigError, match="not a RedisConfig field"):
+        RedisConfig.from_url("redis://h", colour="blue")
+
+
+def test_from_env() -> None:
+    env = {
+        "REDIS_URL": "redis://:pw@cache:6380/2",
+        "REDIS_SOCKET_TIMEOUT": "2.5",
+        "REDIS_MAX_CONNECTIONS": "32",
+        "REDIS_HEALTH_CHECK_INTERVAL": "15",
+    }
+    config = RedisConfig.from_env(env)
+    assert (config.host, config.port, config.db, config.password) == ("cache", 6380, 2, "pw")
+    assert config.socket_timeout == 2.5
+    pool = PoolConfig.from_env(env)
+    assert (pool.max_size, pool.health_check_interval) == (32, 15.0)
+    assert RedisConfig.from_env({}) == RedisConfig()
+    assert PoolConfig.from_env({}) == PoolConfig()
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"REDIS_SOCKET_TIMEOUT": "soon"}, "REDIS_SOCKET_TIMEOUT"),
+        ({"REDIS_SOCKET_TIMEOUT": "-3"}, "REDIS_SOCKET_TIMEOUT"),
+        ({"REDIS_MAX_CONNECTIONS": "many"}, "REDIS_MAX_CONNECTIONS"),
+        ({"REDIS_MAX_CONNECTIONS": "0"}, "REDIS_MAX_CONNECTIONS"),
+        ({"REDIS_HEALTH_CHECK_INTERVAL": "-1"}, "REDIS_HEALTH_CHECK_INTERVAL"),
+    ],
+)
+def test_bad_env_names_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisConfig.from_env(env)
+        PoolConfig.from_env(env)
+    assert info.value.field == name
+
+
+def test_bad_redis_url_in_env_says_where_it_came_from() -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisConfig.from_env({"REDIS_URL": "redis://h:0/0"})
+    assert info.value.field == "port"
+    assert any("REDIS_URL" in note for note in info.value.__notes__)
+
+
+_text = st.text(min_size=1, max_size=12).filter(lambda s: "\x00" not in s)
+
+
+@given(
+    host=st.sampled_from(["localhost", "127.0.0.1", "::1", "redis.example.com"]),
+    port=st.integers(1, 65535),
+    db=st.integers(0, 10_000),
+    username=st.none() | _text,
+    password=st.none() | _text,
+    ssl=st.booleans(),
+    protocol=st.sampled_from([2, 3]),
+    decode=st.booleans(),
+    timeout=st.none() | st.floats(0.001, 1e6),
+    name=st.none() | st.text("abcxyz-_:0123", min_size=1, max_size=10),
+)
+def test_url_round_trip(
+    host: str, port: int, db: int, username: str | None, password: str | None, ssl: bool,
+    protocol: int, decode: bool, timeout: float | None, name: str | None,
+) -> None:  # fmt: skip
+    config = RedisConfig(
+        host=host, port=port, db=db, username=username, password=password, ssl=ssl,
+        protocol=protocol, decode_responses=decode, socket_timeout=timeout, client_name=name,
+    )  # fmt: skip
+    url = config.to_url(redact=False)
+    assert RedisConfig.from_url(url) == config
+    redacted = RedisConfig.from_url(config.to_url())
+    assert redacted.password == (None if password is None else "***")
+    assert redacted.replace(password=password) == config
+
+
+@given(st.text(max_size=80))
+def test_url_parser_only_raises_config_error(url: str) -> None:
+    with contextlib.suppress(ConfigError):
+        RedisConfig.from_url(url)
+
+
+@given(st.text(alphabet="redis:/@[]?&=%:.0123456789abcdhlostu", max_size=60))
+def test_url_parser_on_url_like_junk(url: str) -> None:
+    with contextlib.suppress(ConfigError):
+        split_url(url)
+
+
+def test_pool_config_validation() -> None:
+    with pytest.raises(ConfigError, match="max_size"):
+        PoolConfig(max_size=0)
+    with pytest.raises(ConfigError, match="health_check_interval"):
+        PoolConfig(health_check_interval=-5)
+    assert PoolConfig(health_check_interval=None).health_check_interval is None

