@@ -256,6 +256,12 @@ class Connection:
             raise ConnectionClosed(
                 f"the connection to {self.config.address} is closed ({self._closed_by})"
             )
+        if self._owed:
+            # Between exchanges nothing is owed: another task is mid-exchange right now.
+            raise RuntimeError(
+                f"{self!r} is in use by another task; a connection serves one task at a time "
+                "(lease one per task from the pool)"
+            )
         packer = self._packer
         # Packing first: a bad argument raises here, before anything is owed or sent.
         data = packer.pack(commands[0]) if len(commands) == 1 else packer.pack_many(commands)
@@ -445,6 +451,8 @@ def _translate(
     """
     address = config.address
     original = exc
+    if connecting and isinstance(exc, ConnectionLost | ConnectionClosed):
+        return ConnectError(f"{address} closed the connection during the handshake")
     if isinstance(exc, AnyPoolError):
         return exc
     if isinstance(exc, _CommandTimedOut):

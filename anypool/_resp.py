@@ -42,7 +42,7 @@ import codecs
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 from ._compat import server_error
 from ._errors import InvalidArgument, ProtocolError, ReplyDecodeError
@@ -517,9 +517,10 @@ class HiredisParser:
             self._feed_reader(data[:hit])
             data = data[hit:]
             self._drain()
-            if self._replay is not None and not self._pending:
-                # The hit sits exactly at a reply boundary: it is a type byte.
-                self._start_fallback([data])
+            if self._replay is not None:
+                # A reply boundary was reached on the way (possibly right at the hit): the
+                # window is back, so the stretch since then can be replayed exactly.
+                self._start_fallback([*self._replay, data])
                 return
             # Inside a reply: a bulk string's content (hiredis takes it as data) or a nested
             # type byte, which hiredis rejects for "!" and which no server sends for "|".
@@ -562,7 +563,7 @@ class HiredisParser:
             self._replay, self._replay_size, self._returned = [], 0, 0
         return reply
 
-    def _fail(self, exc: Exception, cause: BaseException | None = None) -> Any:
+    def _fail(self, exc: Exception, cause: BaseException | None = None) -> NoReturn:
         self._failed = exc
         if cause is not None:
             raise exc from cause

@@ -179,7 +179,7 @@ async def test_get_cancelled_while_server_busy_never_returns_previous_reply(
     slot = Slot(config)
     first = await slot.get()
     async with connected(config) as busy, anyio.create_task_group() as tg:
-        tg.start_soon(busy.execute, "EVAL", BUSY_SCRIPT, 0, 30_000_000)
+        tg.start_soon(busy.execute, "EVAL", BUSY_SCRIPT, 0, 10_000_000)  # ~1 s
         await anyio.wait_all_tasks_blocked()  # the script has been sent: the server is busy
         with anyio.move_on_after(0.05) as scope:
             await first.execute("GET", "h1:k1")
@@ -436,6 +436,29 @@ async def test_looks_alive_notices_a_server_side_close(config: RedisConfig) -> N
                 await anyio.sleep(0.01)
         with pytest.raises(anypool.ConnectionLost):
             await victim.execute("PING")
+
+
+async def test_concurrent_use_is_refused_without_harm(config: RedisConfig) -> None:
+    async with connected(config) as conn, anyio.create_task_group() as tg:
+        tg.start_soon(conn.execute, "DEBUG", "SLEEP", "1")
+        await anyio.wait_all_tasks_blocked()  # ~0.1 s steps on asyncio: the sleep outlasts it
+        with pytest.raises(RuntimeError, match="in use by another task"):
+            await conn.execute("PING")
+    assert conn.closed  # closed by `connected` on exit, not by the refused call
+    async with connected(config) as conn:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.execute, "DEBUG", "SLEEP", "1")
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(RuntimeError):
+                await conn.execute("PING")
+        assert conn.is_reusable  # the first task's exchange completed normally
+        assert await conn.execute("PING") == b"PONG"
+
+
+async def test_server_hanging_up_during_handshake_is_a_connect_error() -> None:
+    async with scripted_server(b"") as port:
+        with pytest.raises(anypool.ConnectError, match="during the handshake"):
+            await Connection.connect(RedisConfig(host="127.0.0.1", port=port))
 
 
 async def test_repr_hides_password(config: RedisConfig) -> None:
