@@ -79,10 +79,12 @@ def _blob_error() -> st.SearchStrategy[Reply]:
     )
 
 
-def scalars(resp3: bool = True) -> st.SearchStrategy[Reply]:
+def scalars(resp3: bool = True, blob_errors: bool = True) -> st.SearchStrategy[Reply]:
     base = [_simple(), _error(), _integer(), _bulk(), _nulls()]
     if resp3:
-        base += [_boolean(), _double(), _bignum(), _verbatim(), _blob_error()]
+        base += [_boolean(), _double(), _bignum(), _verbatim()]
+        if blob_errors:
+            base.append(_blob_error())
     return st.one_of(*base)
 
 
@@ -97,8 +99,10 @@ def _with_attribute(child: st.SearchStrategy[Reply]) -> st.SearchStrategy[Reply]
     return st.tuples(attribute, child).map(lambda t: (t[0] + t[1][0], t[1][1]))
 
 
-def replies(resp3: bool = True) -> st.SearchStrategy[Reply]:
-    """Any reply, nested up to a few levels."""
+def replies(
+    resp3: bool = True, *, attributes: bool = True, blob_errors: bool = True
+) -> st.SearchStrategy[Reply]:
+    """Any reply, nested up to a few levels (optionally without attributes or blob errors)."""
 
     def extend(children: st.SearchStrategy[Reply]) -> st.SearchStrategy[Reply]:
         items = st.lists(children, max_size=5)
@@ -124,9 +128,24 @@ def replies(resp3: bool = True) -> st.SearchStrategy[Reply]:
                 {k[1]: v[1] for k, v in kvs},
             )
         )
-        return st.one_of(array, rset, push, rmap, _with_attribute(children))
+        if attributes:
+            return st.one_of(array, rset, push, rmap, _with_attribute(children))
+        return st.one_of(array, rset, push, rmap)
 
-    return st.recursive(scalars(resp3), extend, max_leaves=12)
+    return st.recursive(scalars(resp3, blob_errors), extend, max_leaves=12)
+
+
+def top_level_only_hazards() -> st.SearchStrategy[Reply]:
+    """Replies whose attributes and blob errors sit only at the top level (as Redis sends
+    them), around nested replies that have neither, plus bulk strings that *look* like them."""
+    plain = replies(attributes=False, blob_errors=False)
+    lookalike = st.sampled_from([b"\n|", b"\n!", b"a\n|1\r\n", b"!\n|!"]).map(
+        lambda b: (b"$%d\r\n%b\r\n" % (len(b), b), b)
+    )
+    nested_lookalike = st.lists(lookalike, min_size=1, max_size=3).map(
+        lambda xs: (b"*%d\r\n" % len(xs) + b"".join(x[0] for x in xs), [x[1] for x in xs])
+    )
+    return st.one_of(plain, _with_attribute(plain), _blob_error(), lookalike, nested_lookalike)
 
 
 def decoded(value: Any, encoding: str = "utf-8") -> Any:

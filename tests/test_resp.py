@@ -21,7 +21,7 @@ from anypool._resp import (
     make_parser,
 )
 
-from .resp_strategies import decoded, normalize, replies
+from .resp_strategies import decoded, normalize, replies, top_level_only_hazards
 
 PARSERS = [PythonParser, HiredisParser]
 
@@ -70,6 +70,22 @@ def test_hiredis_and_python_agree(stream: list[Any], splits: list[int], other: l
     python = parse_all(PythonParser(), data, splits)
     fast = parse_all(HiredisParser(), data, other)
     assert [normalize(v) for v in fast] == [normalize(v) for v in python]
+
+
+@given(
+    stream=st.lists(top_level_only_hazards(), min_size=1, max_size=10),
+    splits=cuts,
+    window=st.integers(1, 64),
+)
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_hiredis_past_a_tiny_replay_window_agrees(
+    stream: list[Any], splits: list[int], window: int
+) -> None:
+    """With a replay window of a few bytes nearly every hit takes the split-and-check path;
+    top-level attributes and blob errors must still parse exactly."""
+    data = b"".join(wire for wire, _ in stream)
+    got = parse_all(HiredisParser(replay_window=window), data, splits)
+    assert [normalize(v) for v in got] == [normalize(e) for _, e in stream]
 
 
 @given(stream=st.lists(replies(resp3=False), min_size=1, max_size=8), splits=cuts)
