@@ -171,6 +171,13 @@ def _parse_int(line: bytes | bytearray) -> int:
     raise ProtocolError(f"invalid integer in reply header: {bytes(line[:40])!r}")
 
 
+def _decode_error(encoding: str | None, exc: UnicodeDecodeError) -> ReplyDecodeError:
+    return ReplyDecodeError(
+        f"a reply could not be decoded as {encoding} ({exc.reason}); "
+        "use decode_responses=False or a lenient encoding_errors"
+    )
+
+
 class PythonParser:
     """The pure-Python RESP2/RESP3 parser: resumable, bounded, latched on failure."""
 
@@ -245,11 +252,7 @@ class PythonParser:
             self._failed = exc
             raise
         except UnicodeDecodeError as exc:
-            self._failed = ReplyDecodeError(
-                f"a reply could not be decoded as {self._encoding} ({exc.reason}); "
-                "use decode_responses=False or a lenient encoding_errors"
-            )
-            self._failed.__cause__ = exc
+            self._failed = _decode_error(self._encoding, exc)
             raise self._failed from exc
 
     def _parse(self) -> Any:
@@ -574,13 +577,7 @@ class HiredisParser:
         except ProtocolError as exc:
             self._fail(exc)
         except UnicodeDecodeError as exc:
-            self._fail(
-                ReplyDecodeError(
-                    f"a reply could not be decoded as {self._encoding} ({exc.reason}); "
-                    "use decode_responses=False or a lenient encoding_errors"
-                ),
-                exc,
-            )
+            self._fail(_decode_error(self._encoding, exc), exc)
         except TypeError:
             self._fail(ProtocolError("a map reply has a key Python cannot hash"))
         if reply is not NEED_DATA:
