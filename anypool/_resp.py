@@ -13,16 +13,19 @@ Two parsers give identical results (a Hypothesis differential test holds them to
 * :class:`PythonParser` keeps its place between calls -- a stack of the aggregates being built and
   an offset into its buffer -- so feeding a large reply chunk by chunk costs linear time, never a
   restart from the beginning.
-* :class:`HiredisParser` runs hiredis, which is several times faster, but cannot parse RESP3 blob
+* :class:`HiredisParser` runs hiredis, which is several times faster, but rejects RESP3 blob
   errors (``!``) and mis-counts attributes (``|``): an attribute would shift every later reply by
-  one.  Both type bytes can only appear right after a ``\\n``, so the wrapper looks for ``\\n!`` and
-  ``\\n|`` in each chunk (a C-speed search).  On a hit it replays the input since hiredis was last
-  at a reply boundary into a :class:`PythonParser` and uses that until the next boundary, then
-  returns to hiredis.  A hit inside a bulk string (user data) costs speed for that stretch only.
-  If a single reply in progress has outgrown the replay window, the input is split at the hit: a
-  hit at a reply boundary still switches exactly; a hit inside a reply is passed to hiredis, which
-  rejects a nested ``!`` (ProtocolError) -- only a *nested* attribute inside a reply larger than
-  the window, which no Redis server sends, could go unnoticed.
+  one.  The wrapper keeps the input since hiredis was last at a reply boundary (up to a replay
+  window of 4 MiB).  When hiredis rejects a ``!``, that stretch is replayed through a
+  :class:`PythonParser`, which takes over until the next boundary, then hands back to hiredis.
+  Attributes fail silently, so they are searched for: ``|`` is a type byte only right after a
+  ``\\n``, and chunks containing ``\\n|`` (found by a memchr, then a regex only if ``|`` occurs)
+  are replayed the same way.  A ``\\n|`` inside user data costs speed for that stretch only.
+  Past the window, ``\\n!`` is searched for too, and the input is split at each hit to see
+  whether it falls on a reply boundary (then the switch is still exact).  What remains: a blob
+  error *nested* inside a reply that outgrew the window raises ProtocolError (loud, never a
+  desync), and an attribute nested inside such a reply is counted as an element.  No Redis
+  server sends either.
 
 Failure modes are latched: after a :class:`~anypool.ProtocolError` (junk, a reply over
 ``max_reply_size``) or :class:`~anypool.ReplyDecodeError`, every later call raises it again, since
@@ -393,9 +396,10 @@ class PythonParser:
 
 # --- the hiredis parser -----------------------------------------------------------------------
 
-# Where a type byte hiredis cannot handle may start (see the module docstring).
-_HIREDIS_BLIND_SPOT = re.compile(rb"\n[|!]")
-_HIREDIS_UNKNOWN_TYPES = (b"|", b"!")
+# Where an attribute may start: "|" is a type byte only right after a "\n".
+_ATTRIBUTE_START = re.compile(rb"\n\|")
+# Past the replay window, blob errors ("!") are searched for as well (see _feed_hit).
+_ATTRIBUTE_OR_BLOB_ERROR_START = re.compile(rb"\n[|!]")
 # How much input since hiredis was last at a reply boundary is kept for a replay.
 _REPLAY_WINDOW = 4 * 1024 * 1024
 
@@ -479,13 +483,20 @@ class HiredisParser:
                 return
         if not data:
             return
-        # Rare, so test cheaply first: `int in bytes` is a memchr, several times faster than
-        # `b"|" in data` or a regex search, which runs only when one of the bytes is present.
-        if 0x7C in data or 0x21 in data:
+        # Within the replay window only "|" is searched for: a "!" that hiredis rejects can
+        # still be replayed.  Past it (rare: a stretch of more than the window without a reply
+        # boundary, counting this chunk), "!" is searched for too.
+        past_window = not self._clean and (
+            self._replay is None or self._replay_size + len(data) > self._replay_window
+        )
+        # Test cheaply first: `int in bytes` is a memchr, five times faster than
+        # `b"|" in data`; the regex runs only when such a byte occurs at all.
+        if 0x7C in data or (past_window and 0x21 in data):
             if self._line_start and data[0] in (0x7C, 0x21):
                 hit = 0
             else:
-                match = _HIREDIS_BLIND_SPOT.search(data)
+                pattern = _ATTRIBUTE_OR_BLOB_ERROR_START if past_window else _ATTRIBUTE_START
+                match = pattern.search(data)
                 hit = -1 if match is None else match.start() + 1
             if hit >= 0:
                 self._line_start = data[-1] == 0x0A
@@ -515,8 +526,13 @@ class HiredisParser:
             )
 
     def _feed_hit(self, data: bytes, hit: int) -> None:
-        """``data[hit]`` may be a type byte hiredis cannot handle: find out, and hand over."""
+        """``data[hit]`` may start an attribute (which hiredis would count as an element) or,
+        past the replay window, a blob error: find out, and hand the stretch to the Python
+        parser if so."""
         while True:
+            if self._fallback is not None:  # a replay began while draining
+                self._fallback.feed(data)
+                return
             if self._clean:
                 self._start_fallback([data], skip=0)
                 return
@@ -531,9 +547,10 @@ class HiredisParser:
                 data, hit = data[hit:], 0
                 self._drain()
                 continue
-            # Inside a reply: a bulk string's content (hiredis takes it as data) or a nested
-            # type byte, which hiredis rejects for "!" and which no server sends for "|".
-            match = _HIREDIS_BLIND_SPOT.search(data, 1)
+            # Inside a reply that outgrew the window: a bulk string's content (data, as
+            # hiredis takes it) or a nested type byte, which no Redis server sends; hiredis
+            # rejects a nested "!" (ProtocolError) and counts a nested "|" as an element.
+            match = _ATTRIBUTE_OR_BLOB_ERROR_START.search(data, 1)
             if match is None:
                 self._feed_reader(data)
                 return
@@ -575,7 +592,13 @@ class HiredisParser:
         try:
             reply = self._reader.gets()
         except ProtocolError as exc:
-            self._fail(exc)
+            replay = self._replay
+            if replay is None:
+                self._fail(exc)
+            # Perhaps a blob error ("!"), which hiredis rejects: replay the stretch since the
+            # last boundary in Python, which parses it (or fails on real junk, latched).
+            self._start_fallback(replay, skip=self._returned)
+            return self._fallback_gets()
         except UnicodeDecodeError as exc:
             self._fail(_decode_error(self._encoding, exc), exc)
         except TypeError:
@@ -595,10 +618,14 @@ class HiredisParser:
             reply = self._ready.popleft()
             self._slow = bool(self._ready) or self._fallback is not None
             return reply
-        fallback = self._fallback
-        if fallback is None:  # pragma: no cover - _slow implies one of the three
+        if self._fallback is None:  # pragma: no cover - _slow implies one of the three
             self._slow = False
             return self._reader_gets()
+        return self._fallback_gets()
+
+    def _fallback_gets(self) -> Any:
+        fallback = self._fallback
+        assert fallback is not None
         try:
             reply = fallback.gets()
         except (ProtocolError, ReplyDecodeError) as exc:
