@@ -29,6 +29,7 @@ from typing import Any, Final, NoReturn
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import redis.exceptions
 from anyio.streams.tls import TLSStream
 
@@ -248,6 +249,7 @@ class Connection:
         Raises and cancellation: as :meth:`execute`.
         """
         if not commands:
+            await anyio.lowlevel.checkpoint()  # still a checkpoint, like every async method
             return []
         return await self._exchange(commands, timeout)
 

@@ -92,6 +92,10 @@ async def test_execute_many_returns_errors_in_place(config: RedisConfig) -> None
         assert isinstance(replies[1], redis.exceptions.ResponseError)
         assert replies[2:] == [b"v", b"PONG"]
         assert conn.is_reusable
+        with anyio.CancelScope() as scope:  # an empty batch is still a checkpoint
+            scope.cancel()
+            await conn.execute_many([])
+            pytest.fail("execute_many([]) did not check for cancellation")
         assert await conn.execute_many([]) == []
 
 
