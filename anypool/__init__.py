@@ -1,5 +1,8 @@
 """anypool: a Redis connection pool and client for structured concurrency (trio and asyncio)."""
 
+from ._backoff import BreakerState as BreakerState
+from ._config import BackoffPolicy as BackoffPolicy
+from ._config import BreakerPolicy as BreakerPolicy
 from ._config import PoolConfig as PoolConfig
 from ._config import RedisConfig as RedisConfig
 from ._config import split_url as split_url
@@ -14,6 +17,7 @@ from ._errors import ConnectTimeout as ConnectTimeout
 from ._errors import InvalidArgument as InvalidArgument
 from ._errors import PoolClosed as PoolClosed
 from ._errors import PoolError as PoolError
+from ._errors import PoolExhausted as PoolExhausted
 from ._errors import PoolTimeout as PoolTimeout
 from ._errors import PoolUnavailable as PoolUnavailable
 from ._errors import ProtocolError as ProtocolError
@@ -21,27 +25,41 @@ from ._errors import ReplyDecodeError as ReplyDecodeError
 from ._errors import ResponseError as ResponseError
 from ._errors import TimeoutError as TimeoutError
 from ._errors import TooManyWaiters as TooManyWaiters
+from ._pool import Lease as Lease
+from ._pool import Pool as Pool
+from ._pool import ResourceFactory as ResourceFactory
+from ._stats import Health as Health
+from ._stats import PoolStatistics as PoolStatistics
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AnyPoolError",
     "AuthenticationError",
+    "BackoffPolicy",
+    "BreakerPolicy",
+    "BreakerState",
     "ConfigError",
     "ConnectError",
     "ConnectTimeout",
     "ConnectionClosed",
     "ConnectionError",
     "ConnectionLost",
+    "Health",
     "InvalidArgument",
+    "Lease",
+    "Pool",
     "PoolClosed",
     "PoolConfig",
     "PoolError",
+    "PoolExhausted",
+    "PoolStatistics",
     "PoolTimeout",
     "PoolUnavailable",
     "ProtocolError",
     "RedisConfig",
     "ReplyDecodeError",
+    "ResourceFactory",
     "ResponseError",
     "TimeoutError",
     "TooManyWaiters",

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from ._errors import ConfigError
 
-__all__ = ["PoolConfig", "RedisConfig", "split_url"]
+__all__ = ["BackoffPolicy", "BreakerPolicy", "PoolConfig", "RedisConfig", "split_url"]
 
 SslCertReqs = Literal["required", "optional", "none"]
 
@@ -289,26 +289,122 @@ class RedisConfig:
             raise
 
 
+@dataclasses.dataclass(frozen=True)
+class BackoffPolicy:
+    """How the pool spaces out reconnect attempts: ``base * 2**n`` capped at ``cap``, spread by
+    up to ``±jitter`` (a fraction) so that clients do not retry in lock-step.
+
+    Attributes:
+        base: seconds before the first retry.
+        cap: the longest wait between retries, before jitter.
+        jitter: fraction of each delay to randomise, 0 to 1.
+    """
+
+    base: float = 0.1
+    cap: float = 10.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_timeout("reconnect_backoff.base", self.base)
+        _check_timeout("reconnect_backoff.cap", self.cap)
+        if self.cap < self.base:
+            raise _fail("reconnect_backoff.cap", self.cap, f"must be >= base ({self.base})")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float):
+            raise _fail("reconnect_backoff.jitter", self.jitter, "must be a number from 0 to 1")
+        if not 0 <= self.jitter <= 1:
+            raise _fail("reconnect_backoff.jitter", self.jitter, "must be from 0 to 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerPolicy:
+    """When the circuit breaker opens, and for how long.
+
+    Attributes:
+        failure_threshold: consecutive connect failures that open the breaker.
+        reset_timeout: seconds it stays open before one probe is let through.
+    """
+
+    failure_threshold: int = 5
+    reset_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_int("breaker.failure_threshold", self.failure_threshold, low=1)
+        _check_timeout("breaker.reset_timeout", self.reset_timeout)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PoolConfig:
     """How many connections to keep, and how to look after them.  Immutable, validated.
 
+    psycopg_pool and HikariCP are the references for names and defaults.
+
     Attributes:
-        max_size: most connections open at once (commands wait for one beyond that).
+        min_size: connections opened at start and kept open (refilled in the background).
+        max_size: most connections open at once; beyond that, requests wait.
+        timeout: seconds ``acquire()`` waits for a connection before PoolTimeout; None waits
+            forever.
+        max_waiting: most tasks allowed to wait at once (TooManyWaiters beyond); None: no limit.
+        max_idle: seconds an idle connection above ``min_size`` is kept; None: forever.
+        max_lifetime: seconds after which a connection is retired (when idle, or on return);
+            each connection's lifetime is shortened by a random fraction up to
+            ``lifetime_jitter`` so that they do not all expire together; None: forever.
+        lifetime_jitter: see ``max_lifetime``; 0 to 0.5.
         health_check_interval: seconds an idle connection may go unused before the background
-            health task pings it; ``None`` disables keepalive pings.
+            task checks it (PING); None disables the checks.
+        leak_threshold: seconds a lease may be held before a warning is logged with the
+            holder's task and the stack where it acquired; None disables leak detection.
+        reconnect_backoff: spacing of background reconnect attempts.
+        breaker: the circuit breaker's threshold and reset timeout.
+        close_timeout: seconds leaving the pool waits for leased connections to come back
+            before closing them anyway.
+        name: the pool's name in logs, errors and ``repr()``.
     """
 
+    min_size: int = 0
     max_size: int = 10
+    timeout: float | None = 30.0
+    max_waiting: int | None = None
+    max_idle: float | None = 600.0
+    max_lifetime: float | None = 3600.0
+    lifetime_jitter: float = 0.05
     health_check_interval: float | None = 30.0
+    leak_threshold: float | None = None
+    reconnect_backoff: BackoffPolicy = BackoffPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
+    close_timeout: float = 5.0
+    name: str | None = None
 
     def __post_init__(self) -> None:
+        _check_int("min_size", self.min_size, low=0)
         _check_int("max_size", self.max_size, low=1)
-        object.__setattr__(
-            self,
-            "health_check_interval",
-            _check_timeout("health_check_interval", self.health_check_interval),
-        )
+        if self.min_size > self.max_size:
+            raise _fail("min_size", self.min_size, f"must not exceed max_size ({self.max_size})")
+        if self.max_waiting is not None:
+            _check_int("max_waiting", self.max_waiting, low=0)
+        set_ = object.__setattr__
+        for name in (
+            "timeout", "max_idle", "max_lifetime", "health_check_interval", "leak_threshold",
+        ):  # fmt: skip
+            set_(self, name, _check_timeout(name, getattr(self, name)))
+        close_timeout = _check_timeout("close_timeout", self.close_timeout)
+        if close_timeout is None:
+            raise _fail("close_timeout", None, "must be a number of seconds")
+        set_(self, "close_timeout", close_timeout)
+        if isinstance(self.lifetime_jitter, bool) or not isinstance(
+            self.lifetime_jitter, int | float
+        ):
+            raise _fail("lifetime_jitter", self.lifetime_jitter, "must be a number from 0 to 0.5")
+        if not 0 <= self.lifetime_jitter <= 0.5:
+            raise _fail("lifetime_jitter", self.lifetime_jitter, "must be from 0 to 0.5")
+        if not isinstance(self.reconnect_backoff, BackoffPolicy):
+            raise _fail("reconnect_backoff", self.reconnect_backoff, "must be a BackoffPolicy")
+        if not isinstance(self.breaker, BreakerPolicy):
+            raise _fail("breaker", self.breaker, "must be a BreakerPolicy")
+        _check_optional_str("name", self.name)
+
+    def replace(self, **changes: Any) -> PoolConfig:
+        """Return a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PoolConfig:

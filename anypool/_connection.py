@@ -44,9 +44,10 @@ from ._errors import (
     ProtocolError,
     TimeoutError,
 )
+from ._pool import ResourceFactory
 from ._resp import NEED_DATA, Arg, Packer, Push, make_parser
 
-__all__ = ["Connection", "DEFAULT"]
+__all__ = ["DEFAULT", "Connection", "ConnectionFactory"]
 
 logger = logging.getLogger("anypool.connection")
 
@@ -379,6 +380,37 @@ class Connection:
     def __repr__(self) -> str:
         state = f"closed: {self._closed_by}" if self._closed_by else f"owed={self._owed}"
         return f"<Connection {self.config.address} db={self.config.db} resp{self.protocol} {state}>"
+
+
+class ConnectionFactory(ResourceFactory[Connection]):
+    """Makes, checks and recycles Redis connections for a :class:`~anypool.Pool`.
+
+    Args:
+        config: how to connect.
+        check_timeout: seconds a health-check PING may take (default: ``socket_timeout``, or
+            5 s when that is None).
+    """
+
+    def __init__(self, config: RedisConfig, *, check_timeout: float | None = None) -> None:
+        self.config = config
+        self.check_timeout = check_timeout or config.socket_timeout or 5.0
+
+    async def create(self) -> Connection:
+        return await Connection.connect(self.config)
+
+    async def close(self, resource: Connection) -> None:
+        await resource.aclose()
+
+    async def check(self, resource: Connection) -> None:
+        reply = await resource.execute("PING", timeout=self.check_timeout)
+        if reply not in (b"PONG", "PONG"):
+            raise ProtocolError(f"PING returned {reply!r}")
+
+    async def reset(self, resource: Connection) -> bool:
+        return resource.is_reusable
+
+    def looks_alive(self, resource: Connection) -> bool:
+        return resource.looks_alive()
 
 
 # --- opening the stream -----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import redis.exceptions as _r
 
 ResponseError = _r.ResponseError
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidArgument",
     "PoolClosed",
     "PoolError",
+    "PoolExhausted",
     "PoolTimeout",
     "PoolUnavailable",
     "ProtocolError",
@@ -130,6 +132,10 @@ class PoolClosed(PoolError):
 
 class PoolTimeout(PoolError, _r.ConnectionError, _r.TimeoutError):
     """No connection became available within the acquire timeout."""
+
+
+class PoolExhausted(PoolError, anyio.WouldBlock):
+    """``acquire_nowait()`` found no free slot (it never waits).  Also an ``anyio.WouldBlock``."""
 
 
 class TooManyWaiters(PoolError):

@@ -1,0 +1,629 @@
+"""The generic pool: an anyio task group paired with a CapacityLimiter.  No Redis code here.
+
+Theory of operation
+-------------------
+The CapacityLimiter holds ``max_size`` tokens.  A token is a right to *hold or make* one
+resource: every lease borrows one (``acquire_on_behalf_of`` with the lease as the borrower, so
+one task may hold several leases), and so does every resource being created.  Idle resources
+hold no token.  Hence, at every step between awaits::
+
+    tokens borrowed == len(leased) + opening          (health checks lease like anyone else)
+    open == len(idle) + len(leased) + opening <= max_size
+
+and a task waits for a token only while every slot is leased or being opened: no waiter is
+parked while an idle resource exists.  The limiter's queue is first-come first-served, and it
+owns the hand-off race: a waiter woken with a token but cancelled at that instant gives the token
+straight back (anyio and trio both guarantee it), so no slot is lost.
+
+A lease ends exactly once (``_release``): the resource goes back to idle only if the pool is
+open, the resource is not retired or expired, and the factory's ``reset()`` says it is reusable.
+Otherwise it is closed under a shield before its token is released.  Idle resources are reused
+LIFO (the warmest first); the background maintenance (``_health``) checks them oldest first.
+
+The pool's task group (opened by ``async with``) runs the maintenance task.  Leaving the block
+wakes every waiter with PoolClosed, closes idle resources, waits up to ``close_timeout`` for
+leased ones to come back, closes the rest, and cancels the maintenance: nothing is left running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+import traceback
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Final, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+from anyio import AsyncContextManagerMixin
+
+from . import _health
+from ._backoff import BreakerState, CircuitBreaker
+from ._config import PoolConfig
+from ._errors import PoolClosed, PoolExhausted, PoolTimeout, PoolUnavailable, TooManyWaiters
+from ._stats import Health, PoolStatistics
+
+__all__ = ["DEFAULT", "Pool", "ResourceFactory"]
+
+logger = logging.getLogger("anypool.pool")
+
+R = TypeVar("R")
+
+
+class _Default:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Final = _Default()
+"""Use the pool's configured value (as opposed to None, which means "no limit")."""
+
+
+class ResourceFactory(Generic[R]):
+    """What a :class:`Pool` needs to know about its resources.  Subclass it.
+
+    ``create`` and ``close`` are required; the others have defaults that suit resources with no
+    state worth checking.
+    """
+
+    async def create(self) -> R:
+        """Make a new resource.  Raise if it cannot be made; clean up if cancelled."""
+        raise NotImplementedError
+
+    async def close(self, resource: R) -> None:
+        """Close a resource at once, without waiting on its peer.  Must not raise."""
+        raise NotImplementedError
+
+    async def check(self, resource: R) -> None:
+        """Prove an idle resource still works (a round trip, e.g. PING); raise if it does not."""
+
+    async def reset(self, resource: R) -> bool:
+        """Prepare a returned resource for its next holder; False means close it instead."""
+        return True
+
+    def looks_alive(self, resource: R) -> bool:
+        """A cheap, synchronous look at an idle resource before it is handed out."""
+        return True
+
+
+class _Entry(Generic[R]):
+    """A pooled resource and the facts the pool keeps about it."""
+
+    __slots__ = ("closed", "created_at", "expires_at", "generation", "last_used_at", "resource")
+
+    def __init__(self, resource: R, now: float, expires_at: float, generation: int) -> None:
+        self.resource = resource
+        self.closed = False  # closed by the pool (e.g. force-closed at shutdown while leased)
+        self.created_at = now
+        self.last_used_at = now
+        self.expires_at = expires_at
+        self.generation = generation
+
+
+class Lease(Generic[R]):
+    """One acquisition: the CapacityLimiter's borrower token, and the resource once assigned."""
+
+    __slots__ = ("acquired_at", "entry", "leak_reported", "released", "stack", "task_name")
+
+    def __init__(self) -> None:
+        self.entry: _Entry[R] | None = None
+        self.acquired_at = 0.0
+        self.released = False
+        self.leak_reported = False
+        self.task_name: str | None = None
+        self.stack: traceback.StackSummary | None = None
+
+    @property
+    def resource(self) -> R:
+        """The leased resource."""
+        if self.entry is None:
+            raise RuntimeError("this lease holds no resource")
+        return self.entry.resource
+
+
+@dataclasses.dataclass(slots=True)
+class _Counters:
+    """Mutable counters behind :class:`PoolStatistics` (same names, same meanings)."""
+
+    requests_num: int = 0
+    requests_queued: int = 0
+    requests_wait_ms: int = 0
+    requests_errors: int = 0
+    returns_bad: int = 0
+    connections_num: int = 0
+    connections_ms: int = 0
+    connections_errors: int = 0
+    connections_lost: int = 0
+    usage_ms: int = 0
+    reconnect_attempts: int = 0
+    leaks_detected: int = 0
+    health_checks: int = 0
+    health_check_failures: int = 0
+    health_transitions: int = 0
+    expired: int = 0
+
+
+_NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
+
+
+class Pool(Generic[R], AsyncContextManagerMixin):
+    """A pool of resources made by a :class:`ResourceFactory`, for structured concurrency.
+
+    ::
+
+        async with Pool(factory, min_size=2, max_size=16) as pool:
+            async with pool.acquire(timeout=2.0) as resource:
+                ...
+
+    The pool lives exactly as long as its ``async with`` block: entering starts the background
+    maintenance (keepalive checks, expiry, refill to ``min_size``, leak detection) in the
+    pool's own task group; leaving stops it, wakes every waiter with :class:`PoolClosed`, and
+    closes every resource.  A pool can be entered once.
+
+    Args:
+        factory: makes, checks, resets and closes the resources.
+        config: the settings (see :class:`PoolConfig`); keyword ``options`` override it.
+        clock: monotonic time source for expiry and statistics (injected by tests).
+        rand: uniform random source for lifetime jitter (injected by tests).
+        **options: any :class:`PoolConfig` field.
+    """
+
+    def __init__(
+        self,
+        factory: ResourceFactory[R],
+        config: PoolConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+        **options: Any,
+    ) -> None:
+        config = config or PoolConfig()
+        if options:
+            config = config.replace(**options)
+        self._factory = factory
+        self._config = config
+        self._clock = clock
+        self._rand = rand
+        self.name = config.name or f"pool-{id(self):x}"
+        self._min_size = config.min_size
+        self._max_size = config.max_size
+        self._limiter = anyio.CapacityLimiter(config.max_size)
+        # Where each resource is (invariants in the module docstring).
+        self._idle: deque[_Entry[R]] = deque()
+        self._leased: set[Lease[R]] = set()
+        self._opening = 0
+        self._generation = 0  # bumped by reset(): older resources are retired
+        self._state = _NEW
+        self._waiter_scopes: set[anyio.CancelScope] = set()
+        self._changed = anyio.Event()  # set, then replaced, whenever a resource moves
+        self._wake_maintenance = anyio.Event()
+        self._maintenance_scope = anyio.CancelScope()
+        self._refill_failures = 0  # consecutive failed background refills (for the backoff)
+        self._next_refill_at = -math.inf
+        self._breaker = CircuitBreaker(
+            config.breaker.failure_threshold, config.breaker.reset_timeout, clock
+        )
+        self._health = Health.HEALTHY
+        self._check_failed_recently = False
+        self._counters = _Counters()
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[Pool[R]]:
+        if self._state is not _NEW:
+            raise RuntimeError(f"{self.name} was already entered; a pool is entered once")
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            self._state = _OPEN
+            task_group.start_soon(self._maintain, name=f"{self.name} maintenance")
+            try:
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._shutdown()
+                task_group.cancel_scope.cancel()
+
+    async def _maintain(self) -> None:
+        with self._maintenance_scope:
+            await _health.run(self)
+
+    async def _shutdown(self) -> None:
+        self._state = _CLOSING
+        self._maintenance_scope.cancel()  # a check in progress returns its resource (closed)
+        for scope in list(self._waiter_scopes):
+            scope.cancel()  # waiters raise PoolClosed
+        while self._idle:
+            await self._close_entry(self._idle.pop())
+        with anyio.move_on_after(self._config.close_timeout):
+            while self._leased or self._opening:
+                await self._changed.wait()
+        for lease in list(self._leased):
+            # Still held after close_timeout: close it under its holder, who will get errors.
+            if lease.entry is not None:
+                logger.warning(
+                    "%s: closing a resource still leased by %s after close_timeout (%ss)",
+                    self.name, lease.task_name or "a task", self._config.close_timeout,
+                )  # fmt: skip
+                await self._close_entry(lease.entry)
+        self._state = _CLOSED
+        self._notify_changed()
+
+    def _check_open(self) -> None:
+        if self._state is not _OPEN:
+            if self._state is _NEW:
+                raise PoolClosed(f"{self.name} is not open yet: use `async with pool:` first")
+            raise PoolClosed(f"{self.name} is closed")
+
+    # --- acquiring ----------------------------------------------------------------------------
+
+    def acquire(self, *, timeout: float | _Default | None = DEFAULT) -> _Acquisition[R]:
+        """Lease a resource for the duration of an ``async with`` block.
+
+        Args:
+            timeout: seconds to wait for a free slot (``DEFAULT``: the pool's ``timeout``;
+                None waits forever).
+
+        Raises:
+            PoolTimeout: no slot became free in time.
+            TooManyWaiters: ``max_waiting`` tasks are already waiting.
+            PoolUnavailable: the circuit breaker is open (Redis unreachable).
+            PoolClosed: the pool is not open.
+            Exception: whatever the factory raised creating a resource.
+
+        Cancellation: a task cancelled while waiting leaves the queue with nothing held; one
+        cancelled at the instant a slot is handed to it gives the slot back.  The resource is
+        returned when the block exits, however it exits.
+        """
+        return _Acquisition(self, timeout, nowait=False)
+
+    def acquire_nowait(self) -> _Acquisition[R]:
+        """Like :meth:`acquire`, but fail at once with :class:`PoolExhausted` instead of
+        waiting for a slot (a resource may still have to be created)."""
+        return _Acquisition(self, 0.0, nowait=True)
+
+    async def lease(
+        self, *, timeout: float | _Default | None = DEFAULT, nowait: bool = False
+    ) -> Lease[R]:
+        """Acquire without a context manager; the caller must :meth:`release` exactly once.
+
+        Raises and cancellation: as :meth:`acquire`.
+        """
+        self._check_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        lease: Lease[R] = Lease()
+        counters = self._counters
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(lease)
+        except anyio.WouldBlock:
+            if nowait:
+                counters.requests_errors += 1
+                raise PoolExhausted(
+                    f"{self.name} has no free slot ({self._max_size} in use or being opened)"
+                ) from None
+            await self._wait_for_slot(lease, timeout)
+        # The lease holds a token now: it must be released on every path below.
+        try:
+            entry = await self._take_idle()
+            if entry is None:
+                entry = await self._open()
+            try:
+                if self._state is not _OPEN:
+                    raise PoolClosed(f"{self.name} closed while a resource was being acquired")
+                # A waiter handed a slot at the instant it was cancelled gives it all back here
+                # (on trio the hand-off completes the wait; the cancellation is still pending).
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                if self._state is _OPEN:
+                    self._idle.append(entry)
+                else:
+                    await self._close_entry(entry)
+                raise
+        except BaseException:
+            self._limiter.release_on_behalf_of(lease)
+            counters.requests_errors += 1
+            self._notify_changed()
+            raise
+        lease.entry = entry
+        lease.acquired_at = self._clock()
+        self._leased.add(lease)
+        counters.requests_num += 1
+        if self._config.leak_threshold is not None:
+            lease.task_name = anyio.get_current_task().name
+            lease.stack = traceback.StackSummary.from_list(traceback.extract_stack(limit=16)[:-1])
+        return lease
+
+    async def _wait_for_slot(self, lease: Lease[R], timeout: float | _Default | None) -> None:
+        counters = self._counters
+        max_waiting = self._config.max_waiting
+        if max_waiting is not None and len(self._waiter_scopes) >= max_waiting:
+            counters.requests_errors += 1
+            raise TooManyWaiters(f"{self.name} already has {max_waiting} tasks waiting")
+        if isinstance(timeout, _Default):
+            timeout = self._config.timeout
+        counters.requests_queued += 1
+        started = self._clock()
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        with anyio.CancelScope(deadline=deadline) as scope:
+            self._waiter_scopes.add(scope)
+            try:
+                await self._limiter.acquire_on_behalf_of(lease)
+            finally:
+                self._waiter_scopes.discard(scope)
+        counters.requests_wait_ms += int((self._clock() - started) * 1000)
+        if scope.cancelled_caught:
+            counters.requests_errors += 1
+            if self._state is not _OPEN:
+                raise PoolClosed(f"{self.name} closed while this task waited for a resource")
+            raise PoolTimeout(
+                f"{self.name}: no resource became free within {timeout}s "
+                f"(max_size={self._max_size}, {len(self._leased)} in use)"
+            )
+
+    async def _take_idle(self) -> _Entry[R] | None:
+        """The warmest usable idle resource, closing stale ones on the way (LIFO)."""
+        idle, counters = self._idle, self._counters
+        while idle:
+            entry = idle.pop()
+            if entry.generation != self._generation:
+                pass  # retired by reset()
+            elif entry.expires_at <= self._clock():
+                counters.expired += 1
+            elif not self._factory.looks_alive(entry.resource):
+                counters.connections_lost += 1
+            else:
+                return entry
+            await self._close_entry(entry)
+        return None
+
+    def _try_borrow(self) -> Lease[R] | None:
+        """A lease holding a token if one is free right now (for maintenance work), else None."""
+        lease: Lease[R] = Lease()
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(lease)
+        except anyio.WouldBlock:
+            return None
+        return lease
+
+    async def _open(self) -> _Entry[R]:
+        """Create a resource through the circuit breaker (a token must already be held)."""
+        breaker = self._breaker
+        if not breaker.allow():
+            error = breaker.last_error
+            raise PoolUnavailable(
+                f"{self.name}: the circuit breaker is open after {breaker.consecutive_failures}"
+                f" failed connects; next try in {breaker.retry_in():.1f}s; last error: {error}"
+            ) from error
+        counters = self._counters
+        self._opening += 1
+        started = self._clock()
+        try:
+            resource = await self._factory.create()
+        except Exception as exc:
+            counters.connections_errors += 1
+            breaker.record_failure(exc)
+            self._update_health()
+            raise
+        except BaseException:
+            breaker.abandon_probe()  # cancelled: it proved nothing either way
+            raise
+        finally:
+            self._opening -= 1
+            self._notify_changed()
+        now = self._clock()
+        counters.connections_num += 1
+        counters.connections_ms += int((now - started) * 1000)
+        breaker.record_success()
+        self._update_health()
+        lifetime = self._config.max_lifetime
+        expires_at = math.inf
+        if lifetime is not None:
+            expires_at = now + lifetime * (1.0 - self._config.lifetime_jitter * self._rand())
+        return _Entry(resource, now, expires_at, self._generation)
+
+    # --- releasing ----------------------------------------------------------------------------
+
+    async def release(self, lease: Lease[R]) -> None:
+        """Return a lease from :meth:`lease`.  Exactly once per lease.
+
+        Cancellation: the resource is closed (not reused) if the caller is cancelled while it
+        is being reset; the slot is freed either way.
+        """
+        if lease.released:
+            raise RuntimeError("this lease was already released")
+        lease.released = True
+        self._leased.discard(lease)
+        entry = lease.entry
+        assert entry is not None
+        now = self._clock()
+        counters = self._counters
+        counters.usage_ms += int((now - lease.acquired_at) * 1000)
+        # Retired (reset(), expired, pool shrunk or closing): closed without asking the factory.
+        retire = (
+            self._state is not _OPEN
+            or entry.generation != self._generation
+            or entry.expires_at <= now
+            or len(self._idle) + len(self._leased) + self._opening >= self._max_size
+        )
+        keep = False
+        try:
+            if not retire:
+                keep = await self._factory.reset(entry.resource)
+        finally:
+            if keep:
+                entry.last_used_at = now
+                self._idle.append(entry)
+            else:
+                counters.returns_bad += not retire
+                await self._close_entry(entry)
+            self._limiter.release_on_behalf_of(lease)
+            self._notify_changed()
+
+    async def _close_entry(self, entry: _Entry[R]) -> None:
+        """Close a resource that is in no other place any more, whatever the caller's state."""
+        if entry.closed:
+            return
+        entry.closed = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._config.close_timeout):
+            await self._factory.close(entry.resource)
+        self._wake_maintenance.set()  # the refill may have work now
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # --- run-time control ---------------------------------------------------------------------
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Wait until ``min_size`` resources are open: the fail-fast start.
+
+        Raises:
+            PoolTimeout: not ready within ``timeout`` (the message names the last error).
+            PoolClosed: the pool is not open.
+        """
+        self._check_open()
+        self._wake_maintenance.set()
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            while self._open_count() - self._opening < self._min_size:
+                await self._changed.wait()
+                self._check_open()
+            return
+        error = self._breaker.last_error
+        raise PoolTimeout(
+            f"{self.name}: {self._open_count() - self._opening} of min_size={self._min_size} "
+            f"resources ready after {timeout}s; last error: {error}"
+        ) from error
+
+    async def check(self) -> None:
+        """Check every idle resource now (``factory.check``); close the broken ones."""
+        self._check_open()
+        await _health.check_idle(self, self._clock(), everything=True)
+
+    async def reset(self) -> None:
+        """Close every idle resource and retire every leased one on return; start afresh."""
+        self._check_open()
+        self._generation += 1
+        while self._idle:
+            await self._close_entry(self._idle.pop())
+        self._wake_maintenance.set()
+
+    def resize(self, *, min_size: int | None = None, max_size: int | None = None) -> None:
+        """Change the size limits at run time.
+
+        Shrinking closes surplus idle resources soon (in the background) and retires leased
+        ones as they come back; growing lets waiters through at once.
+
+        Raises:
+            ConfigError: the new sizes are invalid (e.g. min_size above max_size).
+        """
+        config = self._config.replace(
+            min_size=self._min_size if min_size is None else min_size,
+            max_size=self._max_size if max_size is None else max_size,
+        )
+        self._config = config
+        self._min_size, self._max_size = config.min_size, config.max_size
+        self._limiter.total_tokens = config.max_size
+        self._wake_maintenance.set()
+
+    # --- observation --------------------------------------------------------------------------
+
+    def _open_count(self) -> int:
+        return len(self._idle) + len(self._leased) + self._opening
+
+    @property
+    def health(self) -> Health:
+        """HEALTHY, DEGRADED (recent failures, still working) or UNAVAILABLE (breaker open)."""
+        return self._health
+
+    @property
+    def config(self) -> PoolConfig:
+        """The settings in force (``resize`` changes the sizes)."""
+        return self._config
+
+    def _update_health(self) -> None:
+        breaker = self._breaker.state
+        if breaker is not BreakerState.CLOSED:
+            health = Health.UNAVAILABLE
+        elif self._breaker.consecutive_failures or self._check_failed_recently:
+            health = Health.DEGRADED
+        else:
+            health = Health.HEALTHY
+        if health is self._health:
+            return
+        log = logger.warning if health is not Health.HEALTHY else logger.info
+        log("%s: health %s -> %s", self.name, self._health.value, health.value)
+        self._health = health
+        self._counters.health_transitions += 1
+
+    def statistics(self) -> PoolStatistics:
+        """A frozen snapshot of the pool's gauges and counters."""
+        c = self._counters
+        return PoolStatistics(
+            pool_min=self._min_size,
+            pool_max=self._max_size,
+            pool_size=self._open_count(),
+            pool_available=len(self._idle),
+            requests_waiting=len(self._waiter_scopes),
+            requests_num=c.requests_num,
+            requests_queued=c.requests_queued,
+            requests_wait_ms=c.requests_wait_ms,
+            requests_errors=c.requests_errors,
+            returns_bad=c.returns_bad,
+            connections_num=c.connections_num,
+            connections_ms=c.connections_ms,
+            connections_errors=c.connections_errors,
+            connections_lost=c.connections_lost,
+            usage_ms=c.usage_ms,
+            in_use=len(self._leased),
+            opening=self._opening,
+            health=self._health.value,
+            breaker_state=self._breaker.state.value,
+            reconnect_attempts=c.reconnect_attempts,
+            leaks_detected=c.leaks_detected,
+            health_checks=c.health_checks,
+            health_check_failures=c.health_check_failures,
+            health_transitions=c.health_transitions,
+            expired=c.expired,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Pool {self.name} {self._state} idle={len(self._idle)} in_use={len(self._leased)}"
+            f" opening={self._opening} max={self._max_size} health={self._health.value}>"
+        )
+
+
+class _Acquisition(Generic[R]):
+    """The async context manager returned by :meth:`Pool.acquire`."""
+
+    __slots__ = ("_lease", "_nowait", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool[R], timeout: float | _Default | None, *, nowait: bool) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._nowait = nowait
+        self._lease: Lease[R] | None = None
+
+    async def __aenter__(self) -> R:
+        if self._lease is not None:
+            raise RuntimeError("this acquire() context was already entered")
+        self._lease = await self._pool.lease(timeout=self._timeout, nowait=self._nowait)
+        return self._lease.resource
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._lease is not None
+        await self._pool.release(self._lease)
