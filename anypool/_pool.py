@@ -195,7 +195,6 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         self.name = config.name or f"pool-{id(self):x}"
         self._min_size = config.min_size
         self._max_size = config.max_size
-        self._limiter = anyio.CapacityLimiter(config.max_size)
         # Where each resource is (invariants in the module docstring).
         self._idle: deque[_Entry[R]] = deque()
         self._leased: set[Lease[R]] = set()
@@ -203,9 +202,12 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         self._generation = 0  # bumped by reset(): older resources are retired
         self._state = _NEW
         self._waiter_scopes: set[anyio.CancelScope] = set()
-        self._changed = anyio.Event()  # set, then replaced, whenever a resource moves
-        self._wake_maintenance = anyio.Event()
-        self._maintenance_scope = anyio.CancelScope()
+        # Event-loop objects are made on entering (_bind): a pool may be built outside a loop,
+        # e.g. at module level, and entered later.
+        self._limiter: anyio.CapacityLimiter
+        self._changed: anyio.Event  # set, then replaced, whenever a resource moves
+        self._wake_maintenance: anyio.Event
+        self._maintenance_scope: anyio.CancelScope
         self._refill_failures = 0  # consecutive failed background refills (for the backoff)
         self._next_refill_at = -math.inf
         self._breaker = CircuitBreaker(
@@ -222,6 +224,10 @@ class Pool(Generic[R], AsyncContextManagerMixin):
     async def __asynccontextmanager__(self) -> AsyncIterator[Pool[R]]:
         if self._state is not _NEW:
             raise RuntimeError(f"{self.name} was already entered; a pool is entered once")
+        self._limiter = anyio.CapacityLimiter(self._max_size)
+        self._changed = anyio.Event()
+        self._wake_maintenance = anyio.Event()
+        self._maintenance_scope = anyio.CancelScope()
         async with anyio.create_task_group() as task_group:
             self._task_group = task_group
             self._state = _OPEN
@@ -249,6 +255,8 @@ class Pool(Generic[R], AsyncContextManagerMixin):
                 await self._changed.wait()
         for lease in list(self._leased):
             # Still held after close_timeout: close it under its holder, who will get errors.
+            # The lease leaves the books now; its token goes back when the holder releases it.
+            self._leased.discard(lease)
             if lease.entry is not None:
                 logger.warning(
                     "%s: closing a resource still leased by %s after close_timeout (%ss)",
@@ -519,8 +527,9 @@ class Pool(Generic[R], AsyncContextManagerMixin):
     def resize(self, *, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change the size limits at run time.
 
-        Shrinking closes surplus idle resources soon (in the background) and retires leased
-        ones as they come back; growing lets waiters through at once.
+        Shrinking takes surplus idle resources out of use at once (they are closed in the
+        pool's task group) and retires leased ones as they come back; growing lets waiters
+        through at once.
 
         Raises:
             ConfigError: the new sizes are invalid (e.g. min_size above max_size).
@@ -531,8 +540,15 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         )
         self._config = config
         self._min_size, self._max_size = config.min_size, config.max_size
-        self._limiter.total_tokens = config.max_size
-        self._wake_maintenance.set()
+        if self._state is not _NEW:
+            self._limiter.total_tokens = config.max_size
+            # Surplus idle resources leave the idle list now (so none is handed out or makes a
+            # waiter wait beside it) and are closed in the pool's task group.
+            while self._idle and self._open_count() > config.max_size:
+                entry = self._idle.popleft()
+                assert self._task_group is not None
+                self._task_group.start_soon(self._close_entry, entry)
+            self._wake_maintenance.set()
 
     # --- observation --------------------------------------------------------------------------
 
