@@ -286,7 +286,7 @@ async def test_wait_fails_fast_when_resources_cannot_be_made() -> None:
 async def test_resize(manual_maintenance: None) -> None:
     factory = FakeFactory()
     async with Pool(factory, max_size=1, **QUIET) as pool:
-        held = await pool.lease()
+        await pool.lease()  # hold the only slot
         async with anyio.create_task_group() as tg:
             tg.start_soon(partial(pool.lease, timeout=None))
             await anyio.wait_all_tasks_blocked()
