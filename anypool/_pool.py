@@ -205,7 +205,9 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         # Event-loop objects are made on entering (_bind): a pool may be built outside a loop,
         # e.g. at module level, and entered later.
         self._limiter: anyio.CapacityLimiter
-        self._changed: anyio.Event  # set, then replaced, whenever a resource moves
+        # Set whenever a resource moves, then dropped; made only when someone waits on it, since
+        # an Event costs ~1 us and the release path is hot.
+        self._changed: anyio.Event | None = None
         self._wake_maintenance: anyio.Event
         self._maintenance_scope: anyio.CancelScope
         self._refill_failures = 0  # consecutive failed background refills (for the backoff)
@@ -225,7 +227,6 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         if self._state is not _NEW:
             raise RuntimeError(f"{self.name} was already entered; a pool is entered once")
         self._limiter = anyio.CapacityLimiter(self._max_size)
-        self._changed = anyio.Event()
         self._wake_maintenance = anyio.Event()
         self._maintenance_scope = anyio.CancelScope()
         async with anyio.create_task_group() as task_group:
@@ -252,7 +253,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             await self._close_entry(self._idle.pop())
         with anyio.move_on_after(self._config.close_timeout):
             while self._leased or self._opening:
-                await self._changed.wait()
+                await self._wait_changed()
         for lease in list(self._leased):
             # Still held after close_timeout: close it under its holder, who will get errors.
             # The lease leaves the books now; its token goes back when the holder releases it.
@@ -310,6 +311,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         await anyio.lowlevel.checkpoint_if_cancelled()
         lease: Lease[R] = Lease()
         counters = self._counters
+        waited = False
         try:
             self._limiter.acquire_on_behalf_of_nowait(lease)
         except anyio.WouldBlock:
@@ -319,6 +321,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
                     f"{self.name} has no free slot ({self._max_size} in use or being opened)"
                 ) from None
             await self._wait_for_slot(lease, timeout)
+            waited = True
         # The lease holds a token now: it must be released on every path below.
         try:
             entry = await self._take_idle()
@@ -327,9 +330,10 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             try:
                 if self._state is not _OPEN:
                     raise PoolClosed(f"{self.name} closed while a resource was being acquired")
-                # A waiter handed a slot at the instant it was cancelled gives it all back here
-                # (on trio the hand-off completes the wait; the cancellation is still pending).
-                await anyio.lowlevel.checkpoint_if_cancelled()
+                if waited:
+                    # A waiter handed a slot at the instant it was cancelled gives it all back
+                    # (on trio the hand-off completes the wait; the cancellation is pending).
+                    await anyio.lowlevel.checkpoint_if_cancelled()
             except BaseException:
                 if self._state is _OPEN:
                     self._idle.append(entry)
@@ -486,8 +490,14 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         self._wake_maintenance.set()  # the refill may have work now
 
     def _notify_changed(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def _wait_changed(self) -> None:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
 
     # --- run-time control ---------------------------------------------------------------------
 
@@ -502,7 +512,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         self._wake_maintenance.set()
         with anyio.move_on_after(math.inf if timeout is None else timeout):
             while self._open_count() - self._opening < self._min_size:
-                await self._changed.wait()
+                await self._wait_changed()
                 self._check_open()
             return
         error = self._breaker.last_error

@@ -235,6 +235,22 @@ class PoolMachine(RuleBasedStateMachine):
             self.leases.append(lease)
             self.acquired += 1
 
+    @rule()
+    def acquire_with_short_timeout(self) -> None:
+        full = self.pool._limiter.available_tokens <= 0 or self.pool.statistics().requests_waiting
+        fails = self.driver.creates_fail()
+        try:
+            lease = self.call(partial(self.pool.lease, timeout=0.01))
+        except anypool.PoolTimeout:
+            assert full
+        except CREATE_ERRORS:
+            assert fails
+            self.driver.after_create_failure()
+        else:
+            self.leases.append(lease)
+            self.acquired += 1
+        self.settle()
+
     @precondition(lambda self: self.leases)
     @rule(data=st.data(), owe=st.booleans())
     def release(self, data: st.DataObject, owe: bool) -> None:
