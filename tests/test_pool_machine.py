@@ -307,6 +307,37 @@ class PoolMachine(RuleBasedStateMachine):
     def fail_next_create(self) -> None:
         self.driver.fail_next_create()
 
+    @precondition(lambda self: isinstance(self.driver, FakeDriver))
+    @rule()
+    def create_hangs_until_cancelled(self) -> None:
+        """A create() that never returns, cancelled by its caller: its slot must come back."""
+        pool = self.pool
+        live_idle = any(pool._factory.looks_alive(e.resource) for e in pool._idle)
+        if live_idle or pool._limiter.available_tokens <= 0 or self.waiters:
+            return  # the acquisition would not create
+        factory = self.driver.factory
+        factory.hang, factory.unhang = True, self.call(anyio.Event)
+        box: dict[str, Any] = {}
+
+        async def hanging(*, task_status: TaskStatus[anyio.CancelScope]) -> None:
+            with anyio.CancelScope() as scope:
+                task_status.started(scope)
+                box["lease"] = await pool.lease(timeout=None)
+
+        future, scope = self.portal.start_task(hanging)
+
+        async def until_opening() -> None:
+            with anyio.fail_after(5):
+                while not pool._opening:
+                    await anyio.sleep(0.001)
+
+        self.call(until_opening)
+        self.call(scope.cancel)
+        future.exception(timeout=5)  # the task ended (cancelled inside its own scope)
+        factory.hang = False
+        assert "lease" not in box
+        assert self.call(lambda: pool._opening) == 0
+
     @precondition(lambda self: self.pool._idle)
     @rule(data=st.data())
     def kill_idle_resource(self, data: st.DataObject) -> None:
