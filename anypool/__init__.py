@@ -1,6 +1,9 @@
 """anypool: a Redis connection pool and client for structured concurrency (trio and asyncio)."""
 
 from ._backoff import BreakerState as BreakerState
+from ._client import Pipeline as Pipeline
+from ._client import RedisConnection as RedisConnection
+from ._client import RedisPool as RedisPool
 from ._config import BackoffPolicy as BackoffPolicy
 from ._config import BreakerPolicy as BreakerPolicy
 from ._config import PoolConfig as PoolConfig
@@ -8,6 +11,7 @@ from ._config import RedisConfig as RedisConfig
 from ._config import split_url as split_url
 from ._errors import AnyPoolError as AnyPoolError
 from ._errors import AuthenticationError as AuthenticationError
+from ._errors import CommandNotAllowed as CommandNotAllowed
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectError as ConnectError
 from ._errors import ConnectionClosed as ConnectionClosed
@@ -39,6 +43,7 @@ __all__ = [
     "BackoffPolicy",
     "BreakerPolicy",
     "BreakerState",
+    "CommandNotAllowed",
     "ConfigError",
     "ConnectError",
     "ConnectTimeout",
@@ -48,6 +53,7 @@ __all__ = [
     "Health",
     "InvalidArgument",
     "Lease",
+    "Pipeline",
     "Pool",
     "PoolClosed",
     "PoolConfig",
@@ -58,6 +64,8 @@ __all__ = [
     "PoolUnavailable",
     "ProtocolError",
     "RedisConfig",
+    "RedisConnection",
+    "RedisPool",
     "ReplyDecodeError",
     "ResourceFactory",
     "ResponseError",

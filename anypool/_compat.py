@@ -9,11 +9,43 @@ Supported: redis-py 5.x, 6.x, 7.x and 8.x.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import redis
 from redis._parsers.base import BaseParser as _BaseParser
+from redis._parsers.encoders import Encoder
+from redis.asyncio.client import Pipeline as _RedisPipeline
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
+from redis.commands.core import AsyncCoreCommands
 from redis.exceptions import RedisError, ResponseError
 
-__all__ = ["REDIS_PY_VERSION", "server_error"]
+try:  # redis-py 8 moved the callback tables
+    from redis._parsers.response_callbacks import (
+        _RedisCallbacks,
+        _RedisCallbacksRESP2,
+        _RedisCallbacksRESP3,
+    )
+except ImportError:  # redis-py 5, 6, 7
+    from redis._parsers.helpers import (  # type: ignore[attr-defined,unused-ignore]
+        _RedisCallbacks,
+        _RedisCallbacksRESP2,
+        _RedisCallbacksRESP3,
+    )
+
+__all__ = [
+    "EMPTY_RESPONSE",
+    "NEVER_DECODE",
+    "REDIS_PY_VERSION",
+    "AsyncCoreCommands",
+    "Encoder",
+    "annotate_pipeline_error",
+    "make_encoder",
+    "response_callbacks",
+    "server_error",
+]
+
+Callback = Callable[..., Any]
 
 REDIS_PY_VERSION: tuple[int, ...] = tuple(
     int(part) for part in redis.__version__.split(".")[:2] if part.isdigit()
@@ -41,3 +73,26 @@ def server_error(message: str | bytes) -> RedisError:
         # ("MOVED x"); a parser must return the error, not fail on it.
         return ResponseError(message)
     return error
+
+
+def response_callbacks(protocol: int) -> dict[str, Callback]:
+    """redis-py's reply callbacks for an explicit ``protocol`` (2 or 3), keyed by upper-case name.
+
+    These are the tables redis-py's own client uses when it is given ``protocol=2`` or
+    ``protocol=3``, so replies have exactly the shapes redis-py users get with that protocol.
+    (redis-py 8's default, RESP3 with RESP2-shaped results, has no counterpart before 8.)
+    """
+    table: dict[str, Callback] = dict(_RedisCallbacks)
+    table.update(_RedisCallbacksRESP3 if protocol == 3 else _RedisCallbacksRESP2)
+    return {name.upper(): callback for name, callback in table.items()}
+
+
+def make_encoder(encoding: str, errors: str, decode_responses: bool) -> Encoder:
+    """redis-py's argument/reply encoder (its helpers, such as Script, ask the client for one)."""
+    return Encoder(encoding, errors, decode_responses)  # type: ignore[no-untyped-call]
+
+
+def annotate_pipeline_error(error: Exception, number: int, command: Iterable[object]) -> None:
+    """Rewrite ``error``'s message the way redis-py's pipelines do ("Command # 2 (...) of
+    pipeline caused error: ..."), whose wording differs between redis-py versions."""
+    _RedisPipeline.annotate_exception(None, error, number, command)  # type: ignore[arg-type]

@@ -215,13 +215,15 @@ class Connection:
 
     # --- commands -----------------------------------------------------------------------------
 
-    async def execute(self, *args: Arg, timeout: Timeout = DEFAULT) -> Any:
+    async def execute(self, *args: Arg, timeout: Timeout = DEFAULT, decode: bool = True) -> Any:
         """Send one command and return its reply (raw: no redis-py callbacks applied).
 
         Args:
             *args: the command and its arguments.
             timeout: seconds allowed for the whole exchange; ``DEFAULT`` uses
                 ``config.socket_timeout``, ``None`` waits forever.
+            decode: False returns the reply's strings as bytes even with
+                ``decode_responses`` (for binary replies such as DUMP).
 
         Raises:
             redis.exceptions.ResponseError: the server answered with an error (the connection
@@ -234,27 +236,37 @@ class Connection:
         Cancellation: if cancelled before the reply arrived, the connection is closed (the
         reply is still owed) and the cancellation propagates.
         """
-        reply = (await self._exchange((args,), timeout))[0]
+        reply = (await self._exchange((args,), timeout, decode))[0]
         if isinstance(reply, Exception):
             raise reply
         return reply
 
     async def execute_many(
-        self, commands: Sequence[Sequence[Arg]], *, timeout: Timeout = DEFAULT
+        self,
+        commands: Sequence[Sequence[Arg]],
+        *,
+        timeout: Timeout = DEFAULT,
+        decode: bool | Sequence[bool] = True,
     ) -> list[Any]:
         """Send several commands in one write and return their replies in order.
 
         Error replies are returned as exception instances in their place, not raised: the
-        caller decides (a pipeline may collect them, a transaction may abort).
+        caller decides (a pipeline may collect them, a transaction may abort).  ``decode`` may
+        be one flag for all replies or one per command (see :meth:`execute`).
 
         Raises and cancellation: as :meth:`execute`.
         """
         if not commands:
             await anyio.lowlevel.checkpoint()  # still a checkpoint, like every async method
             return []
-        return await self._exchange(commands, timeout)
+        return await self._exchange(commands, timeout, decode)
 
-    async def _exchange(self, commands: Sequence[Sequence[Arg]], timeout: Timeout) -> list[Any]:
+    async def _exchange(
+        self,
+        commands: Sequence[Sequence[Arg]],
+        timeout: Timeout,
+        decode: bool | Sequence[bool] = True,
+    ) -> list[Any]:
         if self._closed_by is not None:
             raise ConnectionClosed(
                 f"the connection to {self.config.address} is closed ({self._closed_by})"
@@ -271,18 +283,19 @@ class Connection:
         if timeout is DEFAULT:
             timeout = self._timeout
         count = len(commands)
+        flags = [decode] * count if isinstance(decode, bool) else list(decode)
         self._owed += count
         try:
             if timeout is None:
                 await self._stream.send(data)
-                replies = [await self._read_reply() for _ in range(count)]
+                replies = [await self._read_reply(flag) for flag in flags]
             else:
                 assert isinstance(timeout, float | int)
                 replies = []
                 with anyio.move_on_after(timeout) as scope:
                     await self._stream.send(data)
                     while len(replies) < count:
-                        replies.append(await self._read_reply())
+                        replies.append(await self._read_reply(flags[len(replies)]))
                 if scope.cancelled_caught:
                     raise _CommandTimedOut(timeout)
         except BaseException as exc:
@@ -290,10 +303,10 @@ class Connection:
         self.last_used_at = time.monotonic()
         return replies
 
-    async def _read_reply(self) -> Any:
+    async def _read_reply(self, decode: bool = True) -> Any:
         parser = self._parser
         while True:
-            reply = parser.gets()
+            reply = parser.gets(decode)
             if reply is NEED_DATA:
                 parser.feed(await self._stream.receive(_READ_SIZE))
                 continue

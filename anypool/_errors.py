@@ -29,6 +29,7 @@ ResponseError = _r.ResponseError
 __all__ = [
     "AnyPoolError",
     "AuthenticationError",
+    "CommandNotAllowed",
     "ConfigError",
     "ConnectError",
     "ConnectTimeout",
@@ -96,6 +97,10 @@ class ProtocolError(AnyPoolError, _r.InvalidResponse):
 
 class ReplyDecodeError(AnyPoolError, ValueError):
     """A reply could not be decoded with the configured ``encoding``/``encoding_errors``."""
+
+
+class CommandNotAllowed(AnyPoolError, _r.DataError):
+    """The command would change a shared connection's state; the message says what to use."""
 
 
 class InvalidArgument(AnyPoolError, _r.DataError, TypeError):

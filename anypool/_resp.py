@@ -100,8 +100,8 @@ class Parser(Protocol):
     def feed(self, data: bytes) -> None:
         """Append bytes received from the server."""
 
-    def gets(self) -> Any:
-        """Return the next complete reply, or :data:`NEED_DATA`."""
+    def gets(self, decode: bool = True) -> Any:
+        """Return the next complete reply, or :data:`NEED_DATA` (``decode=False``: bytes)."""
 
     def has_data(self) -> bool:
         """Whether bytes are buffered that are not part of a returned reply."""
@@ -240,8 +240,13 @@ class PythonParser:
         """Whether the parser sits exactly at a reply boundary with nothing buffered."""
         return not self.has_data()
 
-    def gets(self) -> Any:
+    def gets(self, decode: bool = True) -> Any:
         """Return the next complete reply, or :data:`NEED_DATA`.
+
+        Args:
+            decode: False returns this reply's strings as bytes even when an encoding is set
+                (redis-py's NEVER_DECODE, e.g. for DUMP).  Use the same value until the reply
+                is complete.
 
         Raises:
             ProtocolError: the input is not RESP, or a reply exceeds ``max_reply_size``.
@@ -250,7 +255,7 @@ class PythonParser:
         if self._failed is not None:
             raise self._failed
         try:
-            return self._parse()
+            return self._parse(self._encoding if decode else None)
         except (ProtocolError, ReplyDecodeError) as exc:
             self._failed = exc
             raise
@@ -258,10 +263,10 @@ class PythonParser:
             self._failed = _decode_error(self._encoding, exc)
             raise self._failed from exc
 
-    def _parse(self) -> Any:
+    def _parse(self, encoding: str | None) -> Any:
         buf, pos, stack = self._buf, self._pos, self._stack
         end = len(buf)
-        encoding, errors = self._encoding, self._errors
+        errors = self._errors
         value: Any
         while True:
             if not stack:
@@ -577,20 +582,23 @@ class HiredisParser:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def gets(self) -> Any:
+    def gets(self, decode: bool = True) -> Any:
         """Return the next complete reply, or :data:`NEED_DATA`.
+
+        Args:
+            decode: as :meth:`PythonParser.gets`.
 
         Raises:
             ProtocolError: the input is not RESP, or a reply exceeds ``max_reply_size``.
             ReplyDecodeError: a string cannot be decoded with the configured encoding.
         """
         if self._slow:
-            return self._gets_slow()
-        return self._reader_gets()
+            return self._gets_slow(decode)
+        return self._reader_gets(decode)
 
-    def _reader_gets(self) -> Any:
+    def _reader_gets(self, decode: bool = True) -> Any:
         try:
-            reply = self._reader.gets()
+            reply = self._reader.gets(decode)
         except ProtocolError as exc:
             replay = self._replay
             if replay is None:
@@ -598,7 +606,7 @@ class HiredisParser:
             # Perhaps a blob error ("!"), which hiredis rejects: replay the stretch since the
             # last boundary in Python, which parses it (or fails on real junk, latched).
             self._start_fallback(replay, skip=self._returned)
-            return self._fallback_gets()
+            return self._fallback_gets(decode)
         except UnicodeDecodeError as exc:
             self._fail(_decode_error(self._encoding, exc), exc)
         except TypeError:
@@ -611,7 +619,7 @@ class HiredisParser:
                 self._clean = True
         return reply
 
-    def _gets_slow(self) -> Any:
+    def _gets_slow(self, decode: bool) -> Any:
         if self._failed is not None:
             raise self._failed
         if self._ready:
@@ -620,14 +628,14 @@ class HiredisParser:
             return reply
         if self._fallback is None:  # pragma: no cover - _slow implies one of the three
             self._slow = False
-            return self._reader_gets()
-        return self._fallback_gets()
+            return self._reader_gets(decode)
+        return self._fallback_gets(decode)
 
-    def _fallback_gets(self) -> Any:
+    def _fallback_gets(self, decode: bool) -> Any:
         fallback = self._fallback
         assert fallback is not None
         try:
-            reply = fallback.gets()
+            reply = fallback.gets(decode)
         except (ProtocolError, ReplyDecodeError) as exc:
             self._fail(exc)
         if reply is not NEED_DATA and fallback.is_clean():

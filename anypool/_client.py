@@ -1,0 +1,562 @@
+"""RedisPool: redis-py's command API over anypool's pool of cancellation-safe connections.
+
+Every command method (``get``, ``hset``, ``zrange``...) comes from redis-py's command mixins,
+which build the arguments and call ``self.execute_command``.  Here that borrows a connection
+from the pool, runs the command, returns the connection, and applies redis-py's reply callback
+for the protocol in use, so results have exactly the shapes redis-py returns when it is given
+the same ``protocol=``.
+
+Commands that change a connection's state (SELECT, AUTH, WATCH, SUBSCRIBE...) would change a
+random pooled connection; they are refused on the pool with a message saying what to use
+instead.  On an exclusive connection from :meth:`RedisPool.acquire` they are allowed where they
+make sense, and a connection left in a changed state is closed on return, not reused.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar
+
+import anyio
+from anyio import AsyncContextManagerMixin
+from redis.exceptions import ResponseError, WatchError
+
+from ._compat import (
+    EMPTY_RESPONSE,
+    NEVER_DECODE,
+    AsyncCoreCommands,
+    Encoder,
+    annotate_pipeline_error,
+    make_encoder,
+    response_callbacks,
+)
+from ._config import PoolConfig, RedisConfig, split_url
+from ._connection import Connection, ConnectionFactory
+from ._errors import CommandNotAllowed, ConfigError
+from ._pool import DEFAULT, Lease, Pool, _Default
+from ._stats import Health, PoolStatistics
+
+__all__ = ["Pipeline", "RedisConnection", "RedisPool"]
+
+T = TypeVar("T")
+
+# Commands refused on the pool: what each would change, and what to use instead.
+_USE_CONFIG = "it would change one random pooled connection; set it in the config or URL"
+_USE_ACQUIRE = "it would change one random pooled connection; use `async with redis.acquire()`"
+_USE_PIPELINE = "transactions need one connection throughout: use redis.pipeline(transaction=True)"
+_USE_SUBSCRIBE = "pub/sub needs a dedicated connection (redis.subscribe() is coming); not supported"
+_REFUSED_ON_POOL: dict[str, str] = {
+    "SELECT": "set db in the config or URL, or use `async with redis.acquire()`",
+    "AUTH": _USE_CONFIG,
+    "HELLO": _USE_CONFIG,
+    "RESET": _USE_ACQUIRE,
+    "READONLY": _USE_ACQUIRE,
+    "READWRITE": _USE_ACQUIRE,
+    "MONITOR": _USE_ACQUIRE,
+    "QUIT": "the pool manages connection lifetimes",
+    "WATCH": _USE_PIPELINE,
+    "UNWATCH": _USE_PIPELINE,
+    "MULTI": _USE_PIPELINE,
+    "EXEC": _USE_PIPELINE,
+    "DISCARD": _USE_PIPELINE,
+    "SUBSCRIBE": _USE_SUBSCRIBE,
+    "PSUBSCRIBE": _USE_SUBSCRIBE,
+    "SSUBSCRIBE": _USE_SUBSCRIBE,
+    "UNSUBSCRIBE": _USE_SUBSCRIBE,
+    "PUNSUBSCRIBE": _USE_SUBSCRIBE,
+    "SUNSUBSCRIBE": _USE_SUBSCRIBE,
+}
+_REFUSED_CLIENT_SUBCOMMANDS = {
+    "SETNAME": "set client_name in the config or URL, or use `async with redis.acquire()`",
+    "TRACKING": _USE_ACQUIRE,
+    "REPLY": _USE_ACQUIRE,
+}
+# On an exclusive connection: refused (would break the request/response contract) ...
+_REFUSED_ON_CONNECTION = {
+    name for name, advice in _REFUSED_ON_POOL.items() if advice is _USE_SUBSCRIBE
+}
+# ... and allowed, but the connection is closed on return instead of being reused.
+_DIRTYING = {
+    "SELECT", "AUTH", "HELLO", "RESET", "READONLY", "READWRITE", "MONITOR", "QUIT", "WATCH",
+    "MULTI",
+}  # fmt: skip
+_DIRTYING_CLIENT_SUBCOMMANDS = {"SETNAME", "TRACKING", "REPLY", "NO-EVICT", "NO-TOUCH"}
+
+
+def _name_of(arg: Any) -> str:
+    if isinstance(arg, bytes | bytearray):
+        return bytes(arg).decode("ascii", "replace").upper()
+    return str(arg).upper()
+
+
+def _wire_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """redis-py's mixins pass some commands as one string ("CLIENT SETNAME"); like redis-py's
+    packer, send the words of the first argument separately."""
+    first = args[0]
+    if isinstance(first, str) and " " in first:
+        return (*first.split(), *args[1:])
+    if isinstance(first, bytes) and b" " in first:
+        return (*first.split(), *args[1:])
+    return args
+
+
+def _command_and_subcommand(args: tuple[Any, ...]) -> tuple[str, str]:
+    """("CLIENT", "SETNAME") for both ("CLIENT SETNAME", "x") and ("CLIENT", "SETNAME", "x")."""
+    words = _name_of(args[0]).split()
+    if len(words) > 1:
+        return words[0], words[1]
+    return words[0], _name_of(args[1]) if len(args) > 1 and words[0] == "CLIENT" else ""
+
+
+def _pop_options(options: dict[str, Any]) -> None:
+    options.pop(NEVER_DECODE, None)
+    options.pop(EMPTY_RESPONSE, None)
+    options.pop("keys", None)
+
+
+class _Commands(AsyncCoreCommands):
+    """redis-py's command methods, on top of one ``execute_command`` and the reply callbacks."""
+
+    _is_async_client: Literal[True] = True  # redis-py's typing overloads pick async returns
+    _event_dispatcher: Any = None  # required by redis-py's command protocol; never used here
+    _config: RedisConfig
+    _callbacks: dict[int, dict[str, Callable[..., Any]]]
+
+    def get_encoder(self) -> Encoder:
+        """redis-py's encoder for this client's ``encoding`` (used by redis-py's helpers)."""
+        config = self._config
+        return make_encoder(config.encoding, config.encoding_errors, config.decode_responses)
+
+    async def _apply_callback(
+        self, protocol: int, name: str, reply: Any, options: dict[str, Any]
+    ) -> Any:
+        callback = self._callbacks[protocol].get(name)
+        if callback is None or isinstance(reply, Exception):
+            return reply
+        _pop_options(options)
+        result = callback(reply, **options)
+        return await result if inspect.isawaitable(result) else result
+
+    async def _run(
+        self, connection: Connection, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> Any:
+        name = _name_of(args[0])
+        try:
+            reply = await connection.execute(*_wire_args(args), decode=NEVER_DECODE not in options)
+        except ResponseError:
+            if EMPTY_RESPONSE in options:
+                return options[EMPTY_RESPONSE]
+            raise
+        return await self._apply_callback(connection.protocol, name, reply, options)
+
+
+class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # as redis-py's
+    """A pool of Redis connections with redis-py's whole command API, on trio and asyncio.
+
+    ::
+
+        async with anypool.RedisPool.from_url("redis://localhost:6379/0", max_size=16) as redis:
+            await redis.set("greeting", "hello", ex=60)
+            print(await redis.get("greeting"))
+
+    Each command borrows a connection for its own duration.  A command cancelled or timed out
+    mid-way closes its connection (its reply is still owed), so no other caller ever receives
+    its reply, and a cancelled blocking command (BLPOP...) consumes nothing.
+
+    Args:
+        config: how to connect (default: localhost:6379, db 0).
+        pool_config: how to pool (see :class:`PoolConfig`).
+        **options: any :class:`RedisConfig` or :class:`PoolConfig` field, overriding the two
+            records (``max_size=16``, ``decode_responses=True``, ``protocol=2``...).
+
+    Raises:
+        ConfigError: an option is unknown or invalid.
+    """
+
+    def __init__(
+        self,
+        config: RedisConfig | None = None,
+        *,
+        pool_config: PoolConfig | None = None,
+        **options: Any,
+    ) -> None:
+        redis_fields = set(RedisConfig.__dataclass_fields__)
+        pool_fields = set(PoolConfig.__dataclass_fields__)
+        unknown = set(options) - redis_fields - pool_fields
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ConfigError(
+                name, options[name], "is neither a RedisConfig nor a PoolConfig field"
+            )
+        config = config or RedisConfig()
+        connection_options = {k: v for k, v in options.items() if k in redis_fields}
+        if connection_options:
+            config = config.replace(**connection_options)
+        pool_options = {k: v for k, v in options.items() if k in pool_fields}
+        pool_config = (pool_config or PoolConfig()).replace(**pool_options)
+        if pool_config.name is None:
+            pool_config = pool_config.replace(name=f"redis {config.address}/{config.db}")
+        self._config = config
+        self._factory = ConnectionFactory(config)
+        self._pool: Pool[Connection] = Pool(self._factory, pool_config)
+        self._callbacks = {2: response_callbacks(2), 3: response_callbacks(3)}
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisPool:
+        """Build a pool from a ``redis://``, ``rediss://`` or ``unix://`` URL.
+
+        Pool options in the URL (``max_connections``, ``health_check_interval``) configure
+        the pool; keyword ``options`` override the URL.
+        """
+        config, pool_options = split_url(url)
+        return cls(config, **{**pool_options, **options})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> RedisPool:
+        """Build a pool from ``REDIS_URL``, ``REDIS_SOCKET_TIMEOUT``, ``REDIS_MAX_CONNECTIONS``
+        and ``REDIS_HEALTH_CHECK_INTERVAL``; keyword ``options`` override them."""
+        env = os.environ if environ is None else environ
+        redis_fields = set(RedisConfig.__dataclass_fields__)
+        config = RedisConfig.from_env(
+            env, **{k: v for k, v in options.items() if k in redis_fields}
+        )
+        pool_config = PoolConfig.from_env(env)
+        return cls(
+            config,
+            pool_config=pool_config,
+            **{k: v for k, v in options.items() if k not in redis_fields},
+        )
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[RedisPool]:
+        async with self._pool:
+            yield self
+
+    # --- commands -----------------------------------------------------------------------------
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run one command on a pooled connection and return its parsed reply.
+
+        Raises:
+            CommandNotAllowed: a command that would change a pooled connection's state.
+            redis.exceptions.ResponseError: the server's error reply.
+            ConnectionError, TimeoutError, PoolTimeout...: see the pool and the connection.
+
+        Cancellation: the connection is closed if the reply was still owed; the pool slot is
+        always returned.
+        """
+        name, sub = _command_and_subcommand(args)
+        if name in _REFUSED_ON_POOL:
+            raise CommandNotAllowed(f"{name} is not allowed on the pool: {_REFUSED_ON_POOL[name]}")
+        if name == "CLIENT" and sub in _REFUSED_CLIENT_SUBCOMMANDS:
+            advice = _REFUSED_CLIENT_SUBCOMMANDS[sub]
+            raise CommandNotAllowed(f"CLIENT {sub} is not allowed on the pool: {advice}")
+        pool = self._pool
+        lease = await pool.lease()
+        try:
+            return await self._run(lease.resource, args, options)
+        finally:
+            await pool.release(lease)
+
+    def acquire(self, *, timeout: float | _Default | None = DEFAULT) -> _ExclusiveAcquisition:
+        """An exclusive connection for an ``async with`` block, with the same command API.
+
+        Use it for blocking commands that should share a connection, CLIENT commands, SELECT,
+        MONITOR... If the block leaves the connection in a changed state (another database,
+        a name, a WATCH, READONLY...), it is closed on return instead of being reused.
+
+        Args:
+            timeout: seconds to wait for a free connection (``DEFAULT``: the pool's timeout).
+        """
+        return _ExclusiveAcquisition(self, timeout)
+
+    def pipeline(self, transaction: bool = True) -> Pipeline:
+        """A pipeline: commands queue up and go out in one write on :meth:`Pipeline.execute`.
+
+        Args:
+            transaction: wrap the commands in MULTI/EXEC (default), so they run atomically.
+        """
+        return Pipeline(self, transaction)
+
+    async def transaction(
+        self,
+        func: Callable[[Pipeline], Awaitable[T]],
+        *watches: Any,
+        value_from_callable: bool = False,
+        watch_delay: float | None = None,
+    ) -> Any:
+        """Run ``func`` in an optimistic transaction, retrying while a watched key changes.
+
+        ``func`` receives a pipeline that already WATCHes ``watches``; it may read with
+        immediate commands, then call ``pipe.multi()`` and queue the writes.
+
+        Returns:
+            the EXEC results, or ``func``'s return value with ``value_from_callable=True``.
+        """
+        while True:
+            async with self.pipeline(transaction=True) as pipe:
+                try:
+                    if watches:
+                        await pipe.watch(*watches)
+                    value = await func(pipe)
+                    results = await pipe.execute()
+                    return value if value_from_callable else results
+                except WatchError:
+                    if watch_delay:
+                        await anyio.sleep(watch_delay)
+
+    # --- the pool -----------------------------------------------------------------------------
+
+    @property
+    def config(self) -> RedisConfig:
+        """The connection settings."""
+        return self._config
+
+    @property
+    def pool(self) -> Pool[Connection]:
+        """The underlying generic pool (resize, reset, wait, check...)."""
+        return self._pool
+
+    @property
+    def health(self) -> Health:
+        """The pool's health (see :attr:`Pool.health`)."""
+        return self._pool.health
+
+    def statistics(self) -> PoolStatistics:
+        """The pool's statistics (see :meth:`Pool.statistics`)."""
+        return self._pool.statistics()
+
+    def __repr__(self) -> str:
+        return f"<RedisPool {self._config.to_url()} {self._pool!r}>"
+
+
+class RedisConnection(_Commands):
+    """An exclusive connection leased from a :class:`RedisPool` (see :meth:`RedisPool.acquire`)."""
+
+    def __init__(self, client: RedisPool, connection: Connection) -> None:
+        self._config = client._config
+        self._callbacks = client._callbacks
+        self._connection = connection
+        self.changed_state = False  # the connection will be closed on return
+
+    @property
+    def connection(self) -> Connection:
+        """The underlying connection."""
+        return self._connection
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run one command on this connection and return its parsed reply.
+
+        Raises:
+            CommandNotAllowed: pub/sub commands (their replies are pushes, not replies).
+        """
+        name, sub = _command_and_subcommand(args)
+        if name in _REFUSED_ON_CONNECTION:
+            raise CommandNotAllowed(f"{name} is not supported on a connection: {_USE_SUBSCRIBE}")
+        if name in _DIRTYING or (name == "CLIENT" and sub in _DIRTYING_CLIENT_SUBCOMMANDS):
+            self.changed_state = True
+        return await self._run(self._connection, args, options)
+
+
+class _ExclusiveAcquisition:
+    __slots__ = ("_client", "_lease", "_timeout", "_view")
+
+    def __init__(self, client: RedisPool, timeout: float | _Default | None) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._lease: Lease[Connection] | None = None
+        self._view: RedisConnection | None = None
+
+    async def __aenter__(self) -> RedisConnection:
+        self._lease = await self._client._pool.lease(timeout=self._timeout)
+        self._view = RedisConnection(self._client, self._lease.resource)
+        return self._view
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._lease is not None and self._view is not None
+        try:
+            if self._view.changed_state:
+                await self._lease.resource.aclose()  # closed, so the pool will not reuse it
+        finally:
+            await self._client._pool.release(self._lease)
+
+
+class Pipeline(_Commands):
+    """Queued commands sent in one write; a MULTI/EXEC transaction by default.
+
+    Command methods queue and return the pipeline (so they chain); :meth:`execute` sends them
+    and returns the replies in order, each parsed like the single command.  After
+    :meth:`watch`, commands run immediately (to read what the transaction depends on) until
+    :meth:`multi` starts queueing.
+
+    Use it as ``async with redis.pipeline() as pipe:``; leaving the block resets it (a held
+    connection is returned; one still WATCHing is closed, not reused).
+    """
+
+    def __init__(self, client: RedisPool, transaction: bool) -> None:
+        self._client = client
+        self._config = client._config
+        self._callbacks = client._callbacks
+        self._transaction = transaction
+        self._queue: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self._lease: Lease[Connection] | None = None  # held from watch() to execute()/reset()
+        self._watching = False
+        self._explicit_multi = False
+
+    async def __aenter__(self) -> Pipeline:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.reset()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Queue a command (or, while WATCHing before MULTI, run it now: returns an awaitable)."""
+        name, _ = _command_and_subcommand(args)
+        if name in _REFUSED_ON_CONNECTION:
+            raise CommandNotAllowed(f"{name} cannot be pipelined: {_USE_SUBSCRIBE}")
+        if self._watching and not self._explicit_multi:
+            return self._immediate(args, options)
+        self._queue.append((args, options))
+        return self
+
+    async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        assert self._lease is not None
+        return await self._run(self._lease.resource, args, options)
+
+    async def watch(self, *names: Any) -> bool:  # type: ignore[override]  # as redis-py's
+        """WATCH keys on a connection this pipeline keeps until execute() or reset()."""
+        if self._explicit_multi:
+            raise RedisErrorInPipeline("WATCH must come before MULTI")
+        if self._lease is None:
+            self._lease = await self._client._pool.lease()
+        self._watching = True
+        reply = await self._lease.resource.execute("WATCH", *names)
+        return bool(reply in (b"OK", "OK"))
+
+    async def unwatch(self) -> bool:  # type: ignore[override]  # as redis-py's
+        """Forget the watched keys."""
+        if self._lease is not None and self._watching:
+            await self._lease.resource.execute("UNWATCH")
+        self._watching = False
+        return True
+
+    def multi(self) -> None:
+        """Start queueing the transaction (after :meth:`watch` and immediate reads)."""
+        if self._explicit_multi:
+            raise RedisErrorInPipeline("MULTI was already called")
+        if self._queue:
+            raise RedisErrorInPipeline("commands without an initial WATCH were already queued")
+        self._explicit_multi = True
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Send the queued commands and return their parsed replies, in order.
+
+        Args:
+            raise_on_error: raise the first error reply (annotated with its position and
+                command, like redis-py); with False, errors are returned in their places.
+
+        Raises:
+            WatchError: a watched key changed; nothing was executed.
+            redis.exceptions.ResponseError: a command failed (with ``raise_on_error``).
+
+        Cancellation: the connection is closed if replies were still owed; the pipeline is
+        reset either way.
+        """
+        queue = self._queue
+        pool = self._client._pool
+        lease = self._lease or await pool.lease()
+        self._lease = None
+        try:
+            connection = lease.resource
+            if not queue and not self._watching:
+                return []
+            if self._transaction or self._explicit_multi:
+                return await self._execute_transaction(connection, queue, raise_on_error)
+            return await self._execute_pipeline(connection, queue, raise_on_error)
+        finally:
+            self._queue = []
+            self._watching = self._explicit_multi = False
+            await pool.release(lease)
+
+    async def _execute_pipeline(
+        self, connection: Connection, queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        raise_on_error: bool,
+    ) -> list[Any]:  # fmt: skip
+        replies = await connection.execute_many(
+            [_wire_args(args) for args, _ in queue],
+            decode=[NEVER_DECODE not in o for _, o in queue],
+        )
+        results = []
+        for (args, options), reply in zip(queue, replies, strict=True):
+            if isinstance(reply, ResponseError) and EMPTY_RESPONSE in options:
+                reply = options[EMPTY_RESPONSE]
+            results.append(
+                await self._apply_callback(connection.protocol, _name_of(args[0]), reply, options)
+            )
+        if raise_on_error:
+            self._raise_first_error(queue, results)
+        return results
+
+    async def _execute_transaction(
+        self, connection: Connection, queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        raise_on_error: bool,
+    ) -> list[Any]:  # fmt: skip
+        commands: list[Sequence[Any]] = [("MULTI",), *(_wire_args(a) for a, _ in queue), ("EXEC",)]
+        decode = [True, *(NEVER_DECODE not in o for _, o in queue), True]
+        replies = await connection.execute_many(commands, decode=decode)
+        queued, exec_reply = replies[1:-1], replies[-1]
+        # Errors while queueing (wrong arity, unknown command) abort the whole transaction.
+        queue_errors = [(i, r) for i, r in enumerate(queued) if isinstance(r, ResponseError)]
+        for i, error in queue_errors:
+            annotate_pipeline_error(error, i + 1, queue[i][0])
+        if isinstance(exec_reply, Exception):
+            if queue_errors:
+                raise queue_errors[0][1] from exec_reply
+            raise exec_reply
+        if exec_reply is None:
+            raise WatchError("Watched variable changed.")
+        if len(exec_reply) != len(queue):
+            await connection.aclose()
+            raise ResponseError("Wrong number of response items from pipeline execution")
+        results = []
+        for (args, options), reply in zip(queue, exec_reply, strict=True):
+            results.append(
+                await self._apply_callback(connection.protocol, _name_of(args[0]), reply, options)
+            )
+        if raise_on_error:
+            self._raise_first_error(queue, results)
+        return results
+
+    @staticmethod
+    def _raise_first_error(
+        queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], results: Sequence[Any]
+    ) -> None:
+        for i, result in enumerate(results):
+            if isinstance(result, ResponseError):
+                annotate_pipeline_error(result, i + 1, queue[i][0])
+                raise result
+
+    async def reset(self) -> None:  # type: ignore[override]  # as redis-py's Pipeline
+        """Drop queued commands and return a held connection (closed if still WATCHing)."""
+        self._queue = []
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            try:
+                if self._watching:
+                    await lease.resource.aclose()  # forget the WATCH by not reusing it
+            finally:
+                await self._client._pool.release(lease)
+        self._watching = self._explicit_multi = False
+
+
+class RedisErrorInPipeline(CommandNotAllowed):
+    """A pipeline method was called out of order (e.g. WATCH after MULTI)."""
