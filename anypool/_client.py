@@ -376,7 +376,8 @@ class _ExclusiveAcquisition:
         return self._view
 
     async def __aexit__(self, *exc_info: object) -> None:
-        assert self._lease is not None and self._view is not None
+        assert self._lease is not None
+        assert self._view is not None
         try:
             if self._view.changed_state:
                 await self._lease.resource.aclose()  # closed, so the pool will not reuse it
