@@ -1,9 +1,11 @@
 """anypool: a Redis connection pool and client for structured concurrency (trio and asyncio)."""
 
 from ._backoff import BreakerState as BreakerState
+from ._client import Lock as Lock
 from ._client import Pipeline as Pipeline
 from ._client import RedisConnection as RedisConnection
 from ._client import RedisPool as RedisPool
+from ._client import Script as Script
 from ._config import BackoffPolicy as BackoffPolicy
 from ._config import BreakerPolicy as BreakerPolicy
 from ._config import PoolConfig as PoolConfig
@@ -53,6 +55,7 @@ __all__ = [
     "Health",
     "InvalidArgument",
     "Lease",
+    "Lock",
     "Pipeline",
     "Pool",
     "PoolClosed",
@@ -69,6 +72,7 @@ __all__ = [
     "ReplyDecodeError",
     "ResourceFactory",
     "ResponseError",
+    "Script",
     "TimeoutError",
     "TooManyWaiters",
     "split_url",

@@ -14,18 +14,29 @@ make sense, and a connection left in a changed state is closed on return, not re
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 import anyio
 from anyio import AsyncContextManagerMixin
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import (
+    LockError,
+    LockNotOwnedError,
+    NoScriptError,
+    ResponseError,
+    WatchError,
+)
 
 from ._compat import (
     EMPTY_RESPONSE,
+    LOCK_EXTEND_SCRIPT,
+    LOCK_REACQUIRE_SCRIPT,
+    LOCK_RELEASE_SCRIPT,
     NEVER_DECODE,
     AsyncCoreCommands,
     Encoder,
@@ -39,7 +50,7 @@ from ._errors import CommandNotAllowed, ConfigError
 from ._pool import DEFAULT, Lease, Pool, _Default
 from ._stats import Health, PoolStatistics
 
-__all__ = ["Pipeline", "RedisConnection", "RedisPool"]
+__all__ = ["Lock", "Pipeline", "RedisConnection", "RedisPool", "Script"]
 
 T = TypeVar("T")
 
@@ -139,6 +150,10 @@ class _Commands(AsyncCoreCommands):
         _pop_options(options)
         result = callback(reply, **options)
         return await result if inspect.isawaitable(result) else result
+
+    def register_script(self, script: str | bytes) -> Script:  # type: ignore[override]
+        """A :class:`Script` bound to this client: EVALSHA, loading the script on NOSCRIPT."""
+        return Script(self, script)
 
     async def _run(
         self, connection: Connection, args: tuple[Any, ...], options: dict[str, Any]
@@ -308,6 +323,18 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
                     if watch_delay:
                         await anyio.sleep(watch_delay)
 
+    def lock(
+        self,
+        name: str,
+        timeout: float | None = None,
+        sleep: float = 0.1,
+        blocking: bool = True,
+        blocking_timeout: float | None = None,
+    ) -> Lock:
+        """A distributed lock on key ``name`` that works on trio and asyncio (see :class:`Lock`)."""
+        return Lock(self, name, timeout=timeout, sleep=sleep, blocking=blocking,
+                    blocking_timeout=blocking_timeout)  # fmt: skip
+
     # --- the pool -----------------------------------------------------------------------------
 
     @property
@@ -406,6 +433,7 @@ class Pipeline(_Commands):
         self._lease: Lease[Connection] | None = None  # held from watch() to execute()/reset()
         self._watching = False
         self._explicit_multi = False
+        self._scripts: dict[str, Script] = {}  # loaded before execute(), like redis-py
 
     async def __aenter__(self) -> Pipeline:
         return self
@@ -480,13 +508,24 @@ class Pipeline(_Commands):
             connection = lease.resource
             if not queue and not self._watching:
                 return []
+            if self._scripts:
+                await self._load_scripts(connection)
             if self._transaction or self._explicit_multi:
                 return await self._execute_transaction(connection, queue, raise_on_error)
             return await self._execute_pipeline(connection, queue, raise_on_error)
         finally:
             self._queue = []
+            self._scripts = {}
             self._watching = self._explicit_multi = False
             await pool.release(lease)
+
+    async def _load_scripts(self, connection: Connection) -> None:
+        """Make sure every script the queue runs by EVALSHA exists on the server."""
+        scripts = list(self._scripts.values())
+        exists = await connection.execute("SCRIPT", "EXISTS", *(s.sha for s in scripts))
+        for script, present in zip(scripts, exists, strict=True):
+            if not present:
+                script.sha = _str(await connection.execute("SCRIPT", "LOAD", script.script))
 
     async def _execute_pipeline(
         self, connection: Connection, queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
@@ -557,6 +596,158 @@ class Pipeline(_Commands):
             finally:
                 await self._client._pool.release(lease)
         self._watching = self._explicit_multi = False
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Script:
+    """A Lua script run with EVALSHA, loaded (once) when the server says NOSCRIPT.
+
+    Inside a pipeline, the script is loaded before the pipeline is sent, so the queued EVALSHA
+    cannot fail with NOSCRIPT.  Create one with ``redis.register_script(source)``.
+    """
+
+    def __init__(self, client: Any, script: str | bytes) -> None:
+        self.registered_client = client
+        self.script = script
+        source = script.encode() if isinstance(script, str) else script
+        self.sha = hashlib.sha1(source).hexdigest()  # Redis's own script id
+
+    async def __call__(
+        self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None
+    ) -> Any:
+        """Run the script.  With a pipeline as ``client``, queue it and return the pipeline."""
+        client = client or self.registered_client
+        if isinstance(client, Pipeline):
+            client._scripts[self.sha] = self
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.sha = _str(await client.script_load(self.script))
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class Lock:
+    """A distributed lock (one Redis key holding a random token), on trio and asyncio.
+
+    Compatible with redis-py's ``Lock`` on the same key (same scripts and token scheme), but it
+    waits with anyio, so it works on trio and is cancellable while contended.  Use one Lock
+    object per holder.
+
+    Args:
+        client: the RedisPool.
+        name: the lock's key.
+        timeout: seconds until the lock expires by itself (None: never).
+        sleep: seconds between attempts while the lock is held by someone else.
+        blocking: wait for the lock (default) rather than fail at once.
+        blocking_timeout: most seconds to wait (None: forever).
+    """
+
+    def __init__(
+        self,
+        client: RedisPool,
+        name: str,
+        *,
+        timeout: float | None = None,
+        sleep: float = 0.1,
+        blocking: bool = True,
+        blocking_timeout: float | None = None,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.timeout = timeout
+        self.sleep = sleep
+        self.blocking = blocking
+        self.blocking_timeout = blocking_timeout
+        self.token: bytes | None = None
+        self._release = client.register_script(LOCK_RELEASE_SCRIPT)
+        self._extend = client.register_script(LOCK_EXTEND_SCRIPT)
+        self._reacquire = client.register_script(LOCK_REACQUIRE_SCRIPT)
+
+    async def __aenter__(self) -> Lock:
+        if await self.acquire():
+            return self
+        raise LockError(f"could not acquire lock {self.name!r} within {self.blocking_timeout}s")
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.release()
+
+    async def acquire(
+        self,
+        blocking: bool | None = None,
+        blocking_timeout: float | None = None,
+        token: str | bytes | None = None,
+    ) -> bool:
+        """Take the lock, waiting (with anyio) while someone else holds it.
+
+        Returns:
+            True when acquired; False when not blocking, or after ``blocking_timeout``.
+
+        Cancellation: a cancelled wait holds nothing; a cancellation that lands on the SET
+        itself may leave the lock taken until its ``timeout`` (as with any client).
+        """
+        blocking = self.blocking if blocking is None else blocking
+        blocking_timeout = self.blocking_timeout if blocking_timeout is None else blocking_timeout
+        if token is None:
+            token = uuid.uuid4().hex.encode()
+        elif isinstance(token, str):
+            token = token.encode()
+        deadline = None if blocking_timeout is None else anyio.current_time() + blocking_timeout
+        milliseconds = None if self.timeout is None else int(self.timeout * 1000)
+        while True:
+            if await self.client.set(self.name, token, nx=True, px=milliseconds):
+                self.token = token
+                return True
+            if not blocking:
+                return False
+            if deadline is not None and anyio.current_time() + self.sleep > deadline:
+                return False
+            await anyio.sleep(self.sleep)
+
+    async def locked(self) -> bool:
+        """Whether anyone holds the lock."""
+        return bool(await self.client.get(self.name) is not None)
+
+    async def owned(self) -> bool:
+        """Whether this object holds the lock."""
+        stored = await self.client.get(self.name)
+        if isinstance(stored, str):
+            stored = stored.encode(self.client.config.encoding)
+        return self.token is not None and stored == self.token
+
+    async def release(self) -> None:
+        """Release the lock.
+
+        Raises:
+            LockError: this object does not hold it.
+            LockNotOwnedError: it expired, and someone else may hold it now.
+        """
+        token, self.token = self.token, None
+        if token is None:
+            raise LockError(f"cannot release lock {self.name!r}: it is not held")
+        if not await self._release(keys=[self.name], args=[token]):
+            raise LockNotOwnedError(f"cannot release lock {self.name!r}: it is no longer owned")
+
+    async def extend(self, additional_time: float, replace_ttl: bool = False) -> bool:
+        """Add ``additional_time`` seconds to the lock's expiry (or set it, with replace_ttl)."""
+        if self.token is None:
+            raise LockError(f"cannot extend lock {self.name!r}: it is not held")
+        args = [self.token, int(additional_time * 1000), "1" if replace_ttl else "0"]
+        if not await self._extend(keys=[self.name], args=args):
+            raise LockNotOwnedError(f"cannot extend lock {self.name!r}: it is no longer owned")
+        return True
+
+    async def reacquire(self) -> bool:
+        """Reset the lock's expiry to ``timeout`` seconds from now."""
+        if self.token is None or self.timeout is None:
+            raise LockError(f"cannot reacquire lock {self.name!r}: not held, or no timeout")
+        args = [self.token, int(self.timeout * 1000)]
+        if not await self._reacquire(keys=[self.name], args=args):
+            raise LockNotOwnedError(f"cannot reacquire lock {self.name!r}: it is no longer owned")
+        return True
 
 
 class RedisErrorInPipeline(CommandNotAllowed):

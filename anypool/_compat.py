@@ -19,6 +19,7 @@ from redis.asyncio.client import Pipeline as _RedisPipeline
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands.core import AsyncCoreCommands
 from redis.exceptions import RedisError, ResponseError
+from redis.lock import Lock as _RedisLock
 
 try:  # redis-py 8 moved the callback tables
     from redis._parsers.response_callbacks import (
@@ -35,6 +36,9 @@ except ImportError:  # redis-py 5, 6, 7
 
 __all__ = [
     "EMPTY_RESPONSE",
+    "LOCK_EXTEND_SCRIPT",
+    "LOCK_REACQUIRE_SCRIPT",
+    "LOCK_RELEASE_SCRIPT",
     "NEVER_DECODE",
     "REDIS_PY_VERSION",
     "AsyncCoreCommands",
@@ -46,6 +50,12 @@ __all__ = [
 ]
 
 Callback = Callable[..., Any]
+
+# redis-py's lock scripts (public class attributes), so anypool's lock interoperates with
+# redis-py's locks on the same key.
+LOCK_RELEASE_SCRIPT: str = _RedisLock.LUA_RELEASE_SCRIPT
+LOCK_EXTEND_SCRIPT: str = _RedisLock.LUA_EXTEND_SCRIPT
+LOCK_REACQUIRE_SCRIPT: str = _RedisLock.LUA_REACQUIRE_SCRIPT
 
 REDIS_PY_VERSION: tuple[int, ...] = tuple(
     int(part) for part in redis.__version__.split(".")[:2] if part.isdigit()

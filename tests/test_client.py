@@ -1,0 +1,229 @@
+"""RedisPool on asyncio and trio: construction, refusals, acquire(), pipelines, scripts, locks,
+and cancellation at the level users see."""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import pytest
+from redis.exceptions import LockError, LockNotOwnedError, WatchError
+
+import anypool
+from anypool import RedisConfig, RedisPool
+from anypool.testing import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+def test_construction_and_options(url: str) -> None:
+    pool = RedisPool.from_url(
+        url + "?max_connections=7&health_check_interval=3", decode_responses=True
+    )
+    assert pool.pool.config.max_size == 7
+    assert pool.pool.config.health_check_interval == 3.0
+    assert pool.config.decode_responses
+    with pytest.raises(anypool.ConfigError, match="colour"):
+        RedisPool(colour="blue")
+    env = {"REDIS_URL": url, "REDIS_MAX_CONNECTIONS": "5", "REDIS_SOCKET_TIMEOUT": "2"}
+    from_env = RedisPool.from_env(env, min_size=1)
+    assert (from_env.pool.config.max_size, from_env.pool.config.min_size) == (5, 1)
+    assert from_env.config.socket_timeout == 2.0
+    secret = RedisPool.from_url("redis://:hunter2@localhost:6379/0")
+    assert "hunter2" not in repr(secret)
+
+
+async def test_connection_state_commands_are_refused_on_the_pool(url: str) -> None:
+    async with RedisPool.from_url(url) as redis:
+        for call, advice in [
+            (lambda: redis.select(1), "config or URL"),
+            (lambda: redis.execute_command("MULTI"), "pipeline"),
+            (lambda: redis.execute_command("WATCH", "k"), "pipeline"),
+            (lambda: redis.client_setname("x"), "client_name"),
+            (lambda: redis.execute_command("CLIENT", "TRACKING", "on"), "acquire"),
+            (lambda: redis.execute_command("SUBSCRIBE", "ch"), "pub/sub"),
+            (lambda: redis.execute_command("HELLO", "3"), "config"),
+            (lambda: redis.readonly(), "acquire"),
+        ]:
+            with pytest.raises(anypool.CommandNotAllowed, match=advice):
+                await call()
+        assert redis.statistics().connections_num == 0  # refused before borrowing anything
+
+
+async def test_acquire_retires_a_connection_left_in_another_state(url: str) -> None:
+    async with RedisPool.from_url(url, max_size=2) as redis:
+        await redis.set("acq:k", "db0")
+        async with redis.acquire() as conn:
+            first = conn.connection
+            assert await conn.blpop(["acq:empty"], timeout=0.05) is None
+        async with redis.acquire() as conn:
+            assert conn.connection is first  # clean: reused
+            await conn.select(5)
+            assert await conn.get("acq:k") is None
+        assert first.closed  # left on db 5: closed, not reused
+        assert await redis.get("acq:k") == b"db0"
+        async with redis.acquire() as conn:
+            with pytest.raises(anypool.CommandNotAllowed):
+                await conn.execute_command("SUBSCRIBE", "ch")
+
+
+async def test_pipeline_watch_conflict_and_transaction_retry(url: str) -> None:
+    async with RedisPool.from_url(url) as redis:
+        await redis.set("w:k", 1)
+        async with redis.pipeline() as pipe:
+            await pipe.watch("w:k")
+            value = int(await pipe.get("w:k"))
+            await redis.set("w:k", 100)  # someone else writes in between
+            pipe.multi()
+            pipe.set("w:k", value + 1)
+            with pytest.raises(WatchError):
+                await pipe.execute()
+        assert await redis.get("w:k") == b"100"
+
+        attempts = 0
+
+        async def bump(pipe: anypool.Pipeline) -> int:
+            nonlocal attempts
+            attempts += 1
+            current = int(await pipe.get("w:k"))
+            if attempts == 1:
+                await redis.set("w:k", current + 10)  # force one conflict
+            pipe.multi()
+            pipe.set("w:k", current + 1)
+            return current + 1
+
+        result = await redis.transaction(bump, "w:k", value_from_callable=True)
+        assert result == 111
+        assert attempts == 2
+        assert await redis.get("w:k") == b"111"
+        stats = redis.statistics()
+        assert (stats.in_use, stats.requests_waiting) == (0, 0)
+
+
+async def test_scripts_recover_from_noscript_also_in_pipelines(url: str) -> None:
+    async with RedisPool.from_url(url) as redis:
+        script = redis.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        await redis.delete("sc:n")
+        assert await script(keys=["sc:n"], args=[2]) == 2
+        await redis.script_flush()
+        assert await script(keys=["sc:n"], args=[3]) == 5  # NOSCRIPT, loaded, retried
+        await redis.script_flush()
+        async with redis.pipeline() as pipe:
+            await script(keys=["sc:n"], args=[10], client=pipe)
+            pipe.get("sc:n")
+            assert await pipe.execute() == [15, b"15"]
+
+
+async def test_contended_lock_waits_on_both_backends(url: str) -> None:
+    """redis-py's asyncio Lock sleeps with asyncio and fails on trio once contended."""
+    async with RedisPool.from_url(url, max_size=4) as redis:
+        await redis.delete("lk:resource")
+        order: list[str] = []
+        holder = redis.lock("lk:resource", timeout=5, sleep=0.01)
+        assert await holder.acquire()
+        assert await holder.owned()
+        async with anyio.create_task_group() as tg:
+
+            async def contender() -> None:
+                async with redis.lock("lk:resource", timeout=5, sleep=0.01):
+                    order.append("contender")
+
+            tg.start_soon(contender)
+            await anyio.sleep(0.1)  # the contender polls meanwhile
+            order.append("holder releases")
+            await holder.release()
+        assert order == ["holder releases", "contender"]
+        assert not await holder.locked()
+
+
+async def test_lock_errors_timeouts_and_extend(url: str) -> None:
+    async with RedisPool.from_url(url) as redis:
+        unheld = redis.lock("lk:unheld")
+        with pytest.raises(LockError, match="not held"):
+            await unheld.release()
+        busy = redis.lock("lk:busy", timeout=5)
+        assert await busy.acquire()
+        assert not await redis.lock("lk:busy", sleep=0.01, blocking_timeout=0.1).acquire()
+        assert not await redis.lock("lk:busy").acquire(blocking=False)
+        with pytest.raises(LockError, match="could not acquire"):
+            async with redis.lock("lk:busy", sleep=0.01, blocking_timeout=0.05):
+                pass
+        assert await busy.extend(5)
+        assert await redis.pttl("lk:busy") > 5000
+        await busy.release()
+        assert not await busy.locked()
+
+
+async def test_expired_lock_is_not_owned(url: str) -> None:
+    async with RedisPool.from_url(url) as redis:
+        lock = redis.lock("lk:short", timeout=0.05)
+        assert await lock.acquire()
+        await anyio.sleep(0.1)
+        assert not await lock.owned()
+        with pytest.raises(LockNotOwnedError):
+            await lock.release()
+
+
+async def test_cancelled_blocking_command_consumes_nothing(url: str) -> None:
+    async with RedisPool.from_url(url, max_size=1) as redis:
+        await redis.delete("cx:jobs")
+        with anyio.move_on_after(0.1) as scope:
+            await redis.blpop(["cx:jobs"], timeout=0)
+        assert scope.cancelled_caught
+        clients = await redis.client_list()
+        assert not any(c.get("cmd") == "blpop" for c in clients)
+        await redis.lpush("cx:jobs", "job")
+        assert await redis.lrange("cx:jobs", 0, -1) == [b"job"]
+        assert redis.statistics().in_use == 0
+
+
+async def test_get_under_a_storm_of_deadlines_never_returns_another_keys_value(url: str) -> None:
+    rng = random.Random(7)
+    async with RedisPool.from_url(url, max_size=8) as redis:
+        await redis.mset({f"storm:{i}": f"value-{i}" for i in range(300)})
+        wrong: list[tuple[int, object]] = []
+        done = cancelled = 0
+
+        async def reader(i: int) -> None:
+            nonlocal done, cancelled
+            with anyio.move_on_after(rng.uniform(0, 0.05)) as scope:
+                value = await redis.get(f"storm:{i}")
+                if value != f"value-{i}".encode():
+                    wrong.append((i, value))
+                done += 1
+            cancelled += scope.cancelled_caught
+
+        for _ in range(3):
+            async with anyio.create_task_group() as tg:
+                for i in range(300):
+                    tg.start_soon(reader, i)
+        assert wrong == []
+        assert done > 0, "no GET completed: the storm tests nothing"
+        assert cancelled > 0, "no GET was cancelled: the storm tests nothing"
+        stats = redis.statistics()
+        assert (stats.in_use, stats.requests_waiting, stats.opening) == (0, 0, 0)
+
+
+async def test_decode_responses_and_dump_stays_bytes(url: str) -> None:
+    async with RedisPool.from_url(url, decode_responses=True) as redis:
+        await redis.delete("dec:k2")
+        await redis.set("dec:k", "é")
+        assert await redis.get("dec:k") == "é"
+        dumped = await redis.dump("dec:k")
+        assert isinstance(dumped, bytes)
+        await redis.restore("dec:k2", 0, dumped)
+        assert await redis.get("dec:k2") == "é"
+
+
+async def test_config_object(redis_server: RedisServer) -> None:
+    config = RedisConfig.from_url(redis_server.url, db=4)
+    async with RedisPool(config, max_size=2) as redis:
+        await redis.set("cfg:k", "v")
+        async with redis.acquire() as conn:
+            info = await conn.client_info()
+            assert info["db"] == 4
