@@ -1,6 +1,7 @@
 """anypool: a Redis connection pool and client for structured concurrency (trio and asyncio)."""
 
 from ._backoff import BreakerState as BreakerState
+from ._blocking import BlockingRedisPool as BlockingRedisPool
 from ._client import Lock as Lock
 from ._client import Pipeline as Pipeline
 from ._client import RedisConnection as RedisConnection
@@ -43,6 +44,7 @@ __all__ = [
     "AnyPoolError",
     "AuthenticationError",
     "BackoffPolicy",
+    "BlockingRedisPool",
     "BreakerPolicy",
     "BreakerState",
     "CommandNotAllowed",

@@ -1,0 +1,215 @@
+"""BlockingRedisPool: the RedisPool command surface for synchronous code.
+
+The async pool runs in a helper thread, on an anyio blocking portal (asyncio or trio); every
+call from any thread is handed to that event loop and waited for.  The portal is thread-safe, so
+one BlockingRedisPool serves many threads at once, sharing one pool.  Leaving its ``with`` block
+closes the pool and stops the thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio.from_thread
+from anyio.from_thread import BlockingPortal
+
+from ._client import Lock, Pipeline, RedisConnection, RedisPool, Script
+from ._config import RedisConfig
+from ._errors import PoolClosed
+from ._stats import Health, PoolStatistics
+
+__all__ = ["BlockingRedisPool"]
+
+Backend = Literal["asyncio", "trio"]
+
+
+class _Blocking:
+    """Calls the wrapped async object's methods through the portal, wrapping what they return."""
+
+    def __init__(self, portal: BlockingPortal, target: Any) -> None:
+        self._portal = portal
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._target, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return _run(self._portal, self, attribute, args, kwargs)
+
+        call.__name__ = name
+        call.__doc__ = attribute.__doc__
+        return call
+
+
+def _run(portal: BlockingPortal, owner: Any, function: Any, args: Any, kwargs: Any) -> Any:
+    """Run ``function`` in the event loop; await what it returns there; wrap the result."""
+    result = portal.call(lambda: function(*args, **kwargs))
+    if inspect.isawaitable(result):  # e.g. a pipeline's immediate command after WATCH
+        awaitable = result
+        result = portal.call(lambda: awaitable)
+    return _wrap(portal, owner, result)
+
+
+def _wrap(portal: BlockingPortal, owner: Any, result: Any) -> Any:
+    if isinstance(owner, _Blocking) and result is owner._target:
+        return owner  # chaining: pipe.set(...).get(...)
+    if isinstance(result, Pipeline):
+        return BlockingPipeline(portal, result)
+    if isinstance(result, Lock):
+        return BlockingLock(portal, result)
+    if isinstance(result, Script):
+        return BlockingScript(portal, result)
+    if inspect.isasyncgen(result):
+        return _iterate(portal, result)
+    return result
+
+
+def _iterate(portal: BlockingPortal, generator: Any) -> Iterator[Any]:
+    """An async generator (scan_iter...) as a plain iterator."""
+    while True:
+        try:
+            yield portal.call(generator.__anext__)
+        except StopAsyncIteration:
+            return
+
+
+class BlockingPipeline(_Blocking):
+    """A :class:`Pipeline` for synchronous code: ``with redis.pipeline() as pipe: ...``."""
+
+    def __enter__(self) -> BlockingPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._portal.call(self._target.reset)
+
+    def __len__(self) -> int:
+        return len(self._target)
+
+
+class BlockingLock(_Blocking):
+    """A :class:`Lock` for synchronous code: ``with redis.lock("name"): ...``."""
+
+    def __enter__(self) -> BlockingLock:
+        self._portal.call(self._target.__aenter__)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._portal.call(self._target.release)
+
+
+class BlockingScript(_Blocking):
+    """A :class:`Script` for synchronous code: ``script(keys=[...], args=[...])``."""
+
+    def __call__(self, keys: Any = (), args: Any = (), client: Any = None) -> Any:
+        if isinstance(client, _Blocking):
+            client = client._target
+        return _run(self._portal, self, self._target, (keys, args, client), {})
+
+
+class BlockingConnection(_Blocking):
+    """An exclusive :class:`RedisConnection` for synchronous code."""
+
+
+class BlockingRedisPool(_Blocking):
+    """RedisPool's command API, synchronously, from any number of threads.
+
+    ::
+
+        with anypool.BlockingRedisPool.from_url("redis://localhost:6379/0") as redis:
+            redis.set("greeting", "hello")
+            print(redis.get("greeting"))
+            with redis.pipeline() as pipe:
+                pipe.set("a", 1).incr("a")
+                print(pipe.execute())
+
+    Args:
+        config: as :class:`RedisPool`.
+        backend: the event loop run in the helper thread, ``"asyncio"`` or ``"trio"``.
+        **options: as :class:`RedisPool`.
+    """
+
+    def __init__(
+        self, config: RedisConfig | None = None, *, backend: Backend = "asyncio", **options: Any
+    ) -> None:
+        self._client = RedisPool(config, **options)
+        self._backend = backend
+        self._exit_stack: ExitStack | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, backend: Backend = "asyncio", **options: Any
+    ) -> BlockingRedisPool:
+        """As :meth:`RedisPool.from_url`."""
+        blocking = cls(backend=backend)
+        blocking._client = RedisPool.from_url(url, **options)
+        return blocking
+
+    def __enter__(self) -> BlockingRedisPool:
+        if self._exit_stack is not None:
+            raise RuntimeError("this BlockingRedisPool is already open")
+        stack = ExitStack()
+        portal = stack.enter_context(anyio.from_thread.start_blocking_portal(self._backend))
+        try:
+            stack.enter_context(portal.wrap_async_context_manager(self._client))
+        except BaseException:
+            stack.close()
+            raise
+        super().__init__(portal, self._client)
+        self._exit_stack = stack
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is not None:
+            stack.__exit__(exc_type, exc, tb)
+
+    def __getattr__(self, name: str) -> Any:
+        if self._exit_stack is None:
+            raise PoolClosed("a BlockingRedisPool is used inside `with BlockingRedisPool(...):`")
+        return super().__getattr__(name)
+
+    def acquire(
+        self, *, timeout: float | None = None
+    ) -> AbstractContextManager[BlockingConnection]:
+        """An exclusive connection for a ``with`` block (see :meth:`RedisPool.acquire`)."""
+        return _ExclusiveConnection(self, timeout)
+
+    @property
+    def health(self) -> Health:
+        """The pool's health."""
+        return self._client.health
+
+    def statistics(self) -> PoolStatistics:
+        """The pool's statistics."""
+        return self._client.statistics()
+
+    def __repr__(self) -> str:
+        return f"<BlockingRedisPool {self._backend} {self._client!r}>"
+
+
+class _ExclusiveConnection(AbstractContextManager[BlockingConnection]):
+    def __init__(self, owner: BlockingRedisPool, timeout: float | None) -> None:
+        self._owner = owner
+        self._timeout = timeout
+        self._context: Any = None
+
+    def __enter__(self) -> BlockingConnection:
+        portal = self._owner._portal
+        kwargs = {} if self._timeout is None else {"timeout": self._timeout}
+        self._context = portal.wrap_async_context_manager(self._owner._client.acquire(**kwargs))
+        connection: RedisConnection = self._context.__enter__()
+        return BlockingConnection(portal, connection)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._context.__exit__(*exc_info)

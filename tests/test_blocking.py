@@ -1,0 +1,64 @@
+"""BlockingRedisPool: the command surface for threads, on an asyncio or trio helper loop."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import anypool
+from anypool import BlockingRedisPool
+from anypool.testing import RedisServer
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_commands_pipelines_connections_locks(redis_server: RedisServer, backend: str) -> None:
+    with BlockingRedisPool.from_url(redis_server.url, backend=backend, max_size=4) as redis:
+        assert redis.set(f"b:{backend}", "v") is True
+        assert redis.get(f"b:{backend}") == b"v"
+        with redis.pipeline() as pipe:
+            pipe.set(f"b:{backend}:n", 1).incr(f"b:{backend}:n")
+            assert len(pipe) == 2
+            assert pipe.execute() == [True, 2]
+        with redis.acquire() as conn:
+            assert conn.ping() is True
+        with redis.lock(f"b:{backend}:lock", timeout=5):
+            assert redis.exists(f"b:{backend}:lock") == 1
+        script = redis.register_script("return ARGV[1]")
+        assert script(args=["x"]) == b"x"
+        keys = sorted(redis.scan_iter(match=f"b:{backend}*"))
+        assert keys == [f"b:{backend}".encode(), f"b:{backend}:n".encode()]
+        with pytest.raises(anypool.CommandNotAllowed):
+            redis.select(1)
+        assert redis.statistics().in_use == 0
+    with pytest.raises(anypool.PoolClosed, match="inside `with"):
+        redis.get("x")
+
+
+def test_many_threads_share_one_pool(redis_server: RedisServer) -> None:
+    threads, ops = 8, 1000
+    errors: list[BaseException] = []
+    with BlockingRedisPool.from_url(redis_server.url, max_size=4) as redis:
+        redis.delete("bt:counter")
+
+        def worker(n: int) -> None:
+            try:
+                for i in range(ops // 2):
+                    redis.incr("bt:counter")
+                    redis.set(f"bt:{n}", i)
+                    if int(redis.get(f"bt:{n}")) != i:
+                        raise AssertionError(f"thread {n} read another value")
+            except BaseException as exc:
+                errors.append(exc)
+
+        pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join(timeout=120)
+        assert errors == []
+        assert int(redis.get("bt:counter")) == threads * ops // 2
+        stats = redis.statistics()
+        assert stats.requests_num >= threads * ops * 3 // 2
+        assert (stats.in_use, stats.requests_waiting) == (0, 0)
+        assert stats.pool_size <= 4
