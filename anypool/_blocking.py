@@ -131,13 +131,19 @@ class BlockingRedisPool(_Blocking):
     Args:
         config: as :class:`RedisPool`.
         backend: the event loop run in the helper thread, ``"asyncio"`` or ``"trio"``.
+        client: an existing (not yet entered) RedisPool to run, instead of making one.
         **options: as :class:`RedisPool`.
     """
 
     def __init__(
-        self, config: RedisConfig | None = None, *, backend: Backend = "asyncio", **options: Any
+        self,
+        config: RedisConfig | None = None,
+        *,
+        backend: Backend = "asyncio",
+        client: RedisPool | None = None,
+        **options: Any,
     ) -> None:
-        self._client = RedisPool(config, **options)
+        self._client = client if client is not None else RedisPool(config, **options)
         self._backend = backend
         self._exit_stack: ExitStack | None = None
 
@@ -146,9 +152,7 @@ class BlockingRedisPool(_Blocking):
         cls, url: str, *, backend: Backend = "asyncio", **options: Any
     ) -> BlockingRedisPool:
         """As :meth:`RedisPool.from_url`."""
-        blocking = cls(backend=backend)
-        blocking._client = RedisPool.from_url(url, **options)
-        return blocking
+        return cls(backend=backend, client=RedisPool.from_url(url, **options))
 
     def __enter__(self) -> BlockingRedisPool:
         if self._exit_stack is not None:
