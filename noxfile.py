@@ -22,6 +22,14 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+@nox.parametrize("redis_py", ["5", "6", "7", "8"])
+def compat(session: nox.Session, redis_py: str) -> None:
+    """The differential test (anypool vs redis.asyncio) against each supported redis-py major."""
+    session.install("-e", ".[test]", f"redis=={redis_py}.*")
+    session.run("pytest", "tests/test_differential.py", "tests/test_errors.py", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.8")

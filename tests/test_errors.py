@@ -45,6 +45,12 @@ def test_response_error_is_redis_py_s() -> None:
     assert anypool.ResponseError is rex.ResponseError
 
 
+def _moved_class() -> type:
+    from redis._parsers.base import BaseParser
+
+    return rex.MovedError if "MOVED" in BaseParser.EXCEPTION_CLASSES else rex.ResponseError
+
+
 @pytest.mark.parametrize(
     ("message", "cls", "text"),
     [
@@ -58,7 +64,8 @@ def test_response_error_is_redis_py_s() -> None:
          "this user has no permissions"),
         ("EXECABORT Transaction discarded", rex.ExecAbortError, "Transaction discarded"),
         ("READONLY You can't write", rex.ReadOnlyError, "You can't write"),
-        ("MOVED 3999 127.0.0.1:6381", rex.MovedError, None),
+        # redis-py's table decides, and it differs by version (redis-py 5 has no MOVED entry)
+        ("MOVED 3999 127.0.0.1:6381", _moved_class(), None),
         ("MOVED garbage", rex.ResponseError, "MOVED garbage"),  # redis-py would raise here
     ],
 )  # fmt: skip
