@@ -18,13 +18,16 @@ A Connection is not safe for concurrent use by several tasks: the pool leases it
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
+import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NoReturn
 
 import anyio
@@ -142,8 +145,7 @@ class Connection:
             )
         except BaseException as exc:
             if stream is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.aclose_forcefully(stream)
+                await _close_stream(stream)
             error = _translate(exc, config, connecting=True)
             if error is exc:
                 raise
@@ -387,8 +389,7 @@ class Connection:
         if self._closed_by is not None:
             return
         self._closed_by = reason
-        with anyio.CancelScope(shield=True):
-            await anyio.aclose_forcefully(self._stream)
+        await _close_stream(self._stream)
 
     def __repr__(self) -> str:
         state = f"closed: {self._closed_by}" if self._closed_by else f"owed={self._owed}"
@@ -431,7 +432,9 @@ class ConnectionFactory(ResourceFactory[Connection]):
 
 async def _open_stream(config: RedisConfig) -> anyio.abc.ByteStream:
     stream: anyio.abc.ByteStream
-    if config.unix_socket_path is not None:
+    if not config.ssl and _asyncio_protocol_wanted():
+        stream = await _AsyncioStream.connect(config)
+    elif config.unix_socket_path is not None:
         stream = await anyio.connect_unix(config.unix_socket_path)
     elif config.ssl:
         stream = await anyio.connect_tcp(
@@ -448,6 +451,191 @@ async def _open_stream(config: RedisConfig) -> anyio.abc.ByteStream:
     if config.unix_socket_path is None:
         _tune_socket(stream, config)
     return stream
+
+
+async def _close_stream(stream: anyio.abc.ByteStream) -> None:
+    """Close a stream now, whatever the caller's cancellation state, leaving no open socket.
+
+    anyio streams close forcefully (nothing is waited for).  The asyncio Protocol stream aborts
+    its transport and waits the one loop iteration until asyncio has closed the socket.
+    """
+    with anyio.CancelScope(shield=True):
+        if isinstance(stream, _AsyncioStream):
+            await stream.aclose()
+        else:
+            await anyio.aclose_forcefully(stream)
+
+
+def _asyncio_protocol_wanted() -> bool:
+    """The transport seam: on asyncio, use the Protocol-based stream (see _AsyncioStream),
+    unless ``ANYPOOL_TRANSPORT=anyio`` asks for anyio's streams everywhere."""
+    if os.environ.get("ANYPOOL_TRANSPORT") == "anyio":
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio)
+        return False
+    return True
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """Collects what the socket delivers; wakes the one reader waiting for it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.reader: asyncio.Future[None] | None = None
+        self.writer: asyncio.Future[None] | None = None
+        self.closer: asyncio.Future[None] | None = None
+        self.eof = False
+        self.lost = False
+        self.error: BaseException | None = None
+        self.write_paused = False
+        self.read_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > _READ_HIGH_WATER and not self.read_paused and self.transport:
+            self.transport.pause_reading()  # back-pressure only when nobody keeps up
+            self.read_paused = True
+        self._wake(self.reader)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake(self.reader)
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.error = exc
+        self._wake(self.reader)
+        self._wake(self.writer)
+        self._wake(self.closer)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake(self.writer)
+
+    def failure(self) -> BaseException | None:
+        """The error that broke the connection, if it broke with one (read fresh each time:
+        the callbacks above change it while a task awaits)."""
+        return self.error if self.lost else None
+
+    @staticmethod
+    def _wake(waiter: asyncio.Future[None] | None) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+_READ_HIGH_WATER = 4 * 1024 * 1024
+_READ_LOW_WATER = 1024 * 1024
+
+
+class _AsyncioStream(anyio.abc.ByteStream):
+    """A byte stream on an asyncio Protocol: the transport seam of DESIGN.md.
+
+    anyio's asyncio socket stream pauses and resumes reading around every receive (two extra
+    ``epoll_ctl`` calls per request); this one leaves reading on and pauses only when 4 MiB
+    are buffered unread.  It raises anyio's stream exceptions, so the connection above cannot
+    tell the two apart, and the same tests (cancellation included) run over both.  Closing
+    *aborts* the transport: bytes of a half-sent command are dropped, never flushed later.
+    """
+
+    def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, config: RedisConfig) -> _AsyncioStream:
+        loop = asyncio.get_running_loop()
+        if config.unix_socket_path is not None:
+            transport, protocol = await loop.create_unix_connection(
+                _StreamProtocol, config.unix_socket_path
+            )
+        else:
+            transport, protocol = await loop.create_connection(
+                _StreamProtocol, config.host, config.port
+            )
+        assert isinstance(transport, asyncio.Transport)
+        return cls(transport, protocol)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        protocol = self._protocol
+        while not protocol.chunks:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if protocol.lost and protocol.error is not None:
+                raise anyio.BrokenResourceError from protocol.error
+            if protocol.eof or protocol.lost:
+                raise anyio.EndOfStream
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            protocol.reader = waiter
+            try:
+                await waiter
+            finally:
+                protocol.reader = None
+        chunk = protocol.chunks.popleft()
+        if len(chunk) > max_bytes:
+            protocol.chunks.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        protocol.buffered -= len(chunk)
+        if protocol.read_paused and protocol.buffered < _READ_LOW_WATER:
+            protocol.read_paused = False
+            self._transport.resume_reading()
+        return chunk
+
+    async def send(self, item: bytes) -> None:
+        protocol = self._protocol
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if protocol.lost:
+            raise anyio.BrokenResourceError from protocol.error
+        self._transport.write(item)
+        while protocol.write_paused and not protocol.lost:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            protocol.writer = waiter
+            try:
+                await waiter
+            finally:
+                protocol.writer = None
+        error = protocol.failure()
+        if error is not None:
+            raise anyio.BrokenResourceError from error
+
+    async def send_eof(self) -> None:
+        self._transport.write_eof()
+
+    async def aclose(self) -> None:
+        """Abort the transport and wait (one loop iteration) until its socket is closed."""
+        if not self._closed:
+            self._closed = True
+            self._transport.abort()
+        protocol = self._protocol
+        while not protocol.lost:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            protocol.closer = waiter
+            try:
+                await waiter
+            finally:
+                protocol.closer = None
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        transport = self._transport
+        return {
+            anyio.abc.SocketAttribute.raw_socket: lambda: transport.get_extra_info("socket"),
+            anyio.abc.SocketAttribute.family: lambda: transport.get_extra_info("socket").family,
+        }
 
 
 def _tune_socket(stream: anyio.abc.ByteStream, config: RedisConfig) -> None:
