@@ -111,6 +111,15 @@ class Connection:
         self.created_at = self.last_used_at = time.monotonic()
         self.on_push: Callable[[list[Any]], None] | None = None
         self.pushes_dropped = 0
+        # Looked up once: anyio builds its attribute table on every extra() call, and
+        # looks_alive() runs on every acquire from idle.  asyncio hands out a TransportSocket,
+        # which hides recv(); peeking does not disturb the transport, so keep the socket it wraps.
+        try:
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        except anyio.TypedAttributeLookupError:  # pragma: no cover - every stream we open has one
+            raw = None
+        self._raw_socket: socket.socket | None = getattr(raw, "_sock", raw)
+        self._peek_means_dead = not isinstance(stream, TLSStream)
 
     # --- establishing -------------------------------------------------------------------------
 
@@ -360,13 +369,9 @@ class Connection:
         """
         if not self.is_reusable:
             return False
-        try:
-            sock: socket.socket = self._stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        except anyio.TypedAttributeLookupError:  # pragma: no cover - every stream we open has one
+        sock = self._raw_socket
+        if sock is None:  # pragma: no cover - every stream we open has one
             return True
-        # asyncio hands out a TransportSocket, which hides recv(); peeking does not disturb the
-        # transport, so use the socket it wraps.
-        sock = getattr(sock, "_sock", sock)
         try:
             peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -376,7 +381,7 @@ class Connection:
         if not peeked:
             return False  # end of stream: the server closed it
         # TLS may carry records of its own (TLS 1.3 session tickets); plain TCP may not.
-        return isinstance(self._stream, TLSStream)
+        return not self._peek_means_dead
 
     async def aclose(self) -> None:
         """Close the connection now, without waiting on the server.
