@@ -24,6 +24,7 @@ def tests(session: nox.Session) -> None:
     session.run(
         "pytest", "-k", "asyncio", "tests/test_connection.py", "tests/test_tls.py",
         "tests/test_client.py", "tests/test_pool_redis.py", "tests/test_blocking.py",
+        "tests/test_pubsub.py",
         env={"ANYPOOL_TRANSPORT": "anyio"},
     )  # fmt: skip
 

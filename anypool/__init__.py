@@ -30,11 +30,17 @@ from ._errors import PoolUnavailable as PoolUnavailable
 from ._errors import ProtocolError as ProtocolError
 from ._errors import ReplyDecodeError as ReplyDecodeError
 from ._errors import ResponseError as ResponseError
+from ._errors import SlowConsumer as SlowConsumer
 from ._errors import TimeoutError as TimeoutError
 from ._errors import TooManyWaiters as TooManyWaiters
 from ._pool import Lease as Lease
 from ._pool import Pool as Pool
 from ._pool import ResourceFactory as ResourceFactory
+from ._pubsub import Listener as Listener
+from ._pubsub import Message as Message
+from ._pubsub import Reconnected as Reconnected
+from ._pubsub import RestartPolicy as RestartPolicy
+from ._pubsub import Subscription as Subscription
 from ._stats import Health as Health
 from ._stats import PoolStatistics as PoolStatistics
 
@@ -57,7 +63,9 @@ __all__ = [
     "Health",
     "InvalidArgument",
     "Lease",
+    "Listener",
     "Lock",
+    "Message",
     "Pipeline",
     "Pool",
     "PoolClosed",
@@ -68,13 +76,17 @@ __all__ = [
     "PoolTimeout",
     "PoolUnavailable",
     "ProtocolError",
+    "Reconnected",
     "RedisConfig",
     "RedisConnection",
     "RedisPool",
     "ReplyDecodeError",
     "ResourceFactory",
     "ResponseError",
+    "RestartPolicy",
     "Script",
+    "SlowConsumer",
+    "Subscription",
     "TimeoutError",
     "TooManyWaiters",
     "split_url",

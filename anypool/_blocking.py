@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from types import TracebackType
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ from anyio.from_thread import BlockingPortal
 from ._client import Lock, Pipeline, RedisConnection, RedisPool, Script
 from ._config import RedisConfig
 from ._errors import PoolClosed
+from ._pubsub import Event
 from ._stats import Health, PoolStatistics
 
 __all__ = ["BlockingRedisPool"]
@@ -116,6 +117,22 @@ class BlockingConnection(_Blocking):
     """An exclusive :class:`RedisConnection` for synchronous code."""
 
 
+class BlockingSubscription(_Blocking):
+    """A :class:`Subscription` for synchronous code: iterate it, or ``get(timeout)``."""
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            try:
+                yield self._portal.call(self._target.__anext__)
+            except StopAsyncIteration:
+                return
+
+    def get(self, timeout: float | None = None) -> Event:
+        """The next message or event; ``anypool.TimeoutError`` after ``timeout`` seconds."""
+        event: Event = self._portal.call(lambda: self._target.get(timeout))
+        return event
+
+
 class BlockingRedisPool(_Blocking):
     """RedisPool's command API, synchronously, from any number of threads.
 
@@ -182,6 +199,24 @@ class BlockingRedisPool(_Blocking):
         if self._exit_stack is None:
             raise PoolClosed("a BlockingRedisPool is used inside `with BlockingRedisPool(...):`")
         return super().__getattr__(name)
+
+    def subscribe(
+        self, *channels: Any, **options: Any
+    ) -> AbstractContextManager[BlockingSubscription]:
+        """``with redis.subscribe("news") as sub: for message in sub: ...`` (see
+        :meth:`RedisPool.subscribe` for the options)."""
+        return self._subscription(self._client.subscribe(*channels, **options))
+
+    def psubscribe(
+        self, *patterns: Any, **options: Any
+    ) -> AbstractContextManager[BlockingSubscription]:
+        """As :meth:`subscribe`, for patterns."""
+        return self._subscription(self._client.psubscribe(*patterns, **options))
+
+    @contextmanager
+    def _subscription(self, context: Any) -> Iterator[BlockingSubscription]:
+        with self._portal.wrap_async_context_manager(context) as subscription:
+            yield BlockingSubscription(self._portal, subscription)
 
     def acquire(
         self, *, timeout: float | None = None

@@ -19,7 +19,7 @@ import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -32,6 +32,7 @@ from redis.exceptions import (
     WatchError,
 )
 
+from . import _pubsub
 from ._compat import (
     EMPTY_RESPONSE,
     LOCK_EXTEND_SCRIPT,
@@ -46,7 +47,7 @@ from ._compat import (
 )
 from ._config import PoolConfig, RedisConfig, split_url
 from ._connection import Connection, ConnectionFactory
-from ._errors import CommandNotAllowed, ConfigError
+from ._errors import CommandNotAllowed, ConfigError, PoolClosed
 from ._pool import DEFAULT, Lease, Pool, _Default
 from ._stats import Health, PoolStatistics
 
@@ -58,7 +59,7 @@ T = TypeVar("T")
 _USE_CONFIG = "it would change one random pooled connection; set it in the config or URL"
 _USE_ACQUIRE = "it would change one random pooled connection; use `async with redis.acquire()`"
 _USE_PIPELINE = "transactions need one connection throughout: use redis.pipeline(transaction=True)"
-_USE_SUBSCRIBE = "pub/sub needs a dedicated connection (redis.subscribe() is coming); not supported"
+_USE_SUBSCRIBE = "pub/sub needs a dedicated connection: use `async with redis.subscribe(...)`"
 _REFUSED_ON_POOL: dict[str, str] = {
     "SELECT": "set db in the config or URL, or use `async with redis.acquire()`",
     "AUTH": _USE_CONFIG,
@@ -218,6 +219,7 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         self._factory = ConnectionFactory(config)
         self._pool: Pool[Connection] = Pool(self._factory, pool_config)
         self._callbacks = {2: response_callbacks(2), 3: response_callbacks(3)}
+        self._pubsub: _pubsub._Hub | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisPool:
@@ -334,6 +336,97 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         """A distributed lock on key ``name`` that works on trio and asyncio (see :class:`Lock`)."""
         return Lock(self, name, timeout=timeout, sleep=sleep, blocking=blocking,
                     blocking_timeout=blocking_timeout)  # fmt: skip
+
+    # --- pub/sub ------------------------------------------------------------------------------
+
+    def _hub(self) -> _pubsub._Hub:
+        if self._pubsub is None:
+            health_interval = self._pool.config.health_check_interval
+            self._pubsub = _pubsub._Hub(self, per_connection=100, keepalive=health_interval)
+        return self._pubsub
+
+    def subscribe(
+        self, *channels: Any, buffer: int = 1000, policy: _pubsub.Policy = "block",
+        block_timeout: float = 5.0,
+    ) -> AbstractAsyncContextManager[_pubsub.Subscription]:  # fmt: skip
+        """Subscribe to channels: ``async with redis.subscribe("news") as sub:``.
+
+        Entering returns once the server has acknowledged the subscriptions.  The subscription
+        rides on a dedicated connection shared with other subscriptions of this pool; a task in
+        the pool's task group reads it, reconnects it if it breaks (delivering a
+        :class:`Reconnected` event) and fans messages out.
+
+        Args:
+            *channels: channel names.
+            buffer: messages buffered for this subscription before ``policy`` applies.
+            policy: ``block`` (default), ``drop_oldest``, ``drop_newest``, ``error`` or
+                ``unbounded`` (no limit: must be asked for by name).
+            block_timeout: with ``block``, seconds the reader waits for room before the
+                subscription fails with SlowConsumer (so others are not starved).
+
+        Cancellation: leaving the block (normally, by error or by cancellation) unsubscribes,
+        bounded and shielded; it never hangs.
+        """
+        return _pubsub.subscription(
+            self._hub(), "channel", channels, buffer=buffer, policy=policy,
+            block_timeout=block_timeout,
+        )  # fmt: skip
+
+    def psubscribe(
+        self, *patterns: Any, buffer: int = 1000, policy: _pubsub.Policy = "block",
+        block_timeout: float = 5.0,
+    ) -> AbstractAsyncContextManager[_pubsub.Subscription]:  # fmt: skip
+        """Subscribe to glob-style patterns (see :meth:`subscribe`)."""
+        return _pubsub.subscription(
+            self._hub(), "pattern", patterns, buffer=buffer, policy=policy,
+            block_timeout=block_timeout,
+        )  # fmt: skip
+
+    def ssubscribe(
+        self, *channels: Any, buffer: int = 1000, policy: _pubsub.Policy = "block",
+        block_timeout: float = 5.0,
+    ) -> AbstractAsyncContextManager[_pubsub.Subscription]:  # fmt: skip
+        """Subscribe to sharded channels (Redis >= 7; see :meth:`subscribe`)."""
+        return _pubsub.subscription(
+            self._hub(), "shard", channels, buffer=buffer, policy=policy,
+            block_timeout=block_timeout,
+        )  # fmt: skip
+
+    async def start_listener(
+        self,
+        handler: Callable[[_pubsub.Event], Awaitable[Any]],
+        *,
+        channels: Sequence[Any] = (),
+        patterns: Sequence[Any] = (),
+        restart: _pubsub.RestartPolicy | None = None,
+        buffer: int = 1000,
+        policy: _pubsub.Policy = "block",
+        block_timeout: float = 5.0,
+    ) -> _pubsub.Listener:
+        """Run ``handler`` for every message, as a supervised child task of the pool.
+
+        Returns once subscribed.  A handler that raises is restarted within ``restart``'s
+        budget; past it, the error propagates out of the pool's ``async with``.
+        """
+        task_group = self._pool._task_group
+        if task_group is None:
+            raise PoolClosed("the pool is not open: use `async with redis:` first")
+        listener = _pubsub.Listener(
+            self, handler, channels, patterns, restart or _pubsub.RestartPolicy(),
+            {"buffer": buffer, "policy": policy, "block_timeout": block_timeout},
+        )  # fmt: skip
+        started: _pubsub.Listener = await task_group.start(listener.run, name="anypool listener")
+        return started
+
+    def pubsub_statistics(self) -> dict[str, int]:
+        """Pub/sub counters: messages, connection_failures, reconnect_failures, resubscribes,
+        gap_events, and the subscriber connections and subscriptions open now."""
+        hub = self._hub()
+        return {
+            **hub.counters,
+            "connections": len(hub.connections),
+            "subscriptions": sum(len(c.subscriptions) for c in hub.connections),
+        }
 
     # --- the pool -----------------------------------------------------------------------------
 

@@ -314,6 +314,61 @@ class Connection:
         self.last_used_at = time.monotonic()
         return replies
 
+    # --- subscribed mode ----------------------------------------------------------------------
+    # A connection in pub/sub mode is not request/response: the server pushes messages at any
+    # time, and acknowledges (UN)SUBSCRIBE with messages of its own.  Its one reader task owns
+    # reading; writers take turns (the caller serialises them).  Replies-owed accounting does
+    # not apply, and such a connection never returns to the command pool.
+
+    async def send_command(self, *args: Arg) -> None:
+        """Send a command whose answer the connection's reader will see (subscribed mode).
+
+        Cancellation: a send cut short may leave half a command on the wire, so the connection
+        is closed.
+        """
+        if self._closed_by is not None:
+            raise ConnectionClosed(
+                f"the connection to {self.config.address} is closed ({self._closed_by})"
+            )
+        data = self._packer.pack(args)
+        try:
+            await self._stream.send(data)
+        except BaseException as exc:
+            error = _translate(exc, self.config, command=args[0])
+            await self._close(f"{type(error).__name__} while sending")
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def read_messages(self) -> list[Any]:
+        """Everything the server has sent that is complete, at least one message (subscribed
+        mode): pushes and replies, in order, with their types kept.
+
+        Raises:
+            ConnectionLost, ProtocolError...: the connection broke; it is closed.
+
+        Cancellation: safe: messages are consumed only once complete, and none is lost.
+        """
+        parser = self._parser
+        try:
+            message = parser.gets()
+            while message is NEED_DATA:
+                parser.feed(await self._stream.receive(_READ_SIZE))
+                message = parser.gets()
+            messages = [message]
+            while (message := parser.gets()) is not NEED_DATA:
+                messages.append(message)
+            self.last_used_at = time.monotonic()
+            return messages
+        except BaseException as exc:
+            error = _translate(exc, self.config)
+            if error is exc and not isinstance(exc, AnyPoolError):
+                raise  # cancellation: nothing was half-consumed; the connection stays usable
+            await self._close(f"{type(error).__name__} while reading")
+            if error is exc:
+                raise
+            raise error from exc
+
     async def _read_reply(self, decode: bool = True) -> Any:
         parser = self._parser
         while True:

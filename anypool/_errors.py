@@ -45,6 +45,7 @@ __all__ = [
     "ProtocolError",
     "ReplyDecodeError",
     "ResponseError",
+    "SlowConsumer",
     "TimeoutError",
     "TooManyWaiters",
 ]
@@ -97,6 +98,11 @@ class ProtocolError(AnyPoolError, _r.InvalidResponse):
 
 class ReplyDecodeError(AnyPoolError, ValueError):
     """A reply could not be decoded with the configured ``encoding``/``encoding_errors``."""
+
+
+class SlowConsumer(AnyPoolError):
+    """A subscription fell behind: its buffer was full under the ``error`` policy, or stayed
+    full for ``block_timeout`` under ``block``.  Messages already buffered were delivered."""
 
 
 class CommandNotAllowed(AnyPoolError, _r.DataError):

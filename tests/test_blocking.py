@@ -30,6 +30,12 @@ def test_commands_pipelines_connections_locks(redis_server: RedisServer, backend
         assert keys == [f"b:{backend}".encode(), f"b:{backend}:n".encode()]
         with pytest.raises(anypool.CommandNotAllowed):
             redis.select(1)
+        channel = f"b:{backend}:news"
+        with redis.subscribe(channel) as sub:
+            redis.publish(channel, "hi")
+            assert sub.get(timeout=2) == anypool.Message("message", channel.encode(), b"hi")
+            redis.publish(channel, "again")
+            assert next(iter(sub)).data == b"again"
         assert redis.statistics().in_use == 0
     with pytest.raises(anypool.PoolClosed, match="inside `with"):
         redis.get("x")
