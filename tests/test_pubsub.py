@@ -240,3 +240,25 @@ async def test_bad_policy_is_refused(server: RedisServer) -> None:
         with pytest.raises(ValueError, match="buffer"):
             async with redis.subscribe("x", buffer=0):
                 pass
+
+
+async def test_missed_keepalive_on_a_hung_server_reconnects(server: RedisServer) -> None:
+    async with (
+        RedisPool.from_url(
+            server.url,
+            health_check_interval=0.2,  # also the pub/sub keepalive interval
+            connect_timeout=0.5,
+            reconnect_backoff=anypool.BackoffPolicy(0.05, 0.2, 0.1),
+        ) as redis,
+        redis.subscribe("hung") as sub,
+    ):
+        server.pause()  # the socket stays open; nothing answers the keepalive PING
+        try:
+            with anyio.fail_after(10):
+                while redis.pubsub_statistics()["connection_failures"] < 1:
+                    await anyio.sleep(0.05)
+        finally:
+            server.resume()
+        assert isinstance(await sub.get(timeout=10), Reconnected)
+        await redis.publish("hung", "back")
+        assert (await sub.get(timeout=2)).data == b"back"  # type: ignore[union-attr]
