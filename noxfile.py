@@ -8,7 +8,7 @@ nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.error_on_missing_interpreters = True
 
-SOURCES = ["anypool", "tests", "noxfile.py", "docs/conf.py"]
+SOURCES = ["anypool", "tests", "noxfile.py", "docs/conf.py", "docs/examples", "benchmarks"]
 
 
 @nox.session

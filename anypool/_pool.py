@@ -229,16 +229,24 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         self._limiter = anyio.CapacityLimiter(self._max_size)
         self._wake_maintenance = anyio.Event()
         self._maintenance_scope = anyio.CancelScope()
+        body_error: BaseException | None = None
         async with anyio.create_task_group() as task_group:
             self._task_group = task_group
             self._state = _OPEN
             task_group.start_soon(self._maintain, name=f"{self.name} maintenance")
             try:
                 yield self
+            except BaseException as exc:
+                # Raised by the user's block: re-raised as it is once the task group has exited
+                # (inside it, it would come out wrapped in an ExceptionGroup).  A failure of the
+                # pool's own background tasks still propagates from the task group itself.
+                body_error = exc
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._shutdown()
                 task_group.cancel_scope.cancel()
+        if body_error is not None:
+            raise body_error
 
     async def _maintain(self) -> None:
         with self._maintenance_scope:

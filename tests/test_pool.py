@@ -480,6 +480,17 @@ async def test_leak_detection_warns_once_with_task_and_stack(
     assert pool.statistics().leaks_detected == 1
 
 
+async def test_errors_from_the_block_come_out_unwrapped() -> None:
+    """An exception raised inside `async with pool:` is not wrapped in an ExceptionGroup."""
+    with pytest.raises(KeyError, match="user error"):
+        async with Pool(FakeFactory(), **QUIET):
+            raise KeyError("user error")
+    with anyio.move_on_after(0.05) as scope:  # and cancellation passes through as usual
+        async with Pool(FakeFactory(), **QUIET):
+            await anyio.sleep(10)
+    assert scope.cancelled_caught
+
+
 async def test_a_bug_in_maintenance_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(pool: Pool[Any], now: float) -> None:
         raise ZeroDivisionError("a bug in anypool")

@@ -1,0 +1,7 @@
+"""``python -m anypool``: the anypool command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

@@ -1,0 +1,517 @@
+"""The ``anypool`` command: demo, bench, ping, clients.
+
+Parsing is argparse (standard library); terminal output is rich (the ``cli`` extra).  Every
+error becomes one line on stderr and a non-zero exit code, never a traceback, and URLs are
+always shown with the password redacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+import anyio
+import redis.exceptions
+
+from . import __version__
+from ._client import RedisPool
+from ._config import RedisConfig
+from ._connection import Connection
+from ._errors import AnyPoolError
+from ._pubsub import Message, Reconnected
+from .testing import RedisServer, RedisServerError
+
+Backend = Literal["asyncio", "trio"]
+
+
+def _console(stderr: bool = False) -> Any:
+    try:
+        from rich.console import Console
+    except ImportError:  # pragma: no cover - the cli extra installs rich
+        raise SystemExit("the anypool command needs rich: pip install 'anypool[cli]'") from None
+    # soft_wrap: lines are never broken up (an error stays one line when captured or piped)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+class CommandError(Exception):
+    """A failure to report as one line (the message says what went wrong and what to do)."""
+
+
+# --- ping ---------------------------------------------------------------------------------------
+
+
+async def _ping(url: str, timeout: float) -> str:
+    config = RedisConfig.from_url(url, connect_timeout=timeout, socket_timeout=timeout)
+    started = time.perf_counter()
+    connection = await Connection.connect(config)
+    try:
+        connected = time.perf_counter()
+        reply = await connection.execute("PING")
+        answered = time.perf_counter()
+        version = connection.server_version
+        if version is None:  # RESP2 fallback: ask INFO
+            info = await connection.execute("INFO", "server")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            version = next(
+                (line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.startswith("redis_version:")),
+                "unknown",
+            )  # fmt: skip
+    finally:
+        await connection.aclose()
+    pong = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return (
+        f"{pong} from {RedisConfig.from_url(url).to_url()} "
+        f"in {(answered - connected) * 1000:.2f} ms "
+        f"(connect {(connected - started) * 1000:.2f} ms, Redis {version})"
+    )
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    line = anyio.run(_ping, args.url, args.timeout, backend=args.backend)
+    _console().print(line)
+    return 0
+
+
+# --- clients ------------------------------------------------------------------------------------
+
+
+async def _clients(args: argparse.Namespace) -> int:
+    console = _console()
+    async with RedisPool.from_url(args.url, max_size=1, health_check_interval=None) as pool:
+        async with pool.acquire() as conn:
+            own_id = await conn.client_id()
+            clients = [c for c in await conn.client_list() if int(c["id"]) != own_id]
+        selected = [
+            c for c in clients
+            if str(c.get("name", "")).startswith(args.name or "")
+            and (args.idle_above is None or int(c["idle"]) >= args.idle_above)
+        ]  # fmt: skip
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for client in selected:
+            groups.setdefault(str(client.get("name") or "(no name)"), []).append(client)
+        from rich.table import Table
+
+        table = Table(title=f"clients of {RedisConfig.from_url(args.url).to_url()}")
+        for column in ("name", "count", "idle min s", "idle max s", "pub/sub", "addresses"):
+            table.add_column(column)
+        for name, members in sorted(groups.items()):
+            idles = [int(c["idle"]) for c in members]
+            pubsub = sum(1 for c in members if int(c.get("sub", 0)) or int(c.get("psub", 0)))
+            addresses = ", ".join(str(c["addr"]) for c in members[:3])
+            if len(members) > 3:
+                addresses += ", ..."
+            table.add_row(name, str(len(members)), str(min(idles)), str(max(idles)),
+                          str(pubsub), addresses)  # fmt: skip
+        console.print(table)
+        console.print(f"{len(selected)} of {len(clients)} connections selected")
+        if not args.kill or not selected:
+            return 0
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise CommandError(
+                    "refusing to kill connections without --yes (stdin is not a TTY)"
+                )
+            answer = console.input(f"kill {len(selected)} connections? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                console.print("nothing killed")
+                return 0
+        killed = 0
+        for client in selected:
+            killed += int(await pool.client_kill_filter(_id=client["id"]) or 0)
+        console.print(f"killed {killed} connections")
+        return 0
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    result: int = anyio.run(_clients, args, backend=args.backend)
+    return result
+
+
+# --- bench --------------------------------------------------------------------------------------
+
+Work = Callable[[], Awaitable[None]]
+
+
+async def _timed(work: Work, seconds: float, ops_per_call: int) -> float:
+    await work()  # warm up: connections, scripts
+    calls = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        await work()
+        calls += 1
+    return calls * ops_per_call / (time.perf_counter() - started)
+
+
+async def _concurrent(get: Callable[[], Awaitable[Any]], tasks: int, seconds: float) -> float:
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            await get()
+            count += 1
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(tasks):
+            tg.start_soon(worker)
+    return count / (time.perf_counter() - started)
+
+
+async def _workloads(
+    client: Any, seconds: float, concurrency: Sequence[int], pipeline: Work,
+    advance: Callable[[], None],
+) -> dict[str, float]:  # fmt: skip
+    await client.set("bench:key", "x" * 100)
+
+    async def one_get() -> None:
+        await client.get("bench:key")
+
+    results = {"sequential GET": await _timed(one_get, seconds, 1)}
+    advance()
+    for tasks in concurrency:
+        results[f"{tasks} tasks GET"] = await _concurrent(
+            lambda: client.get("bench:key"), tasks, seconds
+        )
+        advance()
+    results["100x100 pipeline (cmds/s)"] = await _timed(pipeline, seconds, 100)
+    advance()
+    return results
+
+
+async def _sets_on(pipe: Any) -> None:
+    for i in range(100):
+        pipe.set(f"bench:p{i}", i)
+    await pipe.execute()
+
+
+async def _bench_anypool(url: str, seconds: float, concurrency: Sequence[int], advance: Any) -> Any:
+    async with RedisPool.from_url(url, max_size=16, health_check_interval=None) as client:
+        return await _workloads(
+            client, seconds, concurrency, lambda: _sets_on(client.pipeline(False)), advance
+        )
+
+
+async def _bench_redis_py(
+    url: str, seconds: float, concurrency: Sequence[int], advance: Any
+) -> Any:
+    import redis.asyncio
+
+    # redis-py's default pool raises when exhausted; its blocking pool waits, as anypool does
+    pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=16)
+    client = redis.asyncio.Redis(connection_pool=pool)
+    try:
+        return await _workloads(
+            client, seconds, concurrency, lambda: _sets_on(client.pipeline(False)), advance
+        )
+    finally:
+        await client.aclose()
+        await pool.disconnect()  # redis-py does not close a pool it was given
+
+
+async def _bench_coredis(url: str, seconds: float, concurrency: Sequence[int], advance: Any) -> Any:
+    import coredis
+
+    client = coredis.Redis.from_url(url, max_connections=16)
+
+    async def pipeline() -> None:  # coredis 6 sends a pipeline when its block exits
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(100):
+                pipe.set(f"bench:p{i}", i)
+
+    async with client:
+        return await _workloads(client, seconds, concurrency, pipeline, advance)
+
+
+PEERS: list[tuple[str, Any, Backend]] = [
+    ("anypool", _bench_anypool, "asyncio"),
+    ("anypool", _bench_anypool, "trio"),
+    ("redis.asyncio", _bench_redis_py, "asyncio"),
+    ("coredis", _bench_coredis, "asyncio"),
+    ("coredis", _bench_coredis, "trio"),
+]
+
+
+def run_benchmark(
+    url: str, seconds: float, concurrency: Sequence[int], backends: Sequence[str],
+    progress: Callable[[str], Any],
+) -> tuple[dict[str, dict[str, float]], list[str]]:  # fmt: skip
+    """Run every available client; returns the table and notes about skipped peers."""
+    table: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
+    for name, bench, backend in PEERS:
+        if name == "anypool" and backend not in backends:
+            continue
+        label = f"{name} ({backend})"
+        advance = progress(label)
+        try:
+            table[label] = anyio.run(bench, url, seconds, concurrency, advance, backend=backend)
+        except ImportError as exc:
+            notes.append(f"{label} skipped: {exc.name or exc} is not installed")
+        except Exception as exc:  # a peer that fails is reported, not fatal
+            notes.append(f"{label} failed: {type(exc).__name__}: {exc}")
+    return table, notes
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    console = _console()
+    concurrency = [int(part) for part in args.concurrency.split(",") if part.strip()]
+    if any(n < 1 for n in concurrency):
+        raise CommandError(f"--concurrency must list positive integers, not {args.concurrency!r}")
+    backends = [args.backend] if args.backend else ["asyncio", "trio"]
+    server = None
+    url = args.url
+    if url is None:
+        server = RedisServer()
+        server.start()
+        url = server.url
+    try:
+        if args.pin:
+            os.sched_setaffinity(0, {0})
+            if server is not None:
+                os.sched_setaffinity(server.pid, {0})
+        steps = len(concurrency) + 2
+        if console.is_terminal:
+            from rich.progress import Progress
+
+            with Progress(console=console, transient=True) as bar:
+
+                def progress(label: str) -> Callable[[], None]:
+                    task = bar.add_task(label, total=steps)
+                    return lambda: bar.advance(task)
+
+                table, notes = run_benchmark(url, args.duration, concurrency, backends, progress)
+        else:
+
+            def plain(label: str) -> Callable[[], None]:
+                print(f"running {label} ...", flush=True)
+                return lambda: None
+
+            table, notes = run_benchmark(url, args.duration, concurrency, backends, plain)
+    finally:
+        if server is not None:
+            server.stop()
+    _print_bench(console, table, notes)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"results": table, "notes": notes}, file, indent=2)
+    return 0
+
+
+def _print_bench(console: Any, table: dict[str, dict[str, float]], notes: list[str]) -> None:
+    from rich.table import Table
+
+    if not table:
+        raise CommandError("no client could be benchmarked")
+    clients = list(table)
+    out = Table(title="operations per second")
+    out.add_column("workload")
+    for client in clients:
+        out.add_column(client, justify="right")
+    for workload in next(iter(table.values())):
+        out.add_row(workload, *(f"{table[c][workload]:,.0f}" for c in clients))
+    console.print(out)
+    for ours in (c for c in clients if c.startswith("anypool")):
+        for peer in (c for c in clients if not c.startswith("anypool")):
+            ratios = ", ".join(
+                f"{w.split(' (')[0]} x{table[ours][w] / table[peer][w]:.2f}" for w in table[ours]
+            )
+            console.print(f"{ours} vs {peer}: {ratios}")
+    for note in notes:
+        console.print(f"({note})")
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage().splitlines()[0])
+
+
+async def _tour(url: str, server: RedisServer | None) -> None:
+    console = _console()
+    say = console.print
+    capture = _Capture()
+    logging.getLogger("anypool").addHandler(capture)
+    try:
+        async with RedisPool.from_url(
+            url, min_size=2, max_size=8, leak_threshold=0.3, health_check_interval=0.2,
+            connect_timeout=1.0, decode_responses=True,
+        ) as redis:  # fmt: skip
+            await redis.pool.wait(timeout=5)
+            say(f"[bold]anypool {__version__}[/] on {anyio.get_current_task().name or 'main'}: "
+                f"connected to {redis.config.to_url()}")  # fmt: skip
+
+            say("\n[bold]1. Commands and a transaction[/]")
+            await redis.set("demo:greeting", "hello", ex=60)
+            say(f"  GET demo:greeting -> {await redis.get('demo:greeting')!r}")
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.set("demo:visits", 0)
+                pipe.incr("demo:visits")
+                pipe.incr("demo:visits")
+                say(f"  MULTI SET INCR INCR EXEC -> {await pipe.execute()}")
+
+            say("\n[bold]2. Pub/sub fan-out and a supervised listener[/]")
+            heard: list[str] = []
+            all_heard = anyio.Event()
+
+            async def listener(event: Message | Reconnected) -> None:
+                if isinstance(event, Message):
+                    heard.append(str(event.data))
+                    if len(heard) == 100:
+                        all_heard.set()
+
+            handle = await redis.start_listener(listener, channels=["demo:news"])
+            async with redis.subscribe("demo:news") as a, redis.subscribe("demo:news") as b:
+                for n in range(100):
+                    await redis.publish("demo:news", f"story {n}")
+                got_a = [await a.get(timeout=5) for _ in range(100)]
+                got_b = [await b.get(timeout=5) for _ in range(100)]
+                with anyio.fail_after(5):
+                    await all_heard.wait()
+                say(f"  100 messages published: subscriber A got {len(got_a)}, B got "
+                    f"{len(got_b)}, the listener handled {handle.handled}")  # fmt: skip
+
+            say("\n[bold]3. Leak detection[/]")
+            async with redis.acquire():
+                await anyio.sleep(0.5)  # held longer than leak_threshold=0.3s
+            leak = next((m for m in capture.messages if "leased by task" in m), None)
+            say(f"  a connection held for 0.5s was reported: {leak or 'no warning seen'}")
+
+            if server is None:
+                say("\n[dim]4. (skipped: the server is not ours to kill; run without --url)[/]")
+            else:
+                say("\n[bold]4. The server dies and comes back[/]")
+                async with redis.subscribe("demo:live") as live:
+                    server.kill()
+                    say("  redis-server killed (SIGKILL)")
+                    try:
+                        await redis.get("demo:greeting")
+                    except (AnyPoolError, redis_errors()) as exc:
+                        say(f"  a command now fails clearly: {type(exc).__name__}: {exc}")
+                    await anyio.sleep(0.5)
+                    say(f"  pool health: {redis.health.value}")
+                    server.restart()
+                    say("  redis-server restarted on the same port")
+                    event = await live.get(timeout=15)
+                    say(f"  the subscription was told about the gap: {type(event).__name__}")
+                    with anyio.fail_after(15):
+                        while True:
+                            try:
+                                await redis.set("demo:after", "restart")
+                                break
+                            except (AnyPoolError, redis_errors()):
+                                await anyio.sleep(0.1)
+                    await redis.publish("demo:live", "after the restart")
+                    message = await live.get(timeout=5)
+                    say(f"  commands work again, and the subscription receives: {message.data!r}")  # type: ignore[union-attr]
+                    with anyio.fail_after(15):
+                        while redis.health.value != "healthy":  # noqa: ASYNC110 - pool state
+                            await anyio.sleep(0.05)
+                    say(f"  pool health: {redis.health.value}")
+            handle.cancel()
+
+            say("\n[bold]5. Statistics[/]")
+            from rich.table import Table
+
+            table = Table()
+            table.add_column("statistic")
+            table.add_column("value", justify="right")
+            for key, value in redis.statistics().as_dict().items():
+                table.add_row(key, str(value))
+            for key, value in redis.pubsub_statistics().items():
+                table.add_row(f"pubsub.{key}", str(value))
+            say(table)
+    finally:
+        logging.getLogger("anypool").removeHandler(capture)
+
+
+def redis_errors() -> type[Exception]:
+    return redis.exceptions.RedisError
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    logging.getLogger("anypool").setLevel(logging.WARNING)
+    logging.getLogger("anypool").propagate = False  # the tour prints what matters
+    if args.url is not None:
+        anyio.run(_tour, args.url, None, backend=args.backend)
+        return 0
+    with RedisServer() as server:
+        _console().print(f"started an embedded redis-server {'.'.join(map(str, server.version))} "
+                         f"on port {server.port}")  # fmt: skip
+        anyio.run(_tour, server.url, server, backend=args.backend)
+    return 0
+
+
+# --- the parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anypool", description="Redis pool for trio and asyncio: demo, benchmark, tools."
+    )
+    parser.add_argument("--version", action="version", version=f"anypool {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="a guided tour on an embedded redis-server")
+    demo.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
+    demo.add_argument("--url", help="use this server instead (the kill/restart step is skipped)")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = commands.add_parser("bench", help="anypool vs redis.asyncio and coredis")
+    bench.add_argument("--url", help="server to use (default: an embedded one)")
+    bench.add_argument("--backend", choices=["trio", "asyncio"], help="only this backend")
+    bench.add_argument("--concurrency", default="1,16,64,256", help="task counts, comma-separated")
+    bench.add_argument("--duration", type=float, default=2.0, help="seconds per workload")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--pin", action="store_true", help="pin client and server to CPU 0")
+    bench.set_defaults(func=cmd_bench)
+
+    ping = commands.add_parser("ping", help="connect, PING, report latency (exit 0/1)")
+    ping.add_argument("url")
+    ping.add_argument("--timeout", type=float, default=5.0)
+    ping.add_argument("--backend", choices=["trio", "asyncio"], default="asyncio")
+    ping.set_defaults(func=cmd_ping)
+
+    clients = commands.add_parser("clients", help="the server's connections, grouped by name")
+    clients.add_argument("url")
+    clients.add_argument("--name", metavar="PREFIX", help="only names starting with PREFIX")
+    clients.add_argument("--idle-above", type=int, metavar="SECONDS")
+    clients.add_argument("--kill", action="store_true", help="close the selected connections")
+    clients.add_argument("--yes", action="store_true", help="do not ask before killing")
+    clients.add_argument("--backend", choices=["trio", "asyncio"], default="asyncio")
+    clients.set_defaults(func=cmd_clients)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``anypool`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    except (CommandError, AnyPoolError, redis.exceptions.RedisError, RedisServerError,
+            OSError, ValueError) as exc:  # fmt: skip
+        _console(stderr=True).print(f"anypool {args.command}: error: {_one_line(exc)}")
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."

@@ -1,0 +1,146 @@
+"""The anypool command, run in-process: every subcommand, and its error cases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from anypool import RedisPool
+from anypool._cli import main
+from anypool.testing import RedisServer
+
+
+@pytest.fixture(scope="module")
+def secured() -> RedisServer:
+    with RedisServer(password="s3cret-pass") as server:
+        yield server  # type: ignore[misc]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ping(secured: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "ping", secured.url)
+    assert code == 0
+    assert out.startswith("PONG from redis://:***@127.0.0.1:")
+    assert "Redis 6." in out or "Redis 7." in out
+    assert "s3cret-pass" not in out
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://:wrong-pass@127.0.0.1:{port}/0", "rejected user 'default'"),
+        ("redis://127.0.0.1:1/0", "refused"),
+        ("http://:wrong-pass@localhost/0", "scheme must be"),
+        ("redis://localhost:70000/0", "invalid port"),
+    ],
+)
+def test_ping_errors_are_one_line_without_secrets(
+    secured: RedisServer, capsys: pytest.CaptureFixture[str], url: str, message: str
+) -> None:
+    code, out, err = run(capsys, "ping", url.format(port=secured.port), "--timeout", "2")
+    assert code == 1
+    assert out == ""
+    assert err.startswith("anypool ping: error: ")
+    assert message in err
+    assert err.count("\n") == 1  # one line, no traceback
+    assert "wrong-pass" not in err
+    assert "Traceback" not in err
+
+
+def test_clients_groups_by_name_and_kills(
+    secured: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def hold_two_named(done: anyio.Event, ready: anyio.Event) -> None:
+        async with RedisPool.from_url(secured.url, client_name="worker-a", min_size=2) as pool:
+            await pool.pool.wait(timeout=5)
+            ready.set()
+            await done.wait()
+
+    async def scenario() -> list[tuple[int, str, str]]:
+        results = []
+        done, ready = anyio.Event(), anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hold_two_named, done, ready)
+            await ready.wait()
+            for argv in (
+                ["clients", secured.url, "--name", "worker"],
+                ["clients", secured.url, "--name", "worker", "--kill"],  # no TTY, no --yes
+                ["clients", secured.url, "--name", "worker", "--kill", "--yes"],
+            ):
+                results.append(await anyio.to_thread.run_sync(lambda a=argv: run(capsys, *a)))
+            done.set()
+        return results
+
+    listed, refused, killed = anyio.run(scenario)
+    assert listed[0] == 0
+    assert "worker-a" in listed[1]
+    assert "2 of" in listed[1]
+    assert "s3cret-pass" not in listed[1]
+    assert refused[0] == 1
+    assert "without --yes" in refused[2]
+    assert killed[0] == 0
+    assert "killed 2 connections" in killed[1]
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_demo_on_an_embedded_server(capsys: pytest.CaptureFixture[str], backend: str) -> None:
+    code, out, err = run(capsys, "demo", "--backend", backend)
+    assert code == 0, err
+    for expected in (
+        "MULTI SET INCR INCR EXEC -> [True, 1, 2]",
+        "subscriber A got 100, B got 100, the listener handled 100",
+        "leased by task",
+        "a command now fails clearly",
+        "told about the gap: Reconnected",
+        "the subscription receives: 'after the restart'",
+        "pool health: healthy",
+        "leaks_detected",
+    ):
+        assert expected in out, expected
+
+
+def test_bench_writes_json_and_prints_ratios(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "bench.json"
+    code, out, _ = run(
+        capsys, "bench", "--duration", "0.05", "--concurrency", "1,4", "--backend", "asyncio",
+        "--json", str(target),
+    )  # fmt: skip
+    assert code == 0
+    assert "running anypool (asyncio)" in out  # plain progress lines when not a terminal
+    assert "anypool (asyncio) vs redis.asyncio (asyncio): sequential GET x" in out
+    data = json.loads(target.read_text())
+    assert set(data["results"]["anypool (asyncio)"]) == {
+        "sequential GET", "1 tasks GET", "4 tasks GET", "100x100 pipeline (cmds/s)",
+    }  # fmt: skip
+    assert all(v > 0 for v in data["results"]["anypool (asyncio)"].values())
+
+
+def test_bench_refuses_a_bad_concurrency(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "bench", "--concurrency", "0,4")
+    assert code == 1
+    assert "--concurrency" in err
+
+
+def test_help_and_module_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "anypool", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    for command in ("demo", "bench", "ping", "clients"):
+        assert command in result.stdout
+    for command in ("demo", "bench", "ping", "clients"):
+        with pytest.raises(SystemExit) as info:
+            main([command, "--help"])
+        assert info.value.code == 0
