@@ -38,6 +38,13 @@ def compat(session: nox.Session, redis_py: str) -> None:
 
 
 @nox.session
+def soak(session: nox.Session) -> None:
+    """The reliability suite's long profile: longer crash load, more open/close cycles."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_reliability.py", *session.posargs, env={"ANYPOOL_SOAK": "1"})
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.8")

@@ -530,6 +530,22 @@ class HiredisParser:
                 )
             )
 
+    def _refuse_oversized_announcement(self, data: bytes) -> None:
+        """A reply announcing more than max_reply_size fails at once, as in the Python parser,
+        instead of waiting for data a hostile or broken server may never send.  Checked only
+        while a reply is incomplete, so complete replies pay nothing."""
+        if data[:1] not in (b"$", b"!", b"="):
+            return
+        end = data.find(b"\r\n", 1, 24)
+        header = data[1:end] if end > 0 else b""
+        if header.isdigit() and int(header) > self._max_reply_size:
+            self._fail(
+                ProtocolError(
+                    f"the server announced a {int(header)}-byte string, more than "
+                    f"max_reply_size ({self._max_reply_size})"
+                )
+            )
+
     def _feed_hit(self, data: bytes, hit: int) -> None:
         """``data[hit]`` may start an attribute (which hiredis would count as an element) or,
         past the replay window, a blob error: find out, and hand the stretch to the Python
@@ -617,6 +633,9 @@ class HiredisParser:
                 self._returned += 1
             else:
                 self._clean = True
+        elif not self._clean and not self._returned and self._replay:
+            # the first reply since a boundary is incomplete: is it even allowed to be this big?
+            self._refuse_oversized_announcement(self._replay[0])
         return reply
 
     def _gets_slow(self, decode: bool) -> Any:

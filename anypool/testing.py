@@ -27,11 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-__all__ = ["RedisServer", "RedisServerError", "find_redis_server"]
+__all__ = ["FaultProxy", "RedisServer", "RedisServerError", "ScriptedServer", "find_redis_server"]
 
 _ENV_VAR = "ANYPOOL_REDIS_SERVER"
 
@@ -342,3 +343,200 @@ class RedisServer:
     def __repr__(self) -> str:
         state = "paused" if self._paused else "running" if self.running else "stopped"
         return f"<RedisServer {self.host}:{self.port} {state}>"
+
+
+# --- fault injection ----------------------------------------------------------------------------
+
+
+class FaultProxy:
+    """An anyio TCP proxy in front of a server, with faults you switch on while traffic flows.
+
+    ::
+
+        async with FaultProxy(server.port) as proxy:
+            redis = RedisPool.from_url(proxy.url)
+            proxy.latency = 0.2        # every chunk, both ways, 200 ms late
+            await proxy.reset_all()    # every open connection dropped (RST)
+            proxy.blackhole = True     # new connections accepted, then never answered
+            proxy.cut("downstream")    # replies stop flowing; requests still arrive
+            proxy.corrupt_next_reply(b"?garbage\\r\\n")
+
+    Runs in the calling event loop (asyncio or trio).  Listens on a free loopback port.
+
+    Attributes:
+        latency: seconds added to every chunk relayed, both ways.
+        blackhole: accept new connections but relay nothing, in either direction.
+        connections: how many client connections are open through the proxy now.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.latency = 0.0
+        self.blackhole = False
+        self._cut: set[str] = set()
+        self._next_reply: Callable[[bytes], bytes] | None = None
+        self._streams: set[Any] = set()
+        self._task_group: Any = None
+        self._listener: Any = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<proxy port>/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def connections(self) -> int:
+        return len(self._streams) // 2
+
+    async def __aenter__(self) -> FaultProxy:
+        import anyio
+
+        self._listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        self.port = self._listener.extra(anyio.abc.SocketAttribute.local_port)
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._listener.serve, self._relay)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._task_group.cancel_scope.cancel()
+        await self._task_group.__aexit__(None, None, None)
+        await self._listener.aclose()
+
+    def cut(self, direction: str) -> None:
+        """Stop relaying ``"upstream"`` (requests) or ``"downstream"`` (replies); a half-open
+        connection.  :meth:`heal` restores both."""
+        if direction not in ("upstream", "downstream"):
+            raise ValueError("direction is 'upstream' or 'downstream'")
+        self._cut.add(direction)
+
+    def heal(self) -> None:
+        """Undo every fault: no latency, no blackhole, nothing cut."""
+        self._cut.clear()
+        self.latency = 0.0
+        self.blackhole = False
+        self._next_reply = None
+
+    def corrupt_next_reply(self, replacement: bytes) -> None:
+        """Replace the next chunk the server sends with ``replacement``."""
+        self._next_reply = lambda _chunk: replacement
+
+    def truncate_next_reply(self, keep: int) -> None:
+        """Relay only the first ``keep`` bytes of the next chunk, then reset that connection."""
+        self._next_reply = lambda chunk: chunk[:keep]
+
+    async def reset_all(self) -> None:
+        """Drop every open connection at once, both sides."""
+        import anyio
+
+        for stream in list(self._streams):
+            await anyio.aclose_forcefully(stream)
+        self._streams.clear()
+
+    async def _relay(self, client: Any) -> None:
+        import anyio
+
+        try:
+            upstream = await anyio.connect_tcp(self.target_host, self.target_port)
+        except OSError:
+            await anyio.aclose_forcefully(client)
+            return
+        self._streams.update((client, upstream))
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pump, client, upstream, "upstream", tg.cancel_scope)
+                tg.start_soon(self._pump, upstream, client, "downstream", tg.cancel_scope)
+        finally:
+            self._streams.discard(client)
+            self._streams.discard(upstream)
+            # shielded, and not forceful: on asyncio a socket is only really closed one loop
+            # iteration after close(), which a cancelled scope would never give it
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+                await upstream.aclose()
+
+    async def _pump(self, source: Any, sink: Any, direction: str, scope: Any) -> None:
+        import anyio
+
+        try:
+            async for chunk in source:
+                if self.blackhole or direction in self._cut:
+                    continue  # swallowed: the peer waits forever
+                if self.latency:
+                    await anyio.sleep(self.latency)
+                if direction == "downstream" and self._next_reply is not None:
+                    transform, self._next_reply = self._next_reply, None
+                    replaced = transform(chunk)
+                    await sink.send(replaced)
+                    if len(replaced) < len(chunk):  # truncated: this connection ends here
+                        break
+                    continue
+                await sink.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
+            pass
+        scope.cancel()
+
+
+class ScriptedServer:
+    """A fake Redis speaking raw bytes, for what a real server will not do.
+
+    Each accepted connection reads requests and answers the n-th request with ``replies[n]``
+    (bytes written as they are; ``None`` means never answer; a callable gets the request and
+    returns the bytes).  After the last scripted reply the connection is closed.  The handshake
+    is not special: use ``protocol=2`` and no password/db/name so none is sent.
+
+    ::
+
+        async with ScriptedServer([b"$4294967296\\r\\nabc"]) as fake:   # 4 GiB announced
+            ...RedisConfig(host="127.0.0.1", port=fake.port, protocol=2)...
+    """
+
+    def __init__(self, replies: Sequence[bytes | Callable[[bytes], bytes] | None]) -> None:
+        self.replies = list(replies)
+        self.requests: list[bytes] = []
+        self.port = 0
+        self._listener: Any = None
+        self._task_group: Any = None
+
+    async def __aenter__(self) -> ScriptedServer:
+        import anyio
+
+        self._listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        self.port = self._listener.extra(anyio.abc.SocketAttribute.local_port)
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._listener.serve, self._answer)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._task_group.cancel_scope.cancel()
+        await self._task_group.__aexit__(None, None, None)
+        await self._listener.aclose()
+
+    async def _answer(self, client: Any) -> None:
+        import anyio
+
+        try:
+            await self._script(client)
+        finally:
+            with anyio.CancelScope(shield=True):  # see FaultProxy._relay
+                await client.aclose()
+
+    async def _script(self, client: Any) -> None:
+        import anyio
+
+        for reply in self.replies:
+            try:
+                request = await client.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            self.requests.append(request)
+            if reply is None:
+                await anyio.sleep_forever()
+            data = reply(request) if callable(reply) else reply
+            try:
+                await client.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
