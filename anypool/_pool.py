@@ -600,33 +600,17 @@ class Pool(Generic[R], AsyncContextManagerMixin):
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the pool's gauges and counters."""
-        c = self._counters
         return PoolStatistics(
             pool_min=self._min_size,
             pool_max=self._max_size,
             pool_size=self._open_count(),
             pool_available=len(self._idle),
             requests_waiting=len(self._waiter_scopes),
-            requests_num=c.requests_num,
-            requests_queued=c.requests_queued,
-            requests_wait_ms=c.requests_wait_ms,
-            requests_errors=c.requests_errors,
-            returns_bad=c.returns_bad,
-            connections_num=c.connections_num,
-            connections_ms=c.connections_ms,
-            connections_errors=c.connections_errors,
-            connections_lost=c.connections_lost,
-            usage_ms=c.usage_ms,
             in_use=len(self._leased),
             opening=self._opening,
             health=self._health.value,
             breaker_state=self._breaker.state.value,
-            reconnect_attempts=c.reconnect_attempts,
-            leaks_detected=c.leaks_detected,
-            health_checks=c.health_checks,
-            health_check_failures=c.health_check_failures,
-            health_transitions=c.health_transitions,
-            expired=c.expired,
+            **dataclasses.asdict(self._counters),  # the counters have the statistics' names
         )
 
     def __repr__(self) -> str:
