@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import anyio
-import redis.exceptions
+from redis.exceptions import RedisError
 
 from . import __version__
 from ._client import RedisPool
@@ -401,7 +401,7 @@ async def _tour(url: str, server: RedisServer | None) -> None:
                     say("  redis-server killed (SIGKILL)")
                     try:
                         await redis.get("demo:greeting")
-                    except (AnyPoolError, redis_errors()) as exc:
+                    except (AnyPoolError, RedisError) as exc:
                         say(f"  a command now fails clearly: {type(exc).__name__}: {exc}")
                     await anyio.sleep(0.5)
                     say(f"  pool health: {redis.health.value}")
@@ -414,7 +414,7 @@ async def _tour(url: str, server: RedisServer | None) -> None:
                             try:
                                 await redis.set("demo:after", "restart")
                                 break
-                            except (AnyPoolError, redis_errors()):
+                            except (AnyPoolError, RedisError):
                                 await anyio.sleep(0.1)
                     await redis.publish("demo:live", "after the restart")
                     message = await live.get(timeout=5)
@@ -438,10 +438,6 @@ async def _tour(url: str, server: RedisServer | None) -> None:
             say(table)
     finally:
         logging.getLogger("anypool").removeHandler(capture)
-
-
-def redis_errors() -> type[Exception]:
-    return redis.exceptions.RedisError
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -506,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return 130
-    except (CommandError, AnyPoolError, redis.exceptions.RedisError, RedisServerError,
+    except (CommandError, AnyPoolError, RedisError, RedisServerError,
             OSError, ValueError) as exc:  # fmt: skip
         _console(stderr=True).print(f"anypool {args.command}: error: {_one_line(exc)}")
         return 1

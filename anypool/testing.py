@@ -32,6 +32,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import anyio
+import anyio.abc
+
 __all__ = ["FaultProxy", "RedisServer", "RedisServerError", "ScriptedServer", "find_redis_server"]
 
 _ENV_VAR = "ANYPOOL_REDIS_SERVER"
@@ -348,7 +351,30 @@ class RedisServer:
 # --- fault injection ----------------------------------------------------------------------------
 
 
-class FaultProxy:
+class _LoopbackService:
+    """A listener on a free loopback port serving each connection with ``_serve``, in a task
+    group of the caller's event loop, for the duration of ``async with``."""
+
+    port = 0
+
+    async def __aenter__(self) -> Any:
+        self._listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        self.port = self._listener.extra(anyio.abc.SocketAttribute.local_port)
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._listener.serve, self._serve)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._task_group.cancel_scope.cancel()
+        await self._task_group.__aexit__(None, None, None)
+        await self._listener.aclose()
+
+    async def _serve(self, client: Any) -> None:
+        raise NotImplementedError
+
+
+class FaultProxy(_LoopbackService):
     """An anyio TCP proxy in front of a server, with faults you switch on while traffic flows.
 
     ::
@@ -377,9 +403,6 @@ class FaultProxy:
         self._cut: set[str] = set()
         self._next_reply: Callable[[bytes], bytes] | None = None
         self._streams: set[Any] = set()
-        self._task_group: Any = None
-        self._listener: Any = None
-        self.port = 0
 
     @property
     def url(self) -> str:
@@ -389,21 +412,6 @@ class FaultProxy:
     @property
     def connections(self) -> int:
         return len(self._streams) // 2
-
-    async def __aenter__(self) -> FaultProxy:
-        import anyio
-
-        self._listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        self.port = self._listener.extra(anyio.abc.SocketAttribute.local_port)
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._listener.serve, self._relay)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._task_group.cancel_scope.cancel()
-        await self._task_group.__aexit__(None, None, None)
-        await self._listener.aclose()
 
     def cut(self, direction: str) -> None:
         """Stop relaying ``"upstream"`` (requests) or ``"downstream"`` (replies); a half-open
@@ -429,15 +437,11 @@ class FaultProxy:
 
     async def reset_all(self) -> None:
         """Drop every open connection at once, both sides."""
-        import anyio
-
         for stream in list(self._streams):
             await anyio.aclose_forcefully(stream)
         self._streams.clear()
 
-    async def _relay(self, client: Any) -> None:
-        import anyio
-
+    async def _serve(self, client: Any) -> None:  # relay one client connection
         try:
             upstream = await anyio.connect_tcp(self.target_host, self.target_port)
         except OSError:
@@ -458,8 +462,6 @@ class FaultProxy:
                 await upstream.aclose()
 
     async def _pump(self, source: Any, sink: Any, direction: str, scope: Any) -> None:
-        import anyio
-
         try:
             async for chunk in source:
                 if self.blackhole or direction in self._cut:
@@ -479,7 +481,7 @@ class FaultProxy:
         scope.cancel()
 
 
-class ScriptedServer:
+class ScriptedServer(_LoopbackService):
     """A fake Redis speaking raw bytes, for what a real server will not do.
 
     Each accepted connection reads requests and answers the n-th request with ``replies[n]``
@@ -496,37 +498,15 @@ class ScriptedServer:
     def __init__(self, replies: Sequence[bytes | Callable[[bytes], bytes] | None]) -> None:
         self.replies = list(replies)
         self.requests: list[bytes] = []
-        self.port = 0
-        self._listener: Any = None
-        self._task_group: Any = None
 
-    async def __aenter__(self) -> ScriptedServer:
-        import anyio
-
-        self._listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        self.port = self._listener.extra(anyio.abc.SocketAttribute.local_port)
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._listener.serve, self._answer)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._task_group.cancel_scope.cancel()
-        await self._task_group.__aexit__(None, None, None)
-        await self._listener.aclose()
-
-    async def _answer(self, client: Any) -> None:
-        import anyio
-
+    async def _serve(self, client: Any) -> None:  # play the script on one connection
         try:
             await self._script(client)
         finally:
-            with anyio.CancelScope(shield=True):  # see FaultProxy._relay
+            with anyio.CancelScope(shield=True):  # see FaultProxy._serve
                 await client.aclose()
 
     async def _script(self, client: Any) -> None:
-        import anyio
-
         for reply in self.replies:
             try:
                 request = await client.receive()

@@ -112,17 +112,21 @@ async def test_server_crash_under_load_heals_by_itself() -> None:
                         last_error_at = time.monotonic()
                         await anyio.sleep(0.01)
 
+            restarted_at = 0.0
+
             async def chaos() -> None:
+                nonlocal restarted_at
                 await anyio.sleep(CRASH_LOAD_SECONDS / 3)
                 server.kill()
                 await anyio.sleep(1.0)
                 await anyio.to_thread.run_sync(server.restart)
+                restarted_at = time.monotonic()  # measured, not estimated from the schedule
 
             async with anyio.create_task_group() as tg:
                 for n in range(16):
                     tg.start_soon(load, n)
                 tg.start_soon(chaos)
-            restarted_at = deadline - CRASH_LOAD_SECONDS + CRASH_LOAD_SECONDS / 3 + 1.0
+            assert restarted_at > 0
             assert mismatches == 0
             assert sum(errors.values()) > 0  # the crash was felt...
             assert last_error_at - restarted_at < 2.0  # ...and healed within 2 s of the restart
