@@ -15,10 +15,16 @@ parked while an idle resource exists.  The limiter's queue is first-come first-s
 owns the hand-off race: a waiter woken with a token but cancelled at that instant gives the token
 straight back (anyio and trio both guarantee it), so no slot is lost.
 
+A resource is in exactly one place: idle, leased (to a user or to a health check), or
+closing (taken out of every other place in the same step that decided to close it, until its
+close returns).  Nothing is ever picked out of a place across an await: every decision and the
+move it makes are one synchronous step, so maintenance and user tasks interleave safely.
+
 A lease ends exactly once (``_release``): the resource goes back to idle only if the pool is
 open, the resource is not retired or expired, and the factory's ``reset()`` says it is reusable.
 Otherwise it is closed under a shield before its token is released.  Idle resources are reused
-LIFO (the warmest first); the background maintenance (``_health``) checks them oldest first.
+LIFO (the warmest first); the background maintenance (``_health``, through the small
+``_Upkeep`` interface) checks them oldest first.
 
 The pool's task group (opened by ``async with``) runs the maintenance task.  Leaving the block
 wakes every waiter with PoolClosed, closes idle resources, waits up to ``close_timeout`` for
@@ -34,7 +40,7 @@ import random
 import time
 import traceback
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, Generic, TypeVar
@@ -44,7 +50,7 @@ import anyio.lowlevel
 from anyio import AsyncContextManagerMixin
 
 from . import _health
-from ._backoff import BreakerState, CircuitBreaker
+from ._backoff import BreakerState, CircuitBreaker, backoff_delay
 from ._config import PoolConfig
 from ._errors import PoolClosed, PoolExhausted, PoolTimeout, PoolUnavailable, TooManyWaiters
 from ._stats import Health, PoolStatistics
@@ -198,6 +204,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         # Where each resource is (invariants in the module docstring).
         self._idle: deque[_Entry[R]] = deque()
         self._leased: set[Lease[R]] = set()
+        self._closing: set[_Entry[R]] = set()  # taken out of every other place, being closed
         self._opening = 0
         self._generation = 0  # bumped by reset(): older resources are retired
         self._state = _NEW
@@ -219,6 +226,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         self._check_failed_recently = False
         self._counters = _Counters()
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._upkeep = _Upkeep(self)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -250,7 +258,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
 
     async def _maintain(self) -> None:
         with self._maintenance_scope:
-            await _health.run(self)
+            await _health.run(self._upkeep)
 
     async def _shutdown(self) -> None:
         self._state = _CLOSING
@@ -272,6 +280,8 @@ class Pool(Generic[R], AsyncContextManagerMixin):
                     self.name, lease.task_name or "a task", self._config.close_timeout,
                 )  # fmt: skip
                 await self._close_entry(lease.entry)
+        for entry in [e for e in self._closing if not e.closed]:  # e.g. resize()'s, not started
+            await self._close_entry(entry)
         self._state = _CLOSED
         self._notify_changed()
 
@@ -280,6 +290,25 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             if self._state is _NEW:
                 raise PoolClosed(f"{self.name} is not open yet: use `async with pool:` first")
             raise PoolClosed(f"{self.name} is closed")
+
+    async def start_task(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None
+    ) -> Any:
+        """Start ``func(*args, task_status=...)`` as a child task of the pool's task group.
+
+        As ``TaskGroup.start()``: returns the value the task passes to
+        ``task_status.started()``, and raises what the task raises before that.  The task lives
+        at most as long as the pool: it is cancelled when the pool closes, and an exception it
+        raises later propagates out of the pool's ``async with`` block.
+
+        Raises:
+            PoolClosed: the pool is not open (not entered yet, closing, or closed).
+
+        Cancellation: cancelling the caller while the task starts cancels the task.
+        """
+        self._check_open()
+        assert self._task_group is not None
+        return await self._task_group.start(func, *args, name=name)
 
     # --- acquiring ----------------------------------------------------------------------------
 
@@ -461,40 +490,64 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         if lease.released:
             raise RuntimeError("this lease was already released")
         lease.released = True
-        self._leased.discard(lease)
         entry = lease.entry
         assert entry is not None
         now = self._clock()
         counters = self._counters
         counters.usage_ms += int((now - lease.acquired_at) * 1000)
         # Retired (reset(), expired, pool shrunk or closing): closed without asking the factory.
-        retire = (
-            self._state is not _OPEN
-            or entry.generation != self._generation
-            or entry.expires_at <= now
-            or len(self._idle) + len(self._leased) + self._opening >= self._max_size
-        )
+        retire = self._retired(entry, now)
         keep = False
         try:
             if not retire:
                 keep = await self._factory.reset(entry.resource)
         finally:
-            if keep:
-                entry.last_used_at = now
+            counters.returns_bad += not retire and not keep
+            await self._end_lease(lease, keep=keep)
+
+    def _retired(self, entry: _Entry[R], now: float) -> bool:
+        """Whether an entry coming back from a lease (still in ``_leased``) must be closed
+        rather than kept.  Counts a lifetime expiry."""
+        if self._state is not _OPEN or entry.generation != self._generation:
+            return True
+        if entry.expires_at <= now:
+            self._counters.expired += 1
+            return True
+        return self._open_count() > self._max_size  # shrunk: this one is surplus
+
+    async def _end_lease(self, lease: Lease[R], *, keep: bool) -> None:
+        """Put a leased entry back in idle (``keep``, if the pool is still open) or close it,
+        then give its token back.  Until then the lease stays in ``_leased``: every token
+        borrowed is a lease or a resource being opened, at every step."""
+        entry = lease.entry
+        assert entry is not None
+        try:
+            if keep and self._state is _OPEN and not entry.closed:
+                entry.last_used_at = self._clock()
                 self._idle.append(entry)
             else:
-                counters.returns_bad += not retire
-                await self._close_entry(entry)
+                await self._close_entry(entry, leased=True)
+        finally:
+            self._leased.discard(lease)
             self._limiter.release_on_behalf_of(lease)
             self._notify_changed()
 
-    async def _close_entry(self, entry: _Entry[R]) -> None:
-        """Close a resource that is in no other place any more, whatever the caller's state."""
-        if entry.closed:
+    async def _close_entry(self, entry: _Entry[R], *, leased: bool = False) -> None:
+        """Close a resource, whatever the caller's state.
+
+        Until the close returns, the entry stays where it is: its lease (``leased``), or
+        ``_closing`` (any other entry, which is then in no other place).
+        """
+        if entry.closed:  # e.g. force-closed at shutdown while leased
             return
         entry.closed = True
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._config.close_timeout):
-            await self._factory.close(entry.resource)
+        if not leased:
+            self._closing.add(entry)
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._config.close_timeout):
+                await self._factory.close(entry.resource)
+        finally:
+            self._closing.discard(entry)
         self._wake_maintenance.set()  # the refill may have work now
 
     def _notify_changed(self) -> None:
@@ -530,17 +583,42 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         ) from error
 
     async def check(self) -> None:
-        """Check every idle resource now (``factory.check``); close the broken ones."""
+        """Check every idle resource now (``factory.check``); close the broken ones.
+
+        Cancellation: a resource whose check is cancelled is closed, not returned to idle.
+        """
         self._check_open()
-        await _health.check_idle(self, self._clock(), everything=True)
+        await _health.check_idle(self._upkeep, self._clock(), everything=True)
+
+    async def run_maintenance(self) -> float:
+        """Run one round of the background maintenance now: close stale idle resources, check
+        the ones due, report leaks, refill to ``min_size``.
+
+        The background task runs the same rounds by itself; this is for tests (with an injected
+        ``clock``) and for callers who want the work done before going on.
+
+        Returns:
+            Seconds until the next round is due.
+
+        Cancellation: as :meth:`check`; a resource being opened is not kept.
+        """
+        self._check_open()
+        return await _health.maintenance_round(self._upkeep)
 
     async def reset(self) -> None:
-        """Close every idle resource and retire every leased one on return; start afresh."""
+        """Close every idle resource and retire every leased one on return; start afresh.
+
+        Cancellation: the closes are shielded (each bounded by ``close_timeout``), so the call
+        completes; a cancellation takes effect after it.
+        """
         self._check_open()
         self._generation += 1
-        while self._idle:
-            await self._close_entry(self._idle.pop())
+        entries = list(self._idle)
+        self._idle.clear()
+        self._closing.update(entries)
         self._wake_maintenance.set()
+        for entry in entries:
+            await self._close_entry(entry)
 
     def resize(self, *, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change the size limits at run time.
@@ -564,6 +642,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             # waiter wait beside it) and are closed in the pool's task group.
             while self._idle and self._open_count() > config.max_size:
                 entry = self._idle.popleft()
+                self._closing.add(entry)
                 assert self._task_group is not None
                 self._task_group.start_soon(self._close_entry, entry)
             self._wake_maintenance.set()
@@ -645,3 +724,175 @@ class _Acquisition(Generic[R]):
     ) -> None:
         assert self._lease is not None
         await self._pool.release(self._lease)
+
+
+class _Upkeep(Generic[R]):
+    """The pool as maintenance (``_health``) sees it: see :class:`_health.Maintained`.
+
+    Every method that picks resources moves them out of the idle set in the same synchronous
+    step, so no user task can take them while maintenance awaits.
+    """
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: Pool[R]) -> None:
+        self._pool = pool
+
+    @property
+    def name(self) -> str:
+        return self._pool.name
+
+    @property
+    def config(self) -> PoolConfig:
+        return self._pool._config
+
+    def now(self) -> float:
+        return self._pool._clock()
+
+    # --- expiry -------------------------------------------------------------------------------
+
+    def take_stale(self, now: float) -> Sequence[_Entry[R]]:
+        pool = self._pool
+        idle, counters = pool._idle, pool._counters
+        taken: list[_Entry[R]] = []
+        while idle and pool._open_count() > pool._max_size:  # shrunk by resize()
+            taken.append(idle.popleft())
+        kept: list[_Entry[R]] = []
+        for entry in idle:
+            if entry.generation != pool._generation:
+                taken.append(entry)
+            elif entry.expires_at <= now:
+                counters.expired += 1
+                taken.append(entry)
+            else:
+                kept.append(entry)
+        if len(kept) != len(idle):
+            idle.clear()
+            idle.extend(kept)
+        max_idle = pool._config.max_idle
+        if max_idle is not None:
+            # The left end holds the least recently used: expire from there, keeping min_size.
+            while (
+                idle
+                and pool._open_count() > pool._min_size
+                and now - idle[0].last_used_at >= max_idle
+            ):
+                counters.expired += 1
+                taken.append(idle.popleft())
+        pool._closing.update(taken)
+        return taken
+
+    async def close(self, entry: _Entry[R]) -> None:
+        await self._pool._close_entry(entry)
+
+    # --- keepalive checks ---------------------------------------------------------------------
+
+    def lease_for_check(self, now: float, seen: set[Any], *, everything: bool) -> Lease[R] | None:
+        pool = self._pool
+        if pool._state is not _OPEN:
+            return None
+        interval = pool._config.health_check_interval or 0.0
+        for entry in pool._idle:  # oldest first
+            if entry not in seen and (everything or now - entry.last_used_at >= interval):
+                break
+        else:
+            return None
+        lease = pool._try_borrow()
+        if lease is None:
+            return None  # every slot is in use: the pool is busy, not idle
+        pool._idle.remove(entry)
+        seen.add(entry)
+        lease.entry, lease.acquired_at = entry, now
+        pool._leased.add(lease)
+        pool._counters.health_checks += 1
+        return lease
+
+    async def check(self, lease: Lease[R]) -> None:
+        await self._pool._factory.check(lease.resource)
+
+    async def end_check(self, lease: Lease[R], *, healthy: bool) -> None:
+        pool = self._pool
+        entry = lease.entry
+        assert entry is not None
+        if not healthy:
+            pool._counters.health_check_failures += 1
+            pool._counters.connections_lost += 1
+        keep = healthy and not pool._retired(entry, pool._clock())
+        await pool._end_lease(lease, keep=keep)
+
+    def record_check_round(self, checked: int, failed: int) -> None:
+        # a round with a failed check leaves the pool DEGRADED until a clean round
+        self._pool._check_failed_recently = failed > 0
+        self._pool._update_health()
+
+    # --- leaks --------------------------------------------------------------------------------
+
+    def overdue_leases(self, now: float) -> Sequence[tuple[str | None, float, str]]:
+        pool = self._pool
+        threshold = pool._config.leak_threshold
+        if threshold is None:
+            return ()
+        overdue = []
+        for lease in pool._leased:
+            if lease.leak_reported or lease.stack is None or now - lease.acquired_at < threshold:
+                continue
+            lease.leak_reported = True
+            pool._counters.leaks_detected += 1
+            overdue.append(
+                (lease.task_name, now - lease.acquired_at, "".join(lease.stack.format()))
+            )
+        return overdue
+
+    # --- refill -------------------------------------------------------------------------------
+
+    def refill_wait(self) -> float:
+        pool = self._pool
+        if pool._state is not _OPEN or pool._open_count() >= pool._min_size:
+            return math.inf
+        if pool._breaker.state is BreakerState.OPEN:
+            return pool._breaker.retry_in()
+        return max(0.0, pool._next_refill_at - pool._clock())
+
+    def lease_for_refill(self) -> Lease[R] | None:
+        pool = self._pool
+        if pool._state is not _OPEN or pool._open_count() >= pool._min_size:
+            return None
+        lease = pool._try_borrow()
+        if lease is not None:
+            pool._counters.reconnect_attempts += 1
+        return lease
+
+    async def refill(self, lease: Lease[R]) -> None:
+        pool = self._pool
+        try:
+            entry = await pool._open()
+            pool._refill_failures = 0
+            if pool._state is _OPEN:
+                pool._idle.append(entry)
+            else:
+                await pool._close_entry(entry)
+        finally:
+            pool._limiter.release_on_behalf_of(lease)
+            pool._notify_changed()
+
+    def refill_failed(self, error: Exception) -> float:
+        pool = self._pool
+        pool._refill_failures += 1
+        backoff = pool._config.reconnect_backoff
+        delay = backoff_delay(
+            pool._refill_failures, base=backoff.base, cap=backoff.cap, jitter=backoff.jitter,
+            rand=pool._rand,
+        )  # fmt: skip
+        pool._next_refill_at = pool._clock() + delay
+        return delay
+
+    # --- health and scheduling ----------------------------------------------------------------
+
+    def update_health(self) -> None:
+        self._pool._update_health()
+
+    async def wait_for_work(self, delay: float) -> None:
+        pool = self._pool
+        with anyio.move_on_after(delay):
+            await pool._wake_maintenance.wait()
+        pool._wake_maintenance = anyio.Event()

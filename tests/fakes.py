@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -33,10 +34,15 @@ class FakeFactory(ResourceFactory[FakeResource]):
         self.unhang = anyio.Event()
         self.create_calls = 0
         self.checks = 0
+        # Awaited at the start of create/check/close: a state machine parks the pool's
+        # maintenance there, to run other rules in the middle of a maintenance round.
+        self.gate: Callable[[str], Awaitable[None]] | None = None
 
     async def create(self) -> FakeResource:
         self.create_calls += 1
         await anyio.lowlevel.checkpoint()
+        if self.gate is not None:
+            await self.gate("create")
         if self.hang:
             await self.unhang.wait()
         if self.fail_always or self.fail_next:
@@ -48,11 +54,16 @@ class FakeFactory(ResourceFactory[FakeResource]):
 
     async def close(self, resource: FakeResource) -> None:
         assert not resource.closed, f"{resource} closed twice"
+        if self.gate is not None:
+            await self.gate("close")
+        assert not resource.closed, f"{resource} closed twice"
         resource.closed = True
 
     async def check(self, resource: FakeResource) -> None:
         self.checks += 1
         await anyio.lowlevel.checkpoint()
+        if self.gate is not None:
+            await self.gate("check")
         if resource.broken:
             raise ConnectionResetError("fake: check failed")
 

@@ -365,7 +365,7 @@ async def test_keepalive_checks_only_due_resources_oldest_first(manual_maintenan
         await pool.release(b)
         clock.now += 15  # a unused for 35 s (due), b for 15 s (not due)
         checks = factory.checks
-        await health.maintenance_round(pool)
+        await pool.run_maintenance()
         assert factory.checks == checks + 1
         assert pool._idle[-1].resource is a.resource  # checked: now the most recently used
 
@@ -376,17 +376,17 @@ async def test_expiry_by_idle_time_and_lifetime(manual_maintenance: None) -> Non
         factory, min_size=1, max_size=3, clock=clock, rand=lambda: 0.0, max_idle=60,
         max_lifetime=600, health_check_interval=None,
     ) as pool:  # fmt: skip
-        await health.maintenance_round(pool)  # the refill opens min_size
+        await pool.run_maintenance()  # the refill opens min_size
         assert pool.statistics().pool_size == 1
         extra = [await pool.lease() for _ in range(3)]
         for lease in extra:
             await pool.release(lease)
         assert pool.statistics().pool_size == 3
         clock.now += 61
-        await health.maintenance_round(pool)
+        await pool.run_maintenance()
         assert pool.statistics().pool_size == 1  # idle past max_idle, down to min_size
         clock.now += 600
-        await health.maintenance_round(pool)  # past max_lifetime: replaced, min_size kept
+        await pool.run_maintenance()  # past max_lifetime: replaced, min_size kept
         stats = pool.statistics()
         assert stats.pool_size == 1
         assert stats.expired == 3
@@ -451,12 +451,12 @@ async def test_refill_backs_off_and_recovers(manual_maintenance: None) -> None:
         factory, min_size=2, max_size=2, clock=clock, rand=lambda: 0.5,
         reconnect_backoff=anypool.BackoffPolicy(1.0, 8.0, 0.0), **QUIET,
     ) as pool:  # fmt: skip
-        assert await health.maintenance_round(pool) == pytest.approx(1.0)
-        assert await health.maintenance_round(pool) == pytest.approx(1.0)  # not due yet
+        assert await pool.run_maintenance() == pytest.approx(1.0)
+        assert await pool.run_maintenance() == pytest.approx(1.0)  # not due yet
         clock.now += 1.0
-        assert await health.maintenance_round(pool) == pytest.approx(2.0)  # second failure
+        assert await pool.run_maintenance() == pytest.approx(2.0)  # second failure
         clock.now += 2.0
-        await health.maintenance_round(pool)
+        await pool.run_maintenance()
         stats = pool.statistics()
         assert stats.pool_size == 2
         assert stats.reconnect_attempts == 4
@@ -471,8 +471,8 @@ async def test_leak_detection_warns_once_with_task_and_stack(
     async with Pool(factory, clock=clock, leak_threshold=10, **QUIET) as pool:
         lease = await pool.lease()
         clock.now += 11
-        await health.maintenance_round(pool)
-        await health.maintenance_round(pool)
+        await pool.run_maintenance()
+        await pool.run_maintenance()
         await pool.release(lease)
     leaks = [r.getMessage() for r in caplog.records if "leased by task" in r.getMessage()]
     assert len(leaks) == 1
@@ -495,7 +495,7 @@ async def test_a_bug_in_maintenance_propagates(monkeypatch: pytest.MonkeyPatch) 
     def broken(pool: Pool[Any], now: float) -> None:
         raise ZeroDivisionError("a bug in anypool")
 
-    monkeypatch.setattr(health, "_detect_leaks", broken)
+    monkeypatch.setattr(health, "_report_leaks", broken)
     with pytest.raises(BaseExceptionGroup) as info:
         async with Pool(FakeFactory(), **QUIET):
             await anyio.sleep(1)

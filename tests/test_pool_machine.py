@@ -2,14 +2,21 @@
 
 Rules are synchronous; each drives the pool inside an anyio blocking portal (one event loop in a
 helper thread, asyncio or trio), so acquisitions, waiters, cancellations and hand-offs
-interleave exactly as the rules say.  The background maintenance task is replaced by a no-op:
-maintenance rounds happen when a rule runs one, with a fake clock, so every step is
-reproducible.  After every step the invariants of DESIGN.md are checked.
+interleave exactly as the rules say.
+
+Maintenance runs as the concurrent task it is in production, not as an atomic step: a rule
+starts a round (with a fake clock), and the round parks at each of its awaits (every create,
+check and close it makes: a gate in the factory).  While it is parked, any other rule may run
+(acquire, release, reset, resize, check, kill...), and a rule lets it take its next step.  So
+every interleaving of maintenance with user calls that Hypothesis can find is explored, and
+every one is reproducible.  After every step the invariants of DESIGN.md are checked, and
+maintenance must not have crashed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -38,6 +45,9 @@ from .fakes import FakeFactory, FakeResource
 # What a factory's create() may raise in these machines (fake refusal, or a real one).
 CREATE_ERRORS = (ConnectionRefusedError, anypool.ConnectError)
 
+# True in the maintenance task only: its factory calls park at the machine's gate.
+IN_MAINTENANCE = contextvars.ContextVar("IN_MAINTENANCE", default=False)
+
 
 class Clock:
     def __init__(self) -> None:
@@ -47,8 +57,59 @@ class Clock:
         return self.now
 
 
-async def _no_maintenance(pool: Pool[Any]) -> None:
-    """Replaces the background task: the machine runs maintenance rounds itself."""
+class MaintenanceDriver:
+    """Runs the pool's maintenance as its background task, one round per trigger, parking the
+    round at every factory call it makes until the machine lets it go on."""
+
+    def __init__(self) -> None:
+        self.state = "idle"  # idle | running | parked
+        self.where = ""
+        self.rounds = 0
+        self.crash: BaseException | None = None
+        self.trigger: anyio.Event | None = None
+        self.gate_open: anyio.Event | None = None
+        self.free = False  # teardown: gates stay open
+
+    async def run(self, upkeep: Any) -> None:
+        """Replaces ``_health.run`` in the pool's task group."""
+        IN_MAINTENANCE.set(True)
+        while True:
+            self.trigger = anyio.Event()
+            self.state = "idle"
+            await self.trigger.wait()
+            self.state = "running"
+            try:
+                await health.maintenance_round(upkeep)
+            except Exception as exc:
+                # A bug: in production it propagates out of the pool's task group.  Here it is
+                # kept for the invariant to report, and the pool stays up for the teardown.
+                self.crash = exc
+                self.state = "crashed"
+                await anyio.sleep_forever()
+            self.rounds += 1
+
+    async def gate(self, where: str) -> None:
+        if self.free or not IN_MAINTENANCE.get():
+            return
+        self.gate_open = anyio.Event()
+        self.state, self.where = "parked", where
+        await self.gate_open.wait()
+        self.state, self.where = "running", ""
+
+    def start_round(self) -> None:
+        assert self.state == "idle" and self.trigger is not None
+        self.state = "running"
+        self.trigger.set()
+
+    def step(self) -> None:
+        assert self.state == "parked" and self.gate_open is not None
+        self.state = "running"
+        self.gate_open.set()
+
+    def release_all(self) -> None:
+        self.free = True
+        if self.gate_open is not None:
+            self.gate_open.set()
 
 
 # --- drivers: how to make faults happen to each kind of resource ------------------------------
@@ -93,11 +154,24 @@ class RecordingConnectionFactory(ConnectionFactory):
         self.good_config = config
         self.dead_config = config.replace(port=dead_port)
         self.created: list[Connection] = []
+        self.gate: Any = None
 
     async def create(self) -> Connection:
+        if self.gate is not None:
+            await self.gate("create")
         connection = await super().create()
         self.created.append(connection)
         return connection
+
+    async def check(self, resource: Connection) -> None:
+        if self.gate is not None:
+            await self.gate("check")
+        await super().check(resource)
+
+    async def close(self, resource: Connection) -> None:
+        if self.gate is not None:
+            await self.gate("close")
+        await super().close(resource)
 
 
 class RedisDriver:
@@ -152,10 +226,12 @@ class PoolMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        self.maintenance = MaintenanceDriver()
         self._saved_run = health.run
-        health.run = _no_maintenance
+        health.run = self.maintenance.run
         self.clock = Clock()
         self.driver = self.driver_factory()
+        self.driver.factory.gate = self.maintenance.gate
         self._exit = contextlib.ExitStack()
         self.portal = self._exit.enter_context(
             anyio.from_thread.start_blocking_portal(self.backend)
@@ -170,7 +246,8 @@ class PoolMachine(RuleBasedStateMachine):
             max_lifetime=1000,
             lifetime_jitter=0.0,
             breaker=BreakerPolicy(failure_threshold=1000, reset_timeout=1),
-            close_timeout=1,
+            # bounds a check and a close: far longer than any rule leaves maintenance parked
+            close_timeout=60,
         )
         self._exit.enter_context(self.portal.wrap_async_context_manager(self.pool))
         self.leases: list[Lease[Any]] = []
@@ -184,7 +261,9 @@ class PoolMachine(RuleBasedStateMachine):
 
     def settle(self) -> None:
         """Run the loop until every waiter has finished or is parked in the limiter's queue,
-        and nothing is being opened (a real connect takes many scheduling passes)."""
+        nothing is being opened (a real connect takes many scheduling passes) except by a
+        parked maintenance, and maintenance is idle or parked at a gate."""
+        maintenance = self.maintenance
 
         async def until_quiet() -> None:
             with anyio.fail_after(10):
@@ -193,12 +272,31 @@ class PoolMachine(RuleBasedStateMachine):
                         await anyio.lowlevel.checkpoint()
                     pending = sum(not w["future"].done() for w in self.waiters)
                     parked = self.pool._limiter.statistics().tasks_waiting
-                    if pending == parked and not self.pool._opening:
+                    opening = self.pool._opening - (
+                        maintenance.state == "parked" and maintenance.where == "create"
+                    )
+                    if (
+                        pending == parked
+                        and not opening
+                        and maintenance.state in ("idle", "parked")
+                    ):
+                        return
+                    if maintenance.state == "crashed":
                         return
                     await anyio.sleep(0.001)
 
         self.call(until_quiet)
         self.harvest()
+
+    def usable_idle(self) -> int:
+        """Idle resources an acquisition would take (alive, not expired, not retired)."""
+        pool, factory = self.pool, self.driver.factory
+        return sum(
+            factory.looks_alive(e.resource)
+            and e.expires_at > self.clock.now
+            and e.generation == pool._generation
+            for e in pool._idle
+        )
 
     def harvest(self) -> None:
         for waiter in list(self.waiters):
@@ -220,8 +318,7 @@ class PoolMachine(RuleBasedStateMachine):
     def acquire_nowait(self) -> None:
         fails = self.driver.creates_fail()
         full = self.pool._limiter.available_tokens <= 0 or self.pool.statistics().requests_waiting
-        factory = self.driver.factory
-        live_idle = sum(factory.looks_alive(e.resource) for e in self.pool._idle)
+        live_idle = self.usable_idle()
         try:
             lease = self.call(partial(self.pool.lease, nowait=True))
         except anypool.PoolExhausted:
@@ -312,11 +409,12 @@ class PoolMachine(RuleBasedStateMachine):
     def create_hangs_until_cancelled(self) -> None:
         """A create() that never returns, cancelled by its caller: its slot must come back."""
         pool = self.pool
-        live_idle = any(pool._factory.looks_alive(e.resource) for e in pool._idle)
+        live_idle = self.usable_idle()
         if live_idle or pool._limiter.available_tokens <= 0 or self.waiters:
             return  # the acquisition would not create
         factory = self.driver.factory
         factory.hang, factory.unhang = True, self.call(anyio.Event)
+        opening_before = self.call(lambda: pool._opening)  # maintenance may be parked opening
         box: dict[str, Any] = {}
 
         async def hanging(*, task_status: TaskStatus[anyio.CancelScope]) -> None:
@@ -328,7 +426,7 @@ class PoolMachine(RuleBasedStateMachine):
 
         async def until_opening() -> None:
             with anyio.fail_after(5):
-                while not pool._opening:
+                while pool._opening == opening_before:
                     await anyio.sleep(0.001)
 
         self.call(until_opening)
@@ -336,7 +434,7 @@ class PoolMachine(RuleBasedStateMachine):
         future.exception(timeout=5)  # the task ended (cancelled inside its own scope)
         factory.hang = False
         assert "lease" not in box
-        assert self.call(lambda: pool._opening) == 0
+        assert self.call(lambda: pool._opening) == opening_before
 
     @precondition(lambda self: self.pool._idle)
     @rule(data=st.data())
@@ -344,12 +442,27 @@ class PoolMachine(RuleBasedStateMachine):
         entry = data.draw(st.sampled_from(list(self.pool._idle)))
         self.call(self.driver.kill, entry.resource)
 
+    @precondition(lambda self: self.maintenance.state == "idle")
     @rule(seconds=st.sampled_from([0, 10, 31, 101, 1001]))
-    def advance_clock_and_maintain(self, seconds: int) -> None:
+    def advance_clock_and_start_maintenance(self, seconds: int) -> None:
+        """Start a maintenance round in the background; it runs until its first await."""
         self.clock.now += seconds
-        self.call(health.maintenance_round, self.pool)
-        self.driver.after_create_failure()
+        self.call(self.maintenance.start_round)
         self.settle()
+
+    @precondition(lambda self: self.maintenance.state == "parked")
+    @rule()
+    def maintenance_step(self) -> None:
+        """Let a parked maintenance round take its next step."""
+        self.call(self.maintenance.step)
+        self.settle()
+        if self.maintenance.state == "idle":
+            self.driver.after_create_failure()
+
+    @rule(seconds=st.sampled_from([10, 31, 101, 1001]))
+    def advance_clock(self, seconds: int) -> None:
+        """Time passes while a round may be half done: what it decides next sees it."""
+        self.clock.now += seconds
 
     @rule(max_size=st.integers(1, 4))
     def resize(self, max_size: int) -> None:
@@ -362,11 +475,23 @@ class PoolMachine(RuleBasedStateMachine):
         self.settle()
 
     @rule()
+    def run_maintenance_in_a_user_task(self) -> None:
+        """A whole round called by a user (``Pool.run_maintenance``) while the background
+        round may be parked half-way: two rounds interleaved."""
+        self.call(self.pool.run_maintenance)
+        self.driver.after_create_failure()
+        self.settle()
+
+    @rule()
     def check(self) -> None:
         self.call(self.pool.check)
         self.settle()
 
     # invariants
+
+    @invariant()
+    def maintenance_never_crashes(self) -> None:
+        assert self.maintenance.crash is None, repr(self.maintenance.crash)
 
     @invariant()
     def accounting(self) -> None:
@@ -375,6 +500,11 @@ class PoolMachine(RuleBasedStateMachine):
             return {
                 "idle": [e.resource for e in pool._idle],
                 "leased": [lease.resource for lease in pool._leased],
+                # leases whose resource the pool is closing (a failed check, a retired return)
+                "leased_closing": [
+                    lease.resource for lease in pool._leased if lease.entry and lease.entry.closed
+                ],
+                "closing": [e.resource for e in pool._closing],
                 "opening": pool._opening,
                 "borrowed": pool._limiter.borrowed_tokens,
                 "waiting": pool._limiter.statistics().tasks_waiting,
@@ -392,12 +522,16 @@ class PoolMachine(RuleBasedStateMachine):
         # no waiter parked while a reusable idle resource exists
         if state["waiting"]:
             assert not idle
-        # each resource in exactly one place, none of them closed, none lost
-        ids = [id(r) for r in idle + leased]
+        # each resource in exactly one place (idle, leased, closing), none in use closed,
+        # none lost
+        closing = state["closing"]
+        ids = [id(r) for r in idle + leased + closing]
         assert len(ids) == len(set(ids))
-        assert not any(self.driver.is_closed(r) for r in idle + leased)
+        in_use = [r for r in leased if not any(r is c for c in state["leased_closing"])]
+        assert not any(self.driver.is_closed(r) for r in idle + in_use)
         if not state["opening"]:
-            assert {id(r) for r in self.driver.open_resources()} == set(ids)
+            still_open = {id(r) for r in self.driver.open_resources()}
+            assert {id(r) for r in idle + in_use} <= still_open <= set(ids)
         # the statistics agree with what the machine saw
         stats = state["stats"]
         assert stats.pool_size == len(idle) + len(leased) + state["opening"]
@@ -407,6 +541,8 @@ class PoolMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
+            self.call(self.maintenance.release_all)
+            self.settle()
             for waiter in self.waiters:
                 self.call(waiter["scope"].cancel)
             self.settle()
@@ -418,6 +554,7 @@ class PoolMachine(RuleBasedStateMachine):
             assert not self.driver.open_resources()
             stats = self.pool.statistics()
             assert (stats.pool_size, stats.in_use, stats.requests_waiting) == (0, 0, 0)
+            assert self.maintenance.crash is None, repr(self.maintenance.crash)
         finally:
             health.run = self._saved_run
             self.driver.close()
