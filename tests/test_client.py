@@ -3,6 +3,7 @@ and cancellation at the level users see."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import anyio
@@ -183,6 +184,9 @@ async def test_cancelled_blocking_command_consumes_nothing(url: str) -> None:
 
 
 async def test_get_under_a_storm_of_deadlines_never_returns_another_keys_value(url: str) -> None:
+    """Random deadlines cut GETs short anywhere; some GETs have no deadline (so they must
+    complete) and some an expired one (so they must be cancelled): what the test proves does
+    not depend on how fast the machine is."""
     rng = random.Random(7)
     async with RedisPool.from_url(url, max_size=8) as redis:
         await redis.mset({f"storm:{i}": f"value-{i}" for i in range(300)})
@@ -191,7 +195,9 @@ async def test_get_under_a_storm_of_deadlines_never_returns_another_keys_value(u
 
         async def reader(i: int) -> None:
             nonlocal done, cancelled
-            with anyio.move_on_after(rng.uniform(0, 0.05)) as scope:
+            kind = i % 3  # 0: no deadline, 1: already expired, 2: random 0-50 ms
+            deadline = math.inf if kind == 0 else 0.0 if kind == 1 else rng.uniform(0, 0.05)
+            with anyio.move_on_after(deadline) as scope:
                 value = await redis.get(f"storm:{i}")
                 if value != f"value-{i}".encode():
                     wrong.append((i, value))
@@ -203,8 +209,8 @@ async def test_get_under_a_storm_of_deadlines_never_returns_another_keys_value(u
                 for i in range(300):
                     tg.start_soon(reader, i)
         assert wrong == []
-        assert done > 0, "no GET completed: the storm tests nothing"
-        assert cancelled > 0, "no GET was cancelled: the storm tests nothing"
+        assert done >= 3 * 100  # every GET without a deadline completed
+        assert cancelled >= 3 * 100  # every GET with an expired deadline was cancelled
         stats = redis.statistics()
         assert (stats.in_use, stats.requests_waiting, stats.opening) == (0, 0, 0)
 
