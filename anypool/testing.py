@@ -374,6 +374,18 @@ class _LoopbackService:
         raise NotImplementedError
 
 
+class _Link:
+    """One client connection through a :class:`FaultProxy`, and its own faults."""
+
+    __slots__ = ("client", "cut", "to_client", "upstream")
+
+    def __init__(self, client: Any, upstream: Any, cut: set[str]) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.cut = cut  # directions not relayed on this link
+        self.to_client = anyio.Lock()  # the relay and inject() take turns writing to the client
+
+
 class FaultProxy(_LoopbackService):
     """An anyio TCP proxy in front of a server, with faults you switch on while traffic flows.
 
@@ -385,7 +397,9 @@ class FaultProxy(_LoopbackService):
             await proxy.reset_all()    # every open connection dropped (RST)
             proxy.blackhole = True     # new connections accepted, then never answered
             proxy.cut("downstream")    # replies stop flowing; requests still arrive
+            proxy.cut("downstream", new_connections=False)   # only on connections open now
             proxy.corrupt_next_reply(b"?garbage\\r\\n")
+            await proxy.inject(b"+OK\\r\\n")   # bytes nobody asked for, to every client
 
     Runs in the calling event loop (asyncio or trio).  Listens on a free loopback port.
 
@@ -400,9 +414,9 @@ class FaultProxy(_LoopbackService):
         self.target_port = target_port
         self.latency = 0.0
         self.blackhole = False
-        self._cut: set[str] = set()
+        self._cut: set[str] = set()  # directions cut on every connection, new ones included
         self._next_reply: Callable[[bytes], bytes] | None = None
-        self._streams: set[Any] = set()
+        self._links: set[_Link] = set()
 
     @property
     def url(self) -> str:
@@ -411,18 +425,24 @@ class FaultProxy(_LoopbackService):
 
     @property
     def connections(self) -> int:
-        return len(self._streams) // 2
+        return len(self._links)
 
-    def cut(self, direction: str) -> None:
+    def cut(self, direction: str, *, new_connections: bool = True) -> None:
         """Stop relaying ``"upstream"`` (requests) or ``"downstream"`` (replies); a half-open
-        connection.  :meth:`heal` restores both."""
+        connection.  With ``new_connections=False`` only the connections open now are cut,
+        and connections made later work.  :meth:`heal` restores both."""
         if direction not in ("upstream", "downstream"):
             raise ValueError("direction is 'upstream' or 'downstream'")
-        self._cut.add(direction)
+        if new_connections:
+            self._cut.add(direction)
+        for link in self._links:
+            link.cut.add(direction)
 
     def heal(self) -> None:
         """Undo every fault: no latency, no blackhole, nothing cut."""
         self._cut.clear()
+        for link in self._links:
+            link.cut.clear()
         self.latency = 0.0
         self.blackhole = False
         self._next_reply = None
@@ -431,15 +451,34 @@ class FaultProxy(_LoopbackService):
         """Replace the next chunk the server sends with ``replacement``."""
         self._next_reply = lambda _chunk: replacement
 
+    def append_to_next_reply(self, extra: bytes) -> None:
+        """Send ``extra`` right after the next chunk the server sends, in the same write (a
+        stray reply glued to a real one)."""
+        self._next_reply = lambda chunk: chunk + extra
+
     def truncate_next_reply(self, keep: int) -> None:
         """Relay only the first ``keep`` bytes of the next chunk, then reset that connection."""
         self._next_reply = lambda chunk: chunk[:keep]
 
+    async def inject(self, data: bytes) -> int:
+        """Send ``data`` to every client connected now, as if the server had sent it unasked
+        (a stray reply).  Returns how many connections it was sent to."""
+        sent = 0
+        for link in list(self._links):
+            try:
+                async with link.to_client:
+                    await link.client.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                continue
+            sent += 1
+        return sent
+
     async def reset_all(self) -> None:
         """Drop every open connection at once, both sides."""
-        for stream in list(self._streams):
-            await anyio.aclose_forcefully(stream)
-        self._streams.clear()
+        links, self._links = list(self._links), set()
+        for link in links:
+            await anyio.aclose_forcefully(link.client)
+            await anyio.aclose_forcefully(link.upstream)
 
     async def _serve(self, client: Any) -> None:  # relay one client connection
         try:
@@ -447,35 +486,36 @@ class FaultProxy(_LoopbackService):
         except OSError:
             await anyio.aclose_forcefully(client)
             return
-        self._streams.update((client, upstream))
+        link = _Link(client, upstream, set(self._cut))
+        self._links.add(link)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump, client, upstream, "upstream", tg.cancel_scope)
-                tg.start_soon(self._pump, upstream, client, "downstream", tg.cancel_scope)
+                tg.start_soon(self._pump, link, client, upstream, "upstream", tg.cancel_scope)
+                tg.start_soon(self._pump, link, upstream, client, "downstream", tg.cancel_scope)
         finally:
-            self._streams.discard(client)
-            self._streams.discard(upstream)
+            self._links.discard(link)
             # shielded, and not forceful: on asyncio a socket is only really closed one loop
             # iteration after close(), which a cancelled scope would never give it
             with anyio.CancelScope(shield=True):
                 await client.aclose()
                 await upstream.aclose()
 
-    async def _pump(self, source: Any, sink: Any, direction: str, scope: Any) -> None:
+    async def _pump(self, link: _Link, source: Any, sink: Any, direction: str, scope: Any) -> None:
         try:
             async for chunk in source:
-                if self.blackhole or direction in self._cut:
+                if self.blackhole or direction in link.cut:
                     continue  # swallowed: the peer waits forever
                 if self.latency:
                     await anyio.sleep(self.latency)
-                if direction == "downstream" and self._next_reply is not None:
-                    transform, self._next_reply = self._next_reply, None
-                    replaced = transform(chunk)
-                    await sink.send(replaced)
-                    if len(replaced) < len(chunk):  # truncated: this connection ends here
-                        break
+                if direction == "upstream":
+                    await sink.send(chunk)
                     continue
-                await sink.send(chunk)
+                transform, self._next_reply = self._next_reply, None
+                replaced = chunk if transform is None else transform(chunk)
+                async with link.to_client:
+                    await sink.send(replaced)
+                if len(replaced) < len(chunk):  # truncated: this connection ends here
+                    break
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
             pass
         scope.cancel()
