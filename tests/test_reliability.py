@@ -239,13 +239,15 @@ async def test_keepalive_finds_a_dead_idle_connection(redis_server: RedisServer)
         ) as redis,
     ):
         await redis.pool.wait(timeout=5)
-        proxy.cut("downstream")  # the idle connection silently stops answering
+        # The idle connection silently stops answering; connections made later (the refill's
+        # replacement) are not cut, so the replacement cannot race the fault.
+        proxy.cut("downstream", new_connections=False)
         with anyio.fail_after(5):
             while redis.statistics().health_check_failures < 1:
                 await anyio.sleep(0.05)
-        proxy.heal()
-        await redis.pool.wait(timeout=5)  # replaced by the refill
+        await redis.pool.wait(timeout=5)  # replaced by the refill, through the same proxy
         assert await redis.ping()
+        assert redis.statistics().connections_num >= 2
 
 
 async def test_corrupted_reply_is_a_protocol_error_and_the_connection_is_dropped(
