@@ -34,7 +34,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import redis.exceptions
-from anyio.streams.tls import TLSStream
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ._config import RedisConfig
 from ._errors import (
@@ -119,7 +119,15 @@ class Connection:
         except anyio.TypedAttributeLookupError:  # pragma: no cover - every stream we open has one
             raw = None
         self._raw_socket: socket.socket | None = getattr(raw, "_sock", raw)
-        self._peek_means_dead = not isinstance(stream, TLSStream)
+        # Bytes can also wait above the kernel, where a peek cannot see them: in the asyncio
+        # Protocol transport's buffer (it reads as soon as data arrives), or decrypted but
+        # unread inside TLS.  Either means the connection is not idle-clean.
+        self._readable_now: Callable[[], bool] | None = None
+        if isinstance(stream, _AsyncioStream):
+            self._readable_now = stream.readable_now
+        elif isinstance(stream, TLSStream):
+            ssl_object = stream.extra(TLSAttribute.ssl_object)
+            self._readable_now = lambda: ssl_object.pending() > 0
 
     # --- establishing -------------------------------------------------------------------------
 
@@ -191,6 +199,11 @@ class Connection:
                 followups.append(("CLIENT", "SETNAME", config.client_name))
         if config.db:
             followups.append(("SELECT", config.db))
+        if not followups and resp2 and config.ssl:
+            # One round trip before the connection goes idle, so TLS records the server sends
+            # after its handshake (TLS 1.3 session tickets) are read now: later, any byte that
+            # arrives on an idle connection is one nobody asked for.
+            followups.append(("PING",))
         if followups:
             replies = await self._exchange(followups, None)
             for command, reply in zip(followups, replies, strict=True):
@@ -412,14 +425,19 @@ class Connection:
 
     @property
     def is_reusable(self) -> bool:
-        """Whether another caller may use this connection: open, nothing owed, nothing unread."""
-        return self._closed_by is None and self._owed == 0 and not self._parser.has_data()
+        """Whether another caller may use this connection: open, nothing owed, nothing unread
+        (in the parser, or buffered by the transport above the kernel socket)."""
+        if self._closed_by is not None or self._owed or self._parser.has_data():
+            return False
+        readable_now = self._readable_now
+        return readable_now is None or not readable_now()
 
     def looks_alive(self) -> bool:
         """Cheap, synchronous check (one non-blocking peek) that an idle connection still works.
 
         False when the server has closed the socket, or sent bytes nobody asked for (which
-        would be read as the next caller's reply).  A True result is not a guarantee: only a
+        would be read as the next caller's reply), wherever those bytes wait: in the parser,
+        the transport's buffer, TLS, or the kernel.  A True result is not a guarantee: only a
         round trip (PING) proves the server answers.
         """
         if not self.is_reusable:
@@ -428,15 +446,14 @@ class Connection:
         if sock is None:  # pragma: no cover - every stream we open has one
             return True
         try:
-            peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True  # open, and nothing waiting
         except OSError:
             return False
-        if not peeked:
-            return False  # end of stream: the server closed it
-        # TLS may carry records of its own (TLS 1.3 session tickets); plain TCP may not.
-        return not self._peek_means_dead
+        # Nothing may arrive on an idle connection: not even TLS records, whose post-handshake
+        # tickets were read by the handshake's round trip.  Empty: the server closed it.
+        return False
 
     async def aclose(self) -> None:
         """Close the connection now, without waiting on the server.
@@ -674,6 +691,12 @@ class _AsyncioStream(anyio.abc.ByteStream):
 
     async def send_eof(self) -> None:
         self._transport.write_eof()
+
+    def readable_now(self) -> bool:
+        """Whether :meth:`receive` would return at once: bytes are buffered, or the stream
+        ended.  (On an idle connection, either means it cannot be reused.)"""
+        protocol = self._protocol
+        return bool(protocol.chunks) or protocol.eof or protocol.lost
 
     async def aclose(self) -> None:
         """Abort the transport and wait (one loop iteration) until its socket is closed."""

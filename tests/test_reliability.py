@@ -270,6 +270,48 @@ async def test_corrupted_reply_is_a_protocol_error_and_the_connection_is_dropped
 # --- hostile servers --------------------------------------------------------------------------
 
 
+async def test_unsolicited_bytes_on_an_idle_connection_retire_it(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 10, defect 2: on asyncio's Protocol transport the stray bytes were already in the
+    transport's buffer, where a peek at the kernel socket could not see them, and the next
+    caller's ECHO returned them.  Every transport must retire the connection instead."""
+    async with (
+        FaultProxy(redis_server.port) as proxy,
+        RedisPool.from_url(proxy.url, max_size=1, health_check_interval=None) as redis,
+    ):
+        for attempt in range(3):
+            async with redis.acquire() as conn:
+                assert await conn.echo(f"warm-up-{attempt}") == f"warm-up-{attempt}".encode()
+                connection = conn.connection
+            assert await proxy.inject(b"$12\r\nsomeone-else\r\n") == 1
+            for _ in range(10):  # let the event loop read the bytes into the transport
+                await anyio.lowlevel.checkpoint()
+            with anyio.fail_after(5):  # and wait until they are in the client's hands
+                while connection.looks_alive():
+                    await anyio.sleep(0.001)
+            assert await redis.echo(f"the-real-me-{attempt}") == f"the-real-me-{attempt}".encode()
+            assert connection.closed  # retired, not reused
+        assert redis.statistics().connections_lost == 3
+
+
+async def test_a_stray_reply_right_after_a_reply_retires_the_connection(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 10, defect 2: bytes arriving just after a complete reply (here in the same
+    chunk) are never read as the next caller's reply."""
+    async with (
+        FaultProxy(redis_server.port) as proxy,
+        RedisPool.from_url(proxy.url, max_size=1, health_check_interval=None) as redis,
+    ):
+        assert await redis.echo("first") == b"first"
+        for attempt in range(3):
+            proxy.append_to_next_reply(b"$5\r\nstray\r\n")
+            assert await redis.echo(f"one-{attempt}") == f"one-{attempt}".encode()
+            assert await redis.echo(f"two-{attempt}") == f"two-{attempt}".encode()
+        assert redis.statistics().connections_num == 4  # one retired per stray reply
+
+
 @pytest.mark.parametrize(
     ("reply", "error"),
     [
