@@ -47,7 +47,7 @@ from ._compat import (
 )
 from ._config import PoolConfig, RedisConfig, split_url
 from ._connection import Connection, ConnectionFactory
-from ._errors import CommandNotAllowed, ConfigError, PoolClosed
+from ._errors import CommandNotAllowed, ConfigError, InvalidArgument, PoolClosed
 from ._pool import DEFAULT, Lease, Pool, _Default
 from ._stats import Health, PoolStatistics
 
@@ -83,19 +83,64 @@ _REFUSED_ON_POOL: dict[str, str] = {
 }
 _REFUSED_CLIENT_SUBCOMMANDS = {
     "SETNAME": "set client_name in the config or URL, or use `async with redis.acquire()`",
+    "SETINFO": _USE_CONFIG,
     "TRACKING": _USE_ACQUIRE,
+    "CACHING": _USE_ACQUIRE,
     "REPLY": _USE_ACQUIRE,
+    "NO-EVICT": _USE_ACQUIRE,
+    "NO-TOUCH": _USE_ACQUIRE,
 }
-# On an exclusive connection: refused (would break the request/response contract) ...
+# On an exclusive connection: refused, because they break the request/response contract (the
+# reply is a stream of pushes, or there is no reply at all) ...
+_NO_REPLY = "anypool reads one reply per command, and CLIENT REPLY OFF/SKIP sends none"
+_STREAMS = "the connection would then stream every command the server runs; use redis-cli"
 _REFUSED_ON_CONNECTION = {
-    name for name, advice in _REFUSED_ON_POOL.items() if advice is _USE_SUBSCRIBE
+    **{
+        name: _USE_SUBSCRIBE
+        for name, advice in _REFUSED_ON_POOL.items()
+        if advice is _USE_SUBSCRIBE
+    },
+    "MONITOR": _STREAMS,
 }
+_REFUSED_CLIENT_SUBCOMMANDS_ON_CONNECTION = {"REPLY": _NO_REPLY}
 # ... and allowed, but the connection is closed on return instead of being reused.
 _DIRTYING = {
-    "SELECT", "AUTH", "HELLO", "RESET", "READONLY", "READWRITE", "MONITOR", "QUIT", "WATCH",
-    "MULTI",
+    "SELECT", "AUTH", "HELLO", "RESET", "READONLY", "READWRITE", "QUIT", "WATCH", "MULTI",
 }  # fmt: skip
-_DIRTYING_CLIENT_SUBCOMMANDS = {"SETNAME", "TRACKING", "REPLY", "NO-EVICT", "NO-TOUCH"}
+_DIRTYING_CLIENT_SUBCOMMANDS = {"SETNAME", "SETINFO", "TRACKING", "CACHING", "NO-EVICT", "NO-TOUCH"}
+
+
+_IN_PIPELINE = "use the pipeline's own watch(), multi() and execute()"
+_REFUSED_IN_PIPELINE = {
+    **_REFUSED_ON_POOL,
+    **dict.fromkeys(("WATCH", "UNWATCH", "MULTI", "EXEC", "DISCARD"), _IN_PIPELINE),
+}
+
+
+def _refuse_on_pool(args: tuple[Any, ...], *, pipeline: bool = False) -> None:
+    """Raise CommandNotAllowed for a command that would change the state of a pooled
+    connection, run on the pool or queued in a pipeline."""
+    name, sub = _command_and_subcommand(args)
+    advice = (_REFUSED_IN_PIPELINE if pipeline else _REFUSED_ON_POOL).get(name)
+    if advice is None and name == "CLIENT":
+        advice = _REFUSED_CLIENT_SUBCOMMANDS.get(sub)
+        name = f"CLIENT {sub}"
+    if advice is not None:
+        where = "in a pipeline" if pipeline else "on the pool"
+        raise CommandNotAllowed(f"{name} is not allowed {where}: {advice}")
+
+
+def _refuse_on_connection(args: tuple[Any, ...]) -> bool:
+    """Raise CommandNotAllowed for a command an exclusive connection cannot run; otherwise
+    return whether it leaves the connection in a changed state (closed on return)."""
+    name, sub = _command_and_subcommand(args)
+    advice = _REFUSED_ON_CONNECTION.get(name)
+    if advice is None and name == "CLIENT":
+        advice = _REFUSED_CLIENT_SUBCOMMANDS_ON_CONNECTION.get(sub)
+        name = f"CLIENT {sub}"
+    if advice is not None:
+        raise CommandNotAllowed(f"{name} is not supported on a connection: {advice}")
+    return name in _DIRTYING or (name == "CLIENT" and sub in _DIRTYING_CLIENT_SUBCOMMANDS)
 
 
 def _name_of(arg: Any) -> str:
@@ -117,7 +162,9 @@ def _wire_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _command_and_subcommand(args: tuple[Any, ...]) -> tuple[str, str]:
     """("CLIENT", "SETNAME") for both ("CLIENT SETNAME", "x") and ("CLIENT", "SETNAME", "x")."""
-    words = _name_of(args[0]).split()
+    words = _name_of(args[0]).split() if args else []
+    if not words:
+        raise InvalidArgument(f"no command given: {args!r}")
     if len(words) > 1:
         return words[0], words[1]
     return words[0], _name_of(args[1]) if len(args) > 1 and words[0] == "CLIENT" else ""
@@ -265,12 +312,7 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         Cancellation: the connection is closed if the reply was still owed; the pool slot is
         always returned.
         """
-        name, sub = _command_and_subcommand(args)
-        if name in _REFUSED_ON_POOL:
-            raise CommandNotAllowed(f"{name} is not allowed on the pool: {_REFUSED_ON_POOL[name]}")
-        if name == "CLIENT" and sub in _REFUSED_CLIENT_SUBCOMMANDS:
-            advice = _REFUSED_CLIENT_SUBCOMMANDS[sub]
-            raise CommandNotAllowed(f"CLIENT {sub} is not allowed on the pool: {advice}")
+        _refuse_on_pool(args)
         pool = self._pool
         lease = await pool.lease()
         try:
@@ -471,12 +513,10 @@ class RedisConnection(_Commands):
         """Run one command on this connection and return its parsed reply.
 
         Raises:
-            CommandNotAllowed: pub/sub commands (their replies are pushes, not replies).
+            CommandNotAllowed: pub/sub commands and MONITOR (their replies are streams of
+                pushes), CLIENT REPLY (OFF and SKIP send no reply at all).
         """
-        name, sub = _command_and_subcommand(args)
-        if name in _REFUSED_ON_CONNECTION:
-            raise CommandNotAllowed(f"{name} is not supported on a connection: {_USE_SUBSCRIBE}")
-        if name in _DIRTYING or (name == "CLIENT" and sub in _DIRTYING_CLIENT_SUBCOMMANDS):
+        if _refuse_on_connection(args):
             self.changed_state = True
         return await self._run(self._connection, args, options)
 
@@ -541,16 +581,20 @@ class Pipeline(_Commands):
         return True
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        """Queue a command (or, while WATCHing before MULTI, run it now: returns an awaitable)."""
-        name, _ = _command_and_subcommand(args)
-        if name in _REFUSED_ON_CONNECTION:
-            raise CommandNotAllowed(f"{name} cannot be pipelined: {_USE_SUBSCRIBE}")
+        """Queue a command (or, while WATCHing before MULTI, run it now: returns an awaitable).
+
+        Raises:
+            CommandNotAllowed: a command that would change the pooled connection's state
+                (SELECT, MULTI, HELLO, CLIENT REPLY/SETNAME...), as on the pool itself.
+        """
+        _refuse_on_pool(args, pipeline=True)
         if self._watching and not self._explicit_multi:
             return self._immediate(args, options)
         self._queue.append((args, options))
         return self
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """A command run at once while WATCHing (already checked by execute_command)."""
         assert self._lease is not None
         return await self._run(self._lease.resource, args, options)
 
@@ -605,7 +649,11 @@ class Pipeline(_Commands):
                 await self._load_scripts(connection)
             if self._transaction or self._explicit_multi:
                 return await self._execute_transaction(connection, queue, raise_on_error)
-            return await self._execute_pipeline(connection, queue, raise_on_error)
+            # EXEC would end a WATCH; without a transaction, UNWATCH does (in the same write),
+            # so the connection goes back to the pool watching nothing.
+            return await self._execute_pipeline(
+                connection, queue, raise_on_error, unwatch=self._watching
+            )
         finally:
             self._queue = []
             self._scripts = {}
@@ -622,12 +670,18 @@ class Pipeline(_Commands):
 
     async def _execute_pipeline(
         self, connection: Connection, queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-        raise_on_error: bool,
+        raise_on_error: bool, *, unwatch: bool = False,
     ) -> list[Any]:  # fmt: skip
-        replies = await connection.execute_many(
-            [_wire_args(args) for args, _ in queue],
-            decode=[NEVER_DECODE not in o for _, o in queue],
-        )
+        commands: list[Sequence[Any]] = [_wire_args(args) for args, _ in queue]
+        decode = [NEVER_DECODE not in o for _, o in queue]
+        if unwatch:
+            commands.append(("UNWATCH",))
+            decode.append(True)
+        replies = await connection.execute_many(commands, decode=decode)
+        if unwatch:
+            unwatched = replies.pop()
+            if isinstance(unwatched, Exception):
+                await connection.aclose()  # still watching, maybe: not reused
         results = []
         for (args, options), reply in zip(queue, replies, strict=True):
             if isinstance(reply, ResponseError) and EMPTY_RESPONSE in options:
@@ -635,8 +689,7 @@ class Pipeline(_Commands):
             results.append(
                 await self._apply_callback(connection.protocol, _name_of(args[0]), reply, options)
             )
-        if raise_on_error:
-            self._raise_first_error(queue, results)
+        self._raise_errors(queue, results, raise_on_error)
         return results
 
     async def _execute_transaction(
@@ -646,9 +699,11 @@ class Pipeline(_Commands):
         commands: list[Sequence[Any]] = [("MULTI",), *(_wire_args(a) for a, _ in queue), ("EXEC",)]
         decode = [True, *(NEVER_DECODE not in o for _, o in queue), True]
         replies = await connection.execute_many(commands, decode=decode)
-        queued, exec_reply = replies[1:-1], replies[-1]
+        multi_reply, queued, exec_reply = replies[0], replies[1:-1], replies[-1]
+        if isinstance(multi_reply, Exception):  # e.g. LOADING: nothing was queued
+            raise multi_reply
         # Errors while queueing (wrong arity, unknown command) abort the whole transaction.
-        queue_errors = [(i, r) for i, r in enumerate(queued) if isinstance(r, ResponseError)]
+        queue_errors = [(i, r) for i, r in enumerate(queued) if isinstance(r, Exception)]
         for i, error in queue_errors:
             annotate_pipeline_error(error, i + 1, queue[i][0])
         if isinstance(exec_reply, Exception):
@@ -665,18 +720,26 @@ class Pipeline(_Commands):
             results.append(
                 await self._apply_callback(connection.protocol, _name_of(args[0]), reply, options)
             )
-        if raise_on_error:
-            self._raise_first_error(queue, results)
+        self._raise_errors(queue, results, raise_on_error)
         return results
 
     @staticmethod
-    def _raise_first_error(
-        queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], results: Sequence[Any]
-    ) -> None:
-        for i, result in enumerate(results):
-            if isinstance(result, ResponseError):
-                annotate_pipeline_error(result, i + 1, queue[i][0])
-                raise result
+    def _raise_errors(
+        queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], results: Sequence[Any],
+        raise_on_error: bool,
+    ) -> None:  # fmt: skip
+        """Raise, annotated with its position like redis-py: the first error that redis-py
+        raises whatever ``raise_on_error`` says (its ConnectionError family: LOADING, max
+        clients...), else with ``raise_on_error`` the first error reply."""
+        errors = [(i, r) for i, r in enumerate(results) if isinstance(r, Exception)]
+        for i, error in errors:
+            if not isinstance(error, ResponseError):
+                annotate_pipeline_error(error, i + 1, queue[i][0])
+                raise error
+        if raise_on_error and errors:
+            i, error = errors[0]
+            annotate_pipeline_error(error, i + 1, queue[i][0])
+            raise error
 
     async def reset(self) -> None:  # type: ignore[override]  # as redis-py's Pipeline
         """Drop queued commands and return a held connection (closed if still WATCHing)."""
@@ -817,11 +880,18 @@ class Lock:
         Raises:
             LockError: this object does not hold it.
             LockNotOwnedError: it expired, and someone else may hold it now.
+
+        Cancellation: if cancelled (or failed) before the server answered, the lock may still
+        be held, and this object still holds its token: call release() again.
         """
-        token, self.token = self.token, None
+        token = self.token
         if token is None:
             raise LockError(f"cannot release lock {self.name!r}: it is not held")
-        if not await self._release(keys=[self.name], args=[token]):
+        # The token is forgotten only once the server has answered: a release cancelled or
+        # failed mid-flight leaves this object holding the lock, so it can be retried.
+        released = await self._release(keys=[self.name], args=[token])
+        self.token = None
+        if not released:
             raise LockNotOwnedError(f"cannot release lock {self.name!r}: it is no longer owned")
 
     async def extend(self, additional_time: float, replace_ttl: bool = False) -> bool:

@@ -8,9 +8,11 @@ import random
 
 import anyio
 import pytest
+import redis.exceptions as redis_exceptions
 from redis.exceptions import LockError, LockNotOwnedError, WatchError
 
 import anypool
+import anypool.testing
 from anypool import RedisConfig, RedisPool
 from anypool.testing import RedisServer
 
@@ -233,3 +235,125 @@ async def test_config_object(redis_server: RedisServer) -> None:
         async with redis.acquire() as conn:
             info = await conn.client_info()
             assert info["db"] == 4
+
+
+# --- issue 10: pipelines and connection state; errors; locks ----------------------------------
+
+
+@pytest.mark.parametrize("transaction", [False, True], ids=["pipeline", "transaction"])
+async def test_pipelines_refuse_what_would_change_a_pooled_connection(
+    url: str, transaction: bool
+) -> None:
+    """Issue 10, defect 3: the same rule as single commands (CLIENT REPLY OFF used to hang)."""
+    async with RedisPool.from_url(url, max_size=1) as redis:
+        for queue in [
+            lambda p: p.select(1),
+            lambda p: p.execute_command("SELECT", 1),
+            lambda p: p.execute_command("MULTI"),
+            lambda p: p.execute_command("EXEC"),
+            lambda p: p.execute_command("HELLO", 2),
+            lambda p: p.execute_command("AUTH", "x"),
+            lambda p: p.client_reply("OFF"),
+            lambda p: p.client_setname("renamed"),
+            lambda p: p.execute_command("CLIENT SETNAME", "renamed"),
+            lambda p: p.execute_command(b"client", b"tracking", b"on"),
+            lambda p: p.readonly(),
+            lambda p: p.execute_command("RESET"),
+            lambda p: p.execute_command("MONITOR"),
+            lambda p: p.execute_command("SUBSCRIBE", "ch"),
+        ]:
+            pipe = redis.pipeline(transaction=transaction)
+            pipe.set("state:k", 1)
+            with pytest.raises(anypool.CommandNotAllowed):
+                queue(pipe)
+            assert await pipe.execute() == [True]  # what was queued before still runs
+        async with redis.acquire() as conn:  # the one connection is still in its first state
+            info = await conn.client_info()
+            assert (info["db"], info["name"], info["multi"]) == (0, "", -1)
+        assert redis.statistics().connections_num == 1
+
+
+async def test_immediate_commands_while_watching_follow_the_same_rule(url: str) -> None:
+    async with RedisPool.from_url(url, max_size=1) as redis:
+        async with redis.pipeline() as pipe:
+            await pipe.watch("state:w")
+            with pytest.raises(anypool.CommandNotAllowed):
+                await pipe.select(2)
+            with pytest.raises(anypool.CommandNotAllowed):
+                await pipe.client_setname("renamed")
+            assert await pipe.get("state:w") is None  # reads still run at once
+        async with redis.acquire() as conn:
+            info = await conn.client_info()
+            assert (info["db"], info["name"]) == (0, "")
+
+
+async def test_a_pipeline_after_watch_returns_its_connection_unwatched(url: str) -> None:
+    """Issue 10, defect 3: ``pipeline(transaction=False)`` after ``watch()`` handed back a
+    connection still WATCHing (redis-py sends UNWATCH); the next transaction on that
+    connection failed with WatchError for a key it never watched."""
+    async with RedisPool.from_url(url, max_size=1) as redis:
+        pipe = redis.pipeline(transaction=False)
+        await pipe.watch("state:watched")
+        assert await pipe.set("state:other", 1)  # while watching, commands run at once
+        assert await pipe.execute() == []
+        await redis.set("state:watched", "changed")  # would abort a transaction still watching
+        async with redis.pipeline(transaction=True) as tx:
+            tx.incr("state:counter")
+            assert len(await tx.execute()) == 1
+        assert redis.statistics().connections_num == 1  # UNWATCHed and reused, not closed
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"-LOADING Redis is loading the dataset in memory\r\n", "BusyLoadingError"),
+        (b"-ERR max number of clients reached\r\n", "ConnectionError"),
+    ],
+)
+@pytest.mark.parametrize("raise_on_error", [True, False])
+async def test_pipeline_raises_errors_redis_py_raises(
+    reply: bytes, error: str, raise_on_error: bool
+) -> None:
+    """Issue 10, defect 11: errors redis-py maps to ConnectionError subclasses were returned
+    as values; redis-py raises them, whatever raise_on_error says."""
+    async with anypool.testing.ScriptedServer([b"+OK\r\n" + reply, b"+PONG\r\n"]) as fake:
+        config = RedisConfig(host="127.0.0.1", port=fake.port, protocol=2, socket_timeout=2)
+        async with RedisPool(config, max_size=1, health_check_interval=None) as redis:
+            pipe = redis.pipeline(transaction=False)
+            pipe.set("k", 1)
+            pipe.get("k")
+            with pytest.raises(getattr(redis_exceptions, error)) as info:
+                await pipe.execute(raise_on_error=raise_on_error)
+            assert type(info.value).__name__ == error
+            assert "Command # 2" in str(info.value)
+            assert await redis.ping()  # every reply was read: the connection is still in step
+            assert redis.statistics().connections_num == 1
+
+
+async def test_a_cancelled_lock_release_keeps_the_lock_and_can_be_retried(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 10, defect 13: the token was cleared before the release script ran, so a release
+    cancelled mid-flight kept the key forever and a retry raised LockError."""
+    async with (
+        anypool.testing.FaultProxy(redis_server.port) as proxy,
+        RedisPool.from_url(proxy.url, socket_timeout=5) as redis,
+    ):
+        lock = redis.lock("state:lock")  # no timeout: held until released
+        assert await lock.acquire()
+        proxy.cut("upstream")  # the release script never reaches the server
+        with anyio.move_on_after(0.2) as scope:
+            await lock.release()
+        assert scope.cancelled_caught
+        proxy.heal()
+        assert await lock.owned()  # still held, and this object still knows it
+        await lock.release()  # the retry works
+        assert not await redis.exists("state:lock")
+        with pytest.raises(LockError):
+            await lock.release()  # now it really is not held
+        assert await lock.acquire()
+        await redis.delete("state:lock")  # someone else removed it meanwhile
+        with pytest.raises(LockNotOwnedError):
+            await lock.release()
+        with pytest.raises(LockError):
+            await lock.release()  # not owned: forgotten after the server said so
