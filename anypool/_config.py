@@ -441,6 +441,8 @@ _ALIASES = {"socket_connect_timeout": "connect_timeout"}
 # Query options that configure the pool rather than the connection, and the PoolConfig field
 # each one sets.
 _POOL_OPTIONS = {"max_connections": "max_size", "health_check_interval": "health_check_interval"}
+# Names an error may cite when a URL that cannot be shown failed (never text from the URL).
+_KNOWN_URL_FIELDS = {"url", *_POOL_OPTIONS, *(f.name for f in dataclasses.fields(RedisConfig))}
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
                "0": False, "false": False, "no": False, "off": False}  # fmt: skip
 
@@ -479,9 +481,42 @@ def _convert(name: str, raw: str, kind: str) -> Any:
     return raw
 
 
+_PLAIN_USER = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=-]*")
+
+
 def _redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for error messages."""
-    return re.sub(r"(://[^/@:]*:)[^@/]*@", rf"\1{_REDACTED}@", url, count=1)
+    """The URL as error messages show it: everything that could be a credential redacted.
+
+    Whatever precedes the *last* ``@`` after the scheme is treated as user info, even where
+    a ``/``, ``?`` or ``#`` (which a password may not contain unencoded) puts it outside the
+    URL's authority: the password part becomes ``***``, and so does a user name that is not
+    plainly one.  This may hide more than the credentials of a URL that does not parse; it
+    never shows any part of them.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, after = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    if colon and _PLAIN_USER.fullmatch(user):
+        shown_userinfo = f"{user}:{_REDACTED}"
+    elif not colon and _PLAIN_USER.fullmatch(user):
+        shown_userinfo = user  # a user name alone is not a secret
+    else:
+        shown_userinfo = _REDACTED
+    return f"{scheme}{sep}{shown_userinfo}@{after}"
+
+
+def _userinfo_outside_authority(url: str) -> bool:
+    """Whether an ``@`` comes after the URL's authority (after its first ``/``, ``?`` or
+    ``#``): the sign of a password written with characters it must percent-encode."""
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return "@" in url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return "@" in rest[end:]
 
 
 def split_url(url: str, **overrides: Any) -> tuple[RedisConfig, dict[str, Any]]:
@@ -496,11 +531,32 @@ def split_url(url: str, **overrides: Any) -> tuple[RedisConfig, dict[str, Any]]:
         options found in the query string (``max_connections`` becomes ``max_size``).
 
     Raises:
-        ConfigError: the URL or one of its options is invalid (the password is redacted).
+        ConfigError: the URL or one of its options is invalid.  No part of a password is
+            ever shown, even when the password broke the URL's syntax.
     """
     if not isinstance(url, str):
         raise _fail("url", url, "must be a string")
     shown = _redact_url(url)
+    try:
+        return _parse_url(url, shown, overrides)
+    except ConfigError as exc:
+        if exc.field in overrides or not _userinfo_outside_authority(url):
+            raise  # the message shows no part of the URL's user info
+        # A "/", "?" or "#" in the password moved part of it into the path, query or fragment,
+        # where it was read as something else (a port, a db, an option).  Say so, with
+        # nothing from the failed parse: not its message, and no chained exception.
+        known = exc.field in _KNOWN_URL_FIELDS and exc.field != "url"
+        part = f" (while reading {exc.field})" if known else ""
+    raise _fail(
+        "url", shown,
+        f"it cannot be read{part}; if the password contains '/', '?', '#' or '@', "
+        "percent-encode it, e.g. urllib.parse.quote(password, safe='')",
+    )  # fmt: skip
+
+
+def _parse_url(
+    url: str, shown: str, overrides: dict[str, Any]
+) -> tuple[RedisConfig, dict[str, Any]]:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in _SCHEMES:

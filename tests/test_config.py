@@ -245,3 +245,48 @@ def test_pool_config_validation() -> None:
     with pytest.raises(ConfigError, match="health_check_interval"):
         PoolConfig(health_check_interval=-5)
     assert PoolConfig(health_check_interval=None).health_check_interval is None
+
+
+# Passwords written raw into a URL, with characters a URL cannot carry unencoded.
+_LEAKY_URLS = [
+    "redis://:QXsec/retZJ#frag@localhost:6379/0",
+    "redis://:QXp@ss:w/rdZJ#1@localhost:6379/0",
+    "redis://:QXsec?retZJ@localhost:6379/0",
+    "redis://user:QX12/34ZJ@localhost:6379/x",
+    "redis://user:QX1?db=0ZJ@localhost:6379/0",
+    "rediss://user:QX#ZJ@localhost",
+]
+
+
+@pytest.mark.parametrize("url", _LEAKY_URLS)
+def test_a_url_that_fails_to_parse_shows_no_part_of_its_password(url: str) -> None:
+    """Issue 10, defect 14: "redis://:sec/ret#frag@host" printed the whole password, and
+    other forms printed parts of it (as a port, a db, an option)."""
+    with pytest.raises(ConfigError) as info:
+        RedisConfig.from_url(url)
+    error = info.value
+    shown = " ".join([str(error), repr(error), repr(error.value), *getattr(error, "__notes__", [])])
+    assert error.__cause__ is None
+    assert error.__context__ is None  # no chained exception carrying the raw text either
+    for letter in "QXZJ":  # every password above is marked with these (absent elsewhere)
+        assert letter not in shown, shown
+    assert "percent-encode" in str(error)
+    assert "localhost" in str(error)  # what is not secret is still shown
+
+
+_password_text = st.text(alphabet="QXZJ/?#@:%&=", min_size=1, max_size=12)
+
+
+@given(user=st.sampled_from(["", "user"]), password=_password_text)
+def test_no_raw_password_ever_shows_in_a_url_error(user: str, password: str) -> None:
+    url = f"redis://{user}:{password}@localhost:6379/0"
+    error: ConfigError | None = None
+    try:
+        RedisConfig.from_url(url)
+    except ConfigError as exc:
+        error = exc
+    if error is not None:
+        shown = " ".join([str(error), repr(error), repr(error.value)])
+        for letter in "QXZJ":
+            assert letter not in shown, shown
+        assert error.__context__ is None
