@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -264,9 +265,14 @@ def run_benchmark(
 
 def cmd_bench(args: argparse.Namespace) -> int:
     console = _console()
-    concurrency = [int(part) for part in args.concurrency.split(",") if part.strip()]
-    if any(n < 1 for n in concurrency):
+    try:
+        concurrency = [int(part) for part in args.concurrency.split(",") if part.strip()]
+    except ValueError:
+        concurrency = []
+    if not concurrency or any(n < 1 for n in concurrency):
         raise CommandError(f"--concurrency must list positive integers, not {args.concurrency!r}")
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        raise CommandError(f"--duration must be a positive number of seconds, not {args.duration}")
     backends = [args.backend] if args.backend else ["asyncio", "trio"]
     server = None
     url = args.url
@@ -323,7 +329,7 @@ def _print_bench(console: Any, table: dict[str, dict[str, float]], notes: list[s
     for ours in (c for c in clients if c.startswith("anypool")):
         for peer in (c for c in clients if not c.startswith("anypool")):
             ratios = ", ".join(
-                f"{w.split(' (')[0]} x{table[ours][w] / table[peer][w]:.2f}" for w in table[ours]
+                f"{w.split(' (')[0]} {_ratio(table[ours][w], table[peer][w])}" for w in table[ours]
             )
             console.print(f"{ours} vs {peer}: {ratios}")
     for note in notes:
@@ -506,6 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             OSError, ValueError) as exc:  # fmt: skip
         _console(stderr=True).print(f"anypool {args.command}: error: {_one_line(exc)}")
         return 1
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    return f"x{ours / theirs:.2f}" if theirs > 0 else "n/a (no peer operations)"
 
 
 def _one_line(exc: BaseException) -> str:

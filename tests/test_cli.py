@@ -127,10 +127,22 @@ def test_bench_writes_json_and_prints_ratios(
     assert all(v > 0 for v in data["results"]["anypool (asyncio)"].values())
 
 
-def test_bench_refuses_a_bad_concurrency(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "bench", "--concurrency", "0,4")
+@pytest.mark.parametrize("value", ["0,4", ",", "a,b", "-1"])
+def test_bench_refuses_a_bad_concurrency(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    code, _, err = run(capsys, "bench", "--concurrency", value)
     assert code == 1
     assert "--concurrency" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_bench_refuses_a_bad_duration(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    """Issue 10, defect 16: ``--duration 0`` crashed with ZeroDivisionError."""
+    code, out, err = run(capsys, "bench", "--duration", value, "--backend", "asyncio")
+    assert code == 1
+    assert "--duration" in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in out + err
 
 
 def test_help_and_module_entry_point() -> None:
