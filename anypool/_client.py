@@ -47,7 +47,7 @@ from ._compat import (
 )
 from ._config import PoolConfig, RedisConfig, split_url
 from ._connection import Connection, ConnectionFactory
-from ._errors import CommandNotAllowed, ConfigError, InvalidArgument, PoolClosed
+from ._errors import CommandNotAllowed, ConfigError, InvalidArgument
 from ._pool import DEFAULT, Lease, Pool, _Default
 from ._stats import Health, PoolStatistics
 
@@ -266,7 +266,7 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         self._factory = ConnectionFactory(config)
         self._pool: Pool[Connection] = Pool(self._factory, pool_config)
         self._callbacks = {2: response_callbacks(2), 3: response_callbacks(3)}
-        self._pubsub: _pubsub._Hub | None = None
+        self._pubsub: _pubsub.Hub | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisPool:
@@ -297,7 +297,12 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[RedisPool]:
         async with self._pool:
-            yield self
+            try:
+                yield self
+            finally:
+                # First of all: every subscription ends with PoolClosed, its task stops.
+                if self._pubsub is not None:
+                    self._pubsub.close()
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -381,10 +386,14 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
 
     # --- pub/sub ------------------------------------------------------------------------------
 
-    def _hub(self) -> _pubsub._Hub:
+    def _hub(self) -> _pubsub.Hub:
         if self._pubsub is None:
-            health_interval = self._pool.config.health_check_interval
-            self._pubsub = _pubsub._Hub(self, per_connection=100, keepalive=health_interval)
+            pool_config = self._pool.config
+            self._pubsub = _pubsub.Hub(
+                self._config, self._pool, per_connection=100,
+                keepalive=pool_config.health_check_interval,
+                backoff=pool_config.reconnect_backoff,
+            )  # fmt: skip
         return self._pubsub
 
     def subscribe(
@@ -450,25 +459,23 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         Returns once subscribed.  A handler that raises is restarted within ``restart``'s
         budget; past it, the error propagates out of the pool's ``async with``.
         """
-        task_group = self._pool._task_group
-        if task_group is None:
-            raise PoolClosed("the pool is not open: use `async with redis:` first")
+        hub = self._hub()
+        hub.check_open()
         listener = _pubsub.Listener(
-            self, handler, channels, patterns, restart or _pubsub.RestartPolicy(),
+            hub, handler, channels, patterns, restart or _pubsub.RestartPolicy(),
             {"buffer": buffer, "policy": policy, "block_timeout": block_timeout},
         )  # fmt: skip
-        started: _pubsub.Listener = await task_group.start(listener.run, name="anypool listener")
+        started: _pubsub.Listener = await self._pool.start_task(
+            listener.run, name="anypool listener"
+        )
         return started
 
     def pubsub_statistics(self) -> dict[str, int]:
         """Pub/sub counters: messages, connection_failures, reconnect_failures, resubscribes,
-        gap_events, and the subscriber connections and subscriptions open now."""
-        hub = self._hub()
-        return {
-            **hub.counters,
-            "connections": len(hub.connections),
-            "subscriptions": sum(len(c.subscriptions) for c in hub.connections),
-        }
+        gap_events, protocol_errors (malformed frames from the server), slow_consumers
+        (subscriptions stopped by SlowConsumer), and the subscriber connections and
+        subscriptions open now."""
+        return self._hub().statistics()
 
     # --- the pool -----------------------------------------------------------------------------
 

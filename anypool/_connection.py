@@ -73,8 +73,9 @@ Timeout = float | None | _Default
 class _CommandTimedOut(Exception):
     """Internal: a command's own deadline passed (turned into TimeoutError by _translate)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, *, sending: bool = False) -> None:
         self.timeout = timeout
+        self.sending = sending  # the write itself did not finish
 
 
 class Connection:
@@ -333,8 +334,20 @@ class Connection:
     # reading; writers take turns (the caller serialises them).  Replies-owed accounting does
     # not apply, and such a connection never returns to the command pool.
 
-    async def send_command(self, *args: Arg) -> None:
-        """Send a command whose answer the connection's reader will see (subscribed mode).
+    async def send_commands(
+        self, commands: Sequence[Sequence[Arg]], *, timeout: float | None = None
+    ) -> None:
+        """Send commands in one write; their answers are read by the connection's reader
+        (subscribed mode).
+
+        Args:
+            commands: the commands, each a sequence of arguments.
+            timeout: seconds the write may take (a server that stopped reading fills the
+                socket's buffers); None waits as long as it takes.
+
+        Raises:
+            InvalidArgument: an argument has a type Redis cannot take (nothing was sent).
+            ConnectionError, TimeoutError: the write failed; the connection is closed.
 
         Cancellation: a send cut short may leave half a command on the wire, so the connection
         is closed.
@@ -343,11 +356,17 @@ class Connection:
             raise ConnectionClosed(
                 f"the connection to {self.config.address} is closed ({self._closed_by})"
             )
-        data = self._packer.pack(args)
+        data = self._packer.pack_many(commands)
         try:
-            await self._stream.send(data)
+            if timeout is None:
+                await self._stream.send(data)
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    await self._stream.send(data)
+                if scope.cancelled_caught:
+                    raise _CommandTimedOut(timeout, sending=True)
         except BaseException as exc:
-            error = _translate(exc, self.config, command=args[0])
+            error = _translate(exc, self.config, command=commands[0][0])
             await self._close(f"{type(error).__name__} while sending")
             if error is exc:
                 raise
@@ -775,6 +794,11 @@ def _translate(
         return exc
     if isinstance(exc, _CommandTimedOut):
         name = command.decode() if isinstance(command, bytes) else str(command)
+        if exc.sending:
+            return TimeoutError(
+                f"{name} could not be sent to {address} within {exc.timeout}s (the server is "
+                "not reading); the connection was closed"
+            )
         return TimeoutError(
             f"{name} got no reply from {address} within {exc.timeout}s; "
             "the connection was closed, since its reply is still owed"

@@ -285,11 +285,15 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         self._state = _CLOSED
         self._notify_changed()
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise :class:`PoolClosed` (saying whether it is not open yet or closed) unless the
+        pool is open."""
         if self._state is not _OPEN:
             if self._state is _NEW:
                 raise PoolClosed(f"{self.name} is not open yet: use `async with pool:` first")
             raise PoolClosed(f"{self.name} is closed")
+
+    _check_open = check_open
 
     async def start_task(
         self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None

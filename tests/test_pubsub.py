@@ -3,12 +3,14 @@ cancellation and supervised listeners."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 
 import anyio
 import pytest
 
 import anypool
+import anypool.testing
 from anypool import Message, Reconnected, RedisPool, RestartPolicy
 from anypool.testing import RedisServer
 
@@ -43,9 +45,10 @@ async def test_subscribe_publish_patterns_and_changes(server: RedisServer, proto
             await redis.publish("weather", "sunny")
             assert await sub.get(timeout=2) == Message("message", "weather", "sunny")
             assert sub.received == 2
-        assert await numsub(redis, "news") == 0
-        assert await numsub(redis, "weather") == 0
-        assert redis.pubsub_statistics()["connections"] == 0
+        assert redis.pubsub_statistics()["connections"] == 0  # left at once...
+        with anyio.fail_after(10):  # ...and the server sees it soon after
+            while await numsub(redis, "news") or await numsub(redis, "weather"):
+                await anyio.sleep(0.01)
 
 
 async def test_fan_out_every_subscriber_gets_every_message_in_order(server: RedisServer) -> None:
@@ -163,11 +166,11 @@ async def test_cancelled_subscriber_leaves_nothing_behind(server: RedisServer) -
                 async for _ in sub:
                     pass
         assert scope.cancelled_caught
-        assert await numsub(redis, "gone") == 0
         stats = redis.pubsub_statistics()
         assert (stats["connections"], stats["subscriptions"]) == (0, 0)
-        clients = await redis.client_list(_type="pubsub")
-        assert clients == []
+        with anyio.fail_after(10):  # the server notices the closed connection
+            while await numsub(redis, "gone") or await redis.client_list(_type="pubsub"):
+                await anyio.sleep(0.01)
 
 
 async def test_listener_restarts_then_propagates_past_its_budget(server: RedisServer) -> None:
@@ -225,8 +228,11 @@ async def test_sharded_subscribe_needs_redis_7(server: RedisServer) -> None:
             async with redis.ssubscribe("shard") as sub:
                 await redis.spublish("shard", "x")
                 assert (await sub.get(timeout=2)).kind == "smessage"  # type: ignore[union-attr]
-        else:  # the server's error, at once, not a timeout
-            with anyio.fail_after(2), pytest.raises(anypool.ResponseError, match=r"(?i)unknown"):
+        else:  # the server's error about SSUBSCRIBE (issue 10, defect 16), at once
+            with (
+                anyio.fail_after(2),
+                pytest.raises(anypool.ResponseError, match=r"(?i)unknown command .?ssubscribe"),
+            ):
                 async with redis.ssubscribe("shard"):
                     pass
         assert redis.pubsub_statistics()["connections"] == 0
@@ -262,3 +268,242 @@ async def test_missed_keepalive_on_a_hung_server_reconnects(server: RedisServer)
         assert isinstance(await sub.get(timeout=10), Reconnected)
         await redis.publish("hung", "back")
         assert (await sub.get(timeout=2)).data == b"back"  # type: ignore[union-attr]
+
+
+# --- issue 10: what an independent fault suite broke ------------------------------------------
+
+
+async def wait_until(condition: Callable[[], bool], *, seconds: float = 10.0) -> None:
+    """Wait for a state (polling); the bound only catches a hang."""
+    with anyio.fail_after(seconds):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+@contextmanager
+def bounded(seconds: float) -> Iterator[None]:
+    """The block must finish within ``seconds`` (generous: it only catches a hang).  Measured,
+    since shielded cleanup cannot be interrupted by a deadline and would hide the wait."""
+    started = anyio.current_time()
+    with anyio.fail_after(seconds):
+        yield
+    assert anyio.current_time() - started < seconds
+
+
+async def drain(sub: anypool.Subscription) -> list[Message | Reconnected]:
+    """Everything buffered now, without waiting."""
+    events: list[Message | Reconnected] = []
+    while True:
+        try:
+            events.append(await sub.get(timeout=0))
+        except anypool.TimeoutError:
+            return events
+
+
+async def test_a_cancelled_or_timed_out_consumer_loses_nothing(
+    server: RedisServer, protocol: int
+) -> None:
+    """Issue 10, defect 4: ``__anext__`` took a message and then checked for cancellation;
+    ``get(timeout=0)`` dropped what it polled."""
+    async with (
+        RedisPool.from_url(server.url, protocol=protocol) as redis,
+        redis.subscribe("d4") as sub,
+    ):
+        for i in range(4):
+            await redis.publish("d4", i)
+        await wait_until(lambda: sub.received == 4)
+        for _ in range(3):
+            with anyio.CancelScope() as scope:  # cancelled before the call: takes nothing
+                scope.cancel()
+                await sub.__anext__()
+            assert scope.cancelled_caught
+            with anyio.move_on_after(0) as expired:  # a deadline already passed
+                await sub.get()
+            assert expired.cancelled_caught
+        assert (await sub.get(timeout=0)).data == b"0"  # type: ignore[union-attr]
+        assert [e.data for e in await drain(sub)] == [b"1", b"2", b"3"]  # type: ignore[union-attr]
+        with pytest.raises(anypool.TimeoutError):
+            await sub.get(timeout=0)
+
+        async def waiting_consumer() -> None:
+            await sub.get()
+
+        async with anyio.create_task_group() as tg:  # cancelled while waiting: takes nothing
+            tg.start_soon(waiting_consumer)
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+        await redis.publish("d4", "after")
+        assert (await sub.get(timeout=5)).data == b"after"  # type: ignore[union-attr]
+
+
+async def test_a_malformed_push_is_a_counted_protocol_error_not_a_crash() -> None:
+    """Issue 10, defect 5: ``*1\\r\\n*0\\r\\n`` after a SUBSCRIBE ack raised IndexError out of
+    the pool's task group.  Bad server input: reconnect, count it, keep the pool."""
+    ack = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nd5\r\n:1\r\n"
+    async with anypool.testing.ScriptedServer([ack + b"*1\r\n*0\r\n"]) as fake:
+        config = anypool.RedisConfig(
+            host="127.0.0.1", port=fake.port, protocol=2, connect_timeout=2
+        )
+        async with RedisPool(
+            config, health_check_interval=None,
+            reconnect_backoff=anypool.BackoffPolicy(0.01, 0.05, 0.1),
+        ) as redis:  # fmt: skip
+            async with redis.subscribe("d5") as sub:
+                await wait_until(lambda: redis.pubsub_statistics()["protocol_errors"] >= 2)
+                assert isinstance(await sub.get(timeout=5), Reconnected)
+            assert redis.pubsub_statistics()["connection_failures"] >= 2
+
+
+async def test_closing_the_pool_ends_every_consumer_with_pool_closed(server: RedisServer) -> None:
+    """Issue 10, defect 6: the reader closed its socket, and consumers waited forever."""
+    outcome: list[str] = []
+    async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
+        async with RedisPool.from_url(server.url) as redis:
+            sub = await stack.enter_async_context(redis.subscribe("d6"))
+
+            async def consume() -> None:
+                try:
+                    async for _ in sub:
+                        outcome.append("message")
+                    outcome.append("ended")
+                except anypool.PoolClosed:
+                    outcome.append("PoolClosed")
+
+            tg.start_soon(consume)
+            await anyio.wait_all_tasks_blocked()
+        await wait_until(lambda: bool(outcome), seconds=5)
+        assert outcome == ["PoolClosed"]
+        with pytest.raises(anypool.PoolClosed):
+            await sub.get(timeout=1)
+
+
+async def test_leaving_is_bounded_whatever_the_server_does() -> None:
+    """Issue 10, defect 7: leaving waited ``connect_timeout`` for acknowledgements that could
+    never come: any pool with a listener took that long to close, and leaving while the
+    server was down took it too, even when cancelled."""
+
+    async def handler(event: Message | Reconnected) -> None:
+        pass
+
+    with RedisServer() as server:
+        with bounded(5):  # connect_timeout is 30 s
+            async with RedisPool.from_url(server.url, connect_timeout=30) as redis:
+                await redis.start_listener(handler, channels=["d7"])
+                async with redis.subscribe("d7b"):
+                    pass
+        async with RedisPool.from_url(server.url, connect_timeout=30) as redis:
+            first, second = redis.subscribe("d7c"), redis.subscribe("d7d")
+            await first.__aenter__()
+            await second.__aenter__()
+            server.kill()
+            with bounded(5):
+                await first.__aexit__(None, None, None)
+            with bounded(5), anyio.CancelScope() as scope:
+                scope.cancel()
+                await second.__aexit__(None, None, None)
+            server.restart()
+
+
+async def test_drop_oldest_never_evicts_the_gap_event(server: RedisServer) -> None:
+    """Issue 10, defect 8: the docs say a Reconnected event is always delivered."""
+    async with (
+        RedisPool.from_url(
+            server.url, reconnect_backoff=anypool.BackoffPolicy(0.01, 0.05, 0.1)
+        ) as redis,
+        redis.subscribe("d8", buffer=2, policy="drop_oldest") as sub,
+    ):
+        await redis.publish("d8", "a")
+        await redis.publish("d8", "b")
+        await wait_until(lambda: sub.received == 2)
+        await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await wait_until(lambda: redis.pubsub_statistics()["gap_events"] >= 1)
+        await wait_until(lambda: redis.pubsub_statistics()["resubscribes"] >= 1)
+        with anyio.fail_after(10):
+            while await numsub(redis, "d8") != 1:
+                await anyio.sleep(0.01)
+        await redis.publish("d8", "c")
+        await redis.publish("d8", "d")
+        await wait_until(lambda: sub.received == 4)
+        events = await drain(sub)
+        assert [type(e).__name__ for e in events] == ["Reconnected", "Message", "Message"]
+        assert [e.data for e in events[1:]] == [b"c", b"d"]  # type: ignore[union-attr]
+        assert sub.dropped == 2
+
+
+async def test_a_stalled_listener_handler_recovers_and_keeps_the_pool(server: RedisServer) -> None:
+    """Issue 10, defect 9: with ``block`` and a handler that stalled once, SlowConsumer was
+    "restarted" on the dead subscription until the budget ran out, and an ExceptionGroup left
+    the pool's block.  The listener resumes, told of the gap, and its budget is untouched."""
+    stalled, release = anyio.Event(), anyio.Event()
+    seen: list[Message | Reconnected] = []
+
+    async def handler(event: Message | Reconnected) -> None:
+        if isinstance(event, Message) and event.data == b"0":
+            stalled.set()
+            await release.wait()
+        seen.append(event)
+
+    async with RedisPool.from_url(server.url) as redis:
+        listener = await redis.start_listener(
+            handler, channels=["d9"], buffer=1, policy="block", block_timeout=0.2,
+            restart=RestartPolicy(max_restarts=0),
+        )  # fmt: skip
+        await redis.publish("d9", 0)
+        await stalled.wait()
+        for i in range(1, 4):  # 1 is buffered; 2 waits block_timeout, then the overflow
+            await redis.publish("d9", i)
+        await wait_until(lambda: redis.pubsub_statistics()["slow_consumers"] >= 1)
+        release.set()
+        await redis.publish("d9", "after")
+        await wait_until(lambda: any(getattr(e, "data", None) == b"after" for e in seen))
+        kinds = [type(e).__name__ for e in seen]
+        assert kinds[:2] == ["Message", "Message"]  # 0, then 1 which was buffered
+        assert "Reconnected" in kinds  # told of the gap, in band, before what came after
+        assert kinds.index("Reconnected") < len(kinds) - 1
+        stats = listener.statistics()
+        assert (stats["failures"], stats["restarts"]) == (0, 0)
+        assert stats["overflows"] == 1
+
+
+async def test_leaving_a_full_blocking_subscription_never_starves_its_siblings(
+    server: RedisServer,
+) -> None:
+    """Issue 10, defect 10: leaving waited for an unsubscribe ack while the reader was blocked
+    writing into the very buffer being left, for block_timeout, and the sibling starved."""
+    async with (
+        RedisPool.from_url(server.url) as redis,
+        redis.subscribe("d10-sibling") as sibling,
+    ):
+        full = redis.subscribe("d10", buffer=1, policy="block", block_timeout=30)
+        sub = await full.__aenter__()
+        for i in range(3):  # 0 fills the buffer; the reader blocks on 1
+            await redis.publish("d10", i)
+        await wait_until(lambda: sub.received == 1)
+        with bounded(5):
+            await full.__aexit__(None, None, None)
+        await redis.publish("d10-sibling", "not starved")
+        with anyio.fail_after(5):
+            assert (await sibling.get()).data == b"not starved"  # type: ignore[union-attr]
+
+
+async def test_pub_sub_before_open_and_after_close_is_pool_closed(server: RedisServer) -> None:
+    """Issue 10, defect 12: anyio's "task group is not active", or a bare AssertionError."""
+
+    async def handler(event: Message | Reconnected) -> None:
+        pass
+
+    redis = RedisPool.from_url(server.url)
+    for phase in ("not open yet", "is closed"):
+        with pytest.raises(anypool.PoolClosed, match=phase):
+            await redis.get("d12")
+        with pytest.raises(anypool.PoolClosed, match=phase):
+            async with redis.subscribe("d12"):
+                pass
+        with pytest.raises(anypool.PoolClosed, match=phase):
+            async with redis.psubscribe("d12*"):
+                pass
+        with pytest.raises(anypool.PoolClosed, match=phase):
+            await redis.start_listener(handler, channels=["d12"])
+        if phase == "not open yet":
+            async with redis:
+                pass

@@ -1,0 +1,23 @@
+"""Pub/sub: subscriptions on dedicated connections, served by supervised tasks in the pool's
+task group.
+
+* ``_wire``: subscribed mode on the wire, without I/O (frames, and the commands they answer);
+* ``_subscription``: the events, and a subscription's buffer with its backpressure policy;
+* ``_hub``: subscriber connections, their reader and writer, reconnection and gaps;
+* ``_listener``: supervised listeners (a handler per event, restarted within a budget).
+"""
+
+from ._hub import Hub as Hub
+from ._hub import subscription as subscription
+from ._listener import Listener as Listener
+from ._listener import RestartPolicy as RestartPolicy
+from ._subscription import Event as Event
+from ._subscription import Message as Message
+from ._subscription import Policy as Policy
+from ._subscription import Reconnected as Reconnected
+from ._subscription import Subscription as Subscription
+
+__all__ = [
+    "Event", "Hub", "Listener", "Message", "Policy", "Reconnected", "RestartPolicy",
+    "Subscription", "subscription",
+]  # fmt: skip

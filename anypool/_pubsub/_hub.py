@@ -1,0 +1,543 @@
+"""The pool's pub/sub: dedicated subscriber connections, each served by a supervised task.
+
+Theory of operation
+-------------------
+Subscriptions are placed on subscriber connections, up to ``per_connection`` each.  Each
+connection is served by one task in the pool's task group (never in the user's ``async with``),
+which for as long as a socket lives runs two children: the *writer*, the only one to write to
+the socket (commands that subscribers queued, keepalive PINGs), which records each command in
+the :class:`AckBook` just before writing it; and the *reader*, the only one to read, which
+routes every published message to the subscriptions of its channel or pattern, and completes
+the commands that acknowledgements, pongs and error replies answer.
+
+User tasks never touch the socket.  Subscribing routes the names at once, queues the command
+and waits (at most ``connect_timeout``) for the acknowledgement; cancelled or refused, it is
+undone.  Unsubscribing and leaving are synchronous: the routes change at once (nothing more is
+delivered), an UNSUBSCRIBE is queued for names nobody else wants, and a connection left without
+subscriptions is closed.  So leaving takes no time whatever the server is doing, and never
+waits on the reader, which may itself be waiting for room in the buffer being left.
+
+When the socket breaks (the server closed it, the network did, a keepalive PING got no answer,
+a write could not finish, or the server sent a frame that is not valid subscribed-mode RESP)
+the task reconnects with jittered backoff, subscribes again to every route (those
+acknowledgements complete the subscribes that were waiting), and reports the gap to every
+subscription with a :class:`Reconnected` event.  Closing the pool ends every subscription with
+PoolClosed and stops every task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .._backoff import backoff_delay
+from .._config import BackoffPolicy, RedisConfig
+from .._connection import Connection
+from .._errors import (
+    AnyPoolError,
+    InvalidArgument,
+    PoolClosed,
+    ProtocolError,
+    ReplyDecodeError,
+    ResponseError,
+    TimeoutError,
+)
+from ._subscription import (
+    Message,
+    Policy,
+    Reconnected,
+    Subscription,
+    end,
+    offer,
+    offer_blocking,
+    report_gap,
+)
+from ._wire import (
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    Ack,
+    AckBook,
+    Completion,
+    ErrorReply,
+    Kind,
+    Pong,
+    Published,
+    Sent,
+    classify,
+)
+
+if TYPE_CHECKING:
+    from .._pool import Pool
+
+__all__ = ["Hub", "SubscriberConnection", "subscription"]
+
+logger = logging.getLogger("anypool.pubsub")
+
+_KINDS: tuple[Kind, ...] = ("channel", "pattern", "shard")
+
+
+class _Waiter:
+    """A subscriber waiting for its command's answer."""
+
+    __slots__ = ("error", "event")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.error: BaseException | None = None
+
+    def complete(self, error: BaseException | None) -> None:
+        if not self.event.is_set():
+            self.error = error
+            self.event.set()
+
+
+class Hub:
+    """The pool's pub/sub: places subscriptions on connections; starts and stops their tasks.
+
+    Args:
+        config: how to connect.
+        pool: the pool whose task group runs the connection tasks (``Pool.start_task``).
+        per_connection: subscriptions per connection.
+        keepalive: seconds of silence before a PING (None: never).
+        backoff: the reconnect backoff.
+    """
+
+    def __init__(
+        self,
+        config: RedisConfig,
+        pool: Pool[Any],
+        *,
+        per_connection: int,
+        keepalive: float | None,
+        backoff: BackoffPolicy,
+    ) -> None:
+        self.config = config
+        self._pool = pool
+        self.name = pool.name
+        self.decode = config.decode_responses
+        self.encoding = config.encoding
+        self.encoding_errors = config.encoding_errors
+        self.per_connection = per_connection
+        self.keepalive = keepalive
+        self.backoff = backoff
+        self.ack_timeout = config.connect_timeout or 10.0
+        self.write_timeout = config.socket_timeout or self.ack_timeout
+        self.connections: list[SubscriberConnection] = []
+        self.counters = {
+            "messages": 0, "connection_failures": 0, "reconnect_failures": 0,
+            "resubscribes": 0, "gap_events": 0, "protocol_errors": 0, "slow_consumers": 0,
+        }  # fmt: skip
+        self.closed = False
+        self._placing: anyio.Lock | None = None  # made inside the event loop
+
+    # --- names ----------------------------------------------------------------------------------
+
+    def key(self, name: Any) -> Any:
+        """A channel or pattern name as the server echoes it back (str with decoding, bytes
+        without), checked now so that nothing invalid is ever queued.
+
+        Raises:
+            InvalidArgument: not a str, bytes or number, or not encodable as configured.
+        """
+        if isinstance(name, bool) or not isinstance(
+            name, str | bytes | bytearray | memoryview | int | float
+        ):
+            raise InvalidArgument(
+                f"a channel or pattern name must be str or bytes, not {type(name).__name__}"
+            )
+        if isinstance(name, int | float):
+            name = str(name)
+        try:
+            if isinstance(name, str):
+                encoded = name.encode(self.encoding, self.encoding_errors)
+                return name if self.decode else encoded
+            raw = bytes(name)
+            return raw.decode(self.encoding, self.encoding_errors) if self.decode else raw
+        except UnicodeError as exc:
+            raise InvalidArgument(
+                f"channel or pattern name {name!r:.60} cannot be coded as {self.encoding}: {exc}"
+            ) from None
+
+    # --- placing, subscribing -------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        """Raise PoolClosed, in the pool's own words, unless subscriptions can be made."""
+        if self.closed:
+            raise PoolClosed(f"{self.name} is closed")
+        self._pool.check_open()
+
+    async def attach(self, sub: Subscription) -> None:
+        """Place ``sub`` on a connection with room, opening one if needed.
+
+        Raises:
+            PoolClosed: the pool is not open.
+            ConnectError...: a new connection could not be made.
+        """
+        self.check_open()
+        if self._placing is None:
+            self._placing = anyio.Lock()
+        async with self._placing:
+            self.check_open()
+            for connection in self.connections:
+                if len(connection.subscriptions) < self.per_connection:
+                    break
+            else:
+                connection = SubscriberConnection(self)
+                await self._pool.start_task(connection.run, name="anypool pub/sub connection")
+                if self.closed:  # the pool began closing while this one connected
+                    connection.close()
+                    raise PoolClosed(f"{self.name} is closed")
+                self.connections.append(connection)
+            connection.subscriptions.add(sub)
+            sub.connection = connection
+
+    def _attached(self, sub: Subscription) -> SubscriberConnection:
+        connection = sub.connection
+        if connection is None:
+            self.check_open()
+            raise RuntimeError("this subscription was left; subscribe again from the pool")
+        return connection
+
+    async def add(self, sub: Subscription, kind: Kind, names: Iterable[Any]) -> None:
+        """Subscribe ``sub`` to more names; returns once the server acknowledged them.
+
+        Raises:
+            ResponseError: the server refused (e.g. SSUBSCRIBE on a server without it).
+            TimeoutError: no acknowledgement within ``connect_timeout``.
+
+        Cancellation: what this call added is removed again (and unsubscribed if it may have
+        reached the server).
+        """
+        connection = self._attached(sub)
+        keys = [self.key(name) for name in names]
+        added = [key for key in dict.fromkeys(keys) if key not in sub.names[kind]]
+        send = connection.route(sub, kind, added)
+        if not send:
+            await anyio.lowlevel.checkpoint()
+            return
+        waiter = _Waiter()
+        connection.request(kind, True, send, [waiter.complete])
+        try:
+            with anyio.move_on_after(self.ack_timeout):
+                await waiter.event.wait()
+            if not waiter.event.is_set():
+                raise TimeoutError(
+                    f"{SUBSCRIBE[kind]} was not acknowledged within {self.ack_timeout}s"
+                )
+            if waiter.error is not None:
+                raise waiter.error
+        except BaseException as exc:
+            # Refused: the server subscribed to nothing.  Otherwise it may have: tell it.
+            self.remove(sub, kind, added, tell_server=not isinstance(exc, ResponseError))
+            raise
+
+    def remove(
+        self, sub: Subscription, kind: Kind, names: Iterable[Any], *, tell_server: bool = True
+    ) -> None:
+        """Unsubscribe ``sub`` from names, at once; the server is told in the background."""
+        connection = sub.connection
+        if connection is None:
+            return
+        gone = connection.unroute(sub, kind, [self.key(name) for name in names])
+        if gone and tell_server:
+            connection.request(kind, False, gone, [])
+
+    def detach(self, sub: Subscription) -> None:
+        """Leave: unsubscribe everything ``sub`` had and end it; close its connection if it
+        was the last one there.  Synchronous: it never waits on the server."""
+        connection = sub.connection
+        if connection is not None:
+            last = connection.subscriptions == {sub}
+            for kind in _KINDS:
+                self.remove(sub, kind, list(sub.names[kind]), tell_server=not last)
+            connection.leave(sub)
+            sub.connection = None
+            if not connection.subscriptions:
+                if connection in self.connections:
+                    self.connections.remove(connection)
+                connection.close()
+        end(sub)
+
+    def close(self) -> None:
+        """The pool is closing: end every subscription with PoolClosed, stop every task."""
+        self.closed = True
+        connections, self.connections = self.connections, []
+        for connection in connections:
+            for sub in list(connection.subscriptions):
+                end(sub, PoolClosed(f"{self.name} closed; this subscription has ended"))
+            connection.close()
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            **self.counters,
+            "connections": len(self.connections),
+            "subscriptions": sum(len(c.subscriptions) for c in self.connections),
+        }
+
+
+class SubscriberConnection:
+    """One subscribed connection: its routes, its queued commands, and the task serving it."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.subscriptions: set[Subscription] = set()
+        # kind -> name (as the server echoes it) -> the subscriptions that want it
+        self.routes: dict[Kind, dict[Any, set[Subscription]]] = {k: {} for k in _KINDS}
+        # (kind, name) the server acknowledged on the current socket
+        self.confirmed: set[tuple[Kind, Any]] = set()
+        # Commands waiting for the writer, with their arguments; recorded in the book when sent.
+        self._outbox: list[tuple[Sent, tuple[Any, ...]]] = []
+        self._outbox_ready: anyio.Event | None = None
+        self._book = AckBook()
+        self._write_failure: BaseException | None = None
+        # After a reconnection: the gap, and the subscriptions not told of it yet.  Each is
+        # told when the resubscription is acknowledged, or before its first message if that
+        # comes sooner, so the event always sits between the messages before and after it.
+        self._gap: tuple[float, str] = (0.0, "")
+        self._gap_owed: set[Subscription] = set()
+        self._scope = anyio.CancelScope()
+        self._closed = False
+
+    # --- routes (synchronous; user tasks call these) -------------------------------------------
+
+    def route(self, sub: Subscription, kind: Kind, keys: list[Any]) -> list[Any]:
+        """Route ``keys`` to ``sub``; returns the keys to (re)subscribe: those nobody had, or
+        whose subscription the server has not acknowledged yet (so ``sub`` waits for it)."""
+        routes, send = self.routes[kind], []
+        for key in keys:
+            sub.names[kind].add(key)
+            subs = routes.setdefault(key, set())
+            if not subs or (kind, key) not in self.confirmed:
+                send.append(key)
+            subs.add(sub)
+        return send
+
+    def unroute(self, sub: Subscription, kind: Kind, keys: list[Any]) -> list[Any]:
+        """Stop routing ``keys`` to ``sub``; returns the keys nobody wants any more."""
+        routes, gone = self.routes[kind], []
+        for key in keys:
+            sub.names[kind].discard(key)
+            subs = routes.get(key)
+            if subs is None or sub not in subs:
+                continue
+            subs.discard(sub)
+            if not subs:
+                del routes[key]
+                self.confirmed.discard((kind, key))
+                gone.append(key)
+        return gone
+
+    def request(self, kind: Kind, subscribe: bool, keys: list[Any], done: list[Completion]) -> None:
+        """Queue (UN)SUBSCRIBE for the writer; ``done`` is called with its answer."""
+        if self._closed:
+            for callback in done:
+                callback(PoolClosed(f"{self.hub.name}: the pub/sub connection was closed"))
+            return
+        command = (SUBSCRIBE if subscribe else UNSUBSCRIBE)[kind]
+        self._outbox.append((Sent(kind, subscribe, keys, done), (command, *keys)))
+        self._wake_writer()
+
+    def leave(self, sub: Subscription) -> None:
+        """``sub`` (unrouted already) is no longer on this connection."""
+        self.subscriptions.discard(sub)
+        self._gap_owed.discard(sub)
+
+    def close(self) -> None:
+        """Stop the task (it closes the socket); nothing more is sent."""
+        self._closed = True
+        self._scope.cancel()
+
+    def _wake_writer(self) -> None:
+        if self._outbox_ready is not None:
+            self._outbox_ready.set()
+            self._outbox_ready = None
+
+    # --- the task -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Connect (a failure goes to the subscriber that started this), then serve the
+        connection until closed, reconnecting as often as it takes."""
+        hub = self.hub
+        with self._scope:
+            try:
+                connection = await Connection.connect(hub.config)
+                task_status.started()
+                gap: tuple[float, str] | None = None
+                while True:
+                    failure = await self._serve(connection, gap)
+                    gap = (time.time(), f"{type(failure).__name__}: {failure}")
+                    hub.counters["connection_failures"] += 1
+                    if isinstance(failure, ProtocolError | ReplyDecodeError):
+                        hub.counters["protocol_errors"] += 1
+                    logger.warning("pub/sub connection lost (%s); reconnecting", gap[1])
+                    connection = await self._reconnect()
+            finally:
+                self._closed = True
+                for sub in list(self.subscriptions):  # a safety net: hub.close() does this first
+                    end(sub, PoolClosed(f"{hub.name} closed; this subscription has ended"))
+
+    async def _serve(self, connection: Connection, gap: tuple[float, str] | None) -> BaseException:
+        """Read and write until the socket fails; returns why.  Always closes it."""
+        self._write_failure = None
+        failure: BaseException | None = None
+        try:
+            if gap is not None:
+                self._resubscribe(*gap)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write, connection, name="anypool pub/sub writer")
+                try:
+                    await self._read(connection)
+                except (AnyPoolError, OSError) as exc:  # the socket's failure or the server's
+                    failure = exc
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await connection.aclose()
+        assert failure is not None  # _read returns only by raising
+        return self._write_failure or failure
+
+    async def _reconnect(self) -> Connection:
+        hub = self.hub
+        failures = 0
+        while True:
+            try:
+                return await Connection.connect(hub.config)
+            except (AnyPoolError, OSError) as exc:
+                failures += 1
+                hub.counters["reconnect_failures"] += 1
+                policy = hub.backoff
+                delay = backoff_delay(
+                    failures, base=policy.base, cap=policy.cap, jitter=policy.jitter
+                )
+                logger.debug("pub/sub reconnect failed (%r); retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+
+    def _resubscribe(self, gap_start: float, error: str) -> None:
+        """A new socket: subscribe again to every route; the gap is reported once that is
+        acknowledged (see ``_gap_owed``)."""
+        self.hub.counters["resubscribes"] += 1
+        if self._gap_owed:  # the last gap was never reported: this one extends it
+            gap_start = self._gap[0]
+        self._gap, self._gap_owed = (gap_start, error), set(self.subscriptions)
+        # Whoever waited for an answer on the old socket waits for the resubscription instead.
+        waiting = [cb for sent in self._book.take_all() if sent.subscribe for cb in sent.done]
+        waiting += [cb for sent, _ in self._outbox if sent.subscribe for cb in sent.done]
+        waiting.append(lambda _error: self._report_gap(list(self._gap_owed)))
+        self._outbox = []
+        self.confirmed.clear()
+        requests = [(kind, list(routes)) for kind, routes in self.routes.items() if routes]
+        for index, (kind, keys) in enumerate(requests):
+            last = index == len(requests) - 1
+            self.request(kind, True, keys, waiting if last else [])
+        if not requests:
+            for callback in waiting:
+                callback(None)
+
+    def _report_gap(self, subs: Iterable[Subscription]) -> None:
+        gap_start, error = self._gap
+        event = Reconnected(gap_start=gap_start, gap_end=time.time(), error=error)
+        for sub in subs:
+            if sub in self._gap_owed:
+                self._gap_owed.discard(sub)
+                self.hub.counters["gap_events"] += 1
+                report_gap(sub, event)
+
+    async def _write(self, connection: Connection) -> None:
+        """The only writer: sends what was queued, in order, recording it first."""
+        timeout = self.hub.write_timeout
+        while True:
+            while not self._outbox:
+                self._outbox_ready = anyio.Event()
+                await self._outbox_ready.wait()
+            batch, self._outbox = self._outbox, []
+            for sent, _ in batch:
+                self._book.record(sent)
+            try:
+                await connection.send_commands([args for _, args in batch], timeout=timeout)
+            except AnyPoolError as exc:  # the connection is closed now: the reader sees it
+                self._write_failure = exc
+                return
+
+    async def _read(self, connection: Connection) -> None:
+        """The only reader: routes messages, answers commands, sends keepalive PINGs."""
+        keepalive = self.hub.keepalive
+        while True:
+            # One deadline per socket read, not per message: a burst is handled in one go.
+            with anyio.move_on_after(math.inf if keepalive is None else keepalive) as quiet:
+                frames = await connection.read_messages()
+            if quiet.cancelled_caught:  # nothing for a while: prove the server still answers
+                if self._book.pings or any(s.kind is None for s, _ in self._outbox):
+                    raise TimeoutError(f"no answer to a keepalive PING within {keepalive}s")
+                self._outbox.append((Sent(None, False, (), []), ("PING",)))
+                self._wake_writer()
+                continue
+            for frame in frames:
+                await self._handle(frame)
+
+    async def _handle(self, frame: Any) -> None:
+        event = classify(frame)  # ProtocolError: the server's fault; reconnect
+        kind = type(event)
+        if kind is Published:
+            assert isinstance(event, Published)
+            hub = self.hub
+            hub.counters["messages"] += 1
+            route_kind, key = event.route
+            subs = self.routes[route_kind].get(key)
+            if not subs:
+                return
+            if self._gap_owed:
+                self._report_gap(subs)
+            message = Message(event.kind, event.channel, event.data, event.pattern)
+            full = [sub for sub in subs if not offer(sub, message)]
+            for sub in full:  # policy "block", buffer full: wait for room (bounded)
+                await offer_blocking(sub, message)
+        elif kind is Ack:
+            assert isinstance(event, Ack)
+            if event.subscribe and event.name in self.routes[event.kind]:
+                self.confirmed.add((event.kind, event.name))
+            sent = self._book.on_ack(event)
+            if sent is not None:
+                sent.complete(None)
+        elif kind is Pong:
+            sent = self._book.on_pong()
+            if sent is not None:
+                sent.complete(None)
+        elif kind is ErrorReply:
+            assert isinstance(event, ErrorReply)
+            sent = self._book.on_error(event.error)  # ProtocolError if it answers nothing
+            if not sent.done:
+                logger.warning("pub/sub: the server refused %s: %s", sent.kind, event.error)
+            sent.complete(event.error)
+        else:
+            logger.debug("pub/sub: ignored a frame of an unknown kind: %.80r", frame)
+
+
+@asynccontextmanager
+async def subscription(
+    hub: Hub,
+    kind: Kind,
+    names: Iterable[Any],
+    *,
+    buffer: int,
+    policy: Policy,
+    block_timeout: float,
+) -> AsyncIterator[Subscription]:
+    """Subscribe, wait for the acknowledgement, yield; leave (at once) on the way out."""
+    sub = Subscription(hub, buffer=buffer, policy=policy, block_timeout=block_timeout)
+    names = list(names)
+    for name in names:
+        hub.key(name)  # invalid names fail here, before any connection is made
+    await hub.attach(sub)
+    try:
+        await hub.add(sub, kind, names)
+        yield sub
+    finally:
+        hub.detach(sub)
