@@ -446,7 +446,6 @@ class HostileServer:
     Args:
         answers: request number -> how to answer ``ECHO t<n>`` / ``GET k<n>`` (default: OK).
         hellos: how to answer the 1st, 2nd... HELLO (then: normally).
-        decode: whether the client decodes replies (only affects :meth:`expect`).
         pub_script: the pub/sub script.
         pub_glue: send the script's next frame in the same write as a SUBSCRIBE's ack.
 
@@ -455,6 +454,7 @@ class HostileServer:
         clean: True once :meth:`behave` was called.
         pub_sent: indices of the messages written so far, in order.
         requests: how many ECHO/GET requests were answered.
+        connections_accepted: how many connections the server accepted.
     """
 
     def __init__(
@@ -480,7 +480,6 @@ class HostileServer:
         self._open: set[_Connection] = set()
         self._busy = 0
         self._changed = anyio.Event()
-        self._task_group: anyio.abc.TaskGroup | None = None
         self._context: contextlib.AbstractAsyncContextManager[HostileServer] | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -491,7 +490,6 @@ class HostileServer:
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         try:
             async with anyio.create_task_group() as task_group:
-                self._task_group = task_group
                 task_group.start_soon(listener.serve, self._handle, task_group)
                 try:
                     yield self

@@ -46,7 +46,8 @@ Transports: on asyncio the Protocol-based stream (the default) and anyio's strea
 (ANYPOOL_TRANSPORT=anyio); on trio, anyio's streams.  Each Hypothesis example runs in a fresh
 event loop (``anyio.run``), server and pool together, on 127.0.0.1 only.
 
-``HOSTILE_EXAMPLES`` / ``HOSTILE_PUBSUB_EXAMPLES`` set the example counts (default 50 / 30).
+``HOSTILE_EXAMPLES`` / ``HOSTILE_PUBSUB_EXAMPLES`` set the example counts per transport (default
+60 / 60).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import redis.exceptions
-from hypothesis import HealthCheck, currently_in_test_context, given, note, settings
+from hypothesis import HealthCheck, Phase, currently_in_test_context, given, note, settings
 from hypothesis import strategies as st
 
 import anypool
@@ -94,9 +95,9 @@ from .hostile_server import (
 )
 
 TRANSPORTS = ["asyncio-protocol", "asyncio-anyio", "trio"]
-EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "50"))
-PUBSUB_EXAMPLES = int(os.environ.get("HOSTILE_PUBSUB_EXAMPLES", "30"))
-SOCKET_TIMEOUT = 0.25  # a request the server never answers costs this much
+EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "60"))
+PUBSUB_EXAMPLES = int(os.environ.get("HOSTILE_PUBSUB_EXAMPLES", "60"))
+SOCKET_TIMEOUT = 0.15  # a request the server never answers costs this much (>100x a round trip)
 COMMAND_BOUND = 10.0  # only a hang gets here
 EXAMPLE_BOUND = 30.0
 CLEAN_TIMEOUT = 5.0  # the clean phase must not fail by a timeout on a loaded machine
@@ -112,6 +113,8 @@ DOCUMENTED: tuple[type[BaseException], ...] = (
 
 HYPOTHESIS = settings(
     deadline=None,
+    # no "explain" phase: it replays a failing example dozens of times, seconds each here
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,  # monkeypatch sets the same variable each time
         HealthCheck.too_slow,
@@ -337,7 +340,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     counter = iter(range(1, 10_000))
     scripted: dict[int, Answer] = {}
     tasks = []
-    for _ in range(draw(st.integers(1, 6))):
+    for _ in range(draw(st.integers(1, 8))):  # client tasks, running at once
         commands = []
         for _ in range(draw(st.integers(1, 4))):
             pipeline = draw(st.booleans())
