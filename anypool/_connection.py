@@ -129,6 +129,8 @@ class Connection:
         elif isinstance(stream, TLSStream):
             ssl_object = stream.extra(TLSAttribute.ssl_object)
             self._readable_now = lambda: ssl_object.pending() > 0
+        else:
+            self._readable_now = _anyio_buffer_check(stream)
 
     # --- establishing -------------------------------------------------------------------------
 
@@ -157,6 +159,12 @@ class Connection:
                 stream = await _open_stream(config)
                 connection = cls(config, stream)
                 await connection._handshake()
+                if not connection.looks_alive():
+                    # Bytes after the handshake's replies answer nothing: they would be read
+                    # as the first command's reply.
+                    raise ProtocolError(
+                        f"{config.address} sent bytes nobody asked for during the handshake"
+                    )
                 return connection
             raise ConnectTimeout(
                 f"connecting to {config.address} took longer than connect_timeout ({timeout}s)"
@@ -738,6 +746,23 @@ class _AsyncioStream(anyio.abc.ByteStream):
             anyio.abc.SocketAttribute.raw_socket: lambda: transport.get_extra_info("socket"),
             anyio.abc.SocketAttribute.family: lambda: transport.get_extra_info("socket").family,
         }
+
+
+def _anyio_buffer_check(stream: anyio.abc.ByteStream) -> Callable[[], bool] | None:
+    """For anyio's asyncio TCP stream: whether it holds bytes it already read.
+
+    That stream reads through an asyncio protocol into a queue of chunks, and hands out at most
+    ``max_bytes`` of one per receive; the rest, and a chunk that arrived after the last
+    receive, wait in the queue, where a peek at the kernel socket cannot see them.  anyio has
+    no public way to ask, so this looks at its ``_protocol.read_queue`` (tested to exist with
+    the anyio installed: ``tests/test_connection.py``); other anyio streams read the socket
+    directly and keep nothing (None).
+    """
+    protocol = getattr(stream, "_protocol", None)
+    queue = getattr(protocol, "read_queue", None)
+    if not isinstance(queue, deque):
+        return None
+    return lambda: bool(queue) or bool(getattr(protocol, "is_at_eof", False))
 
 
 def _tune_socket(stream: anyio.abc.ByteStream, config: RedisConfig) -> None:

@@ -25,7 +25,13 @@ Two parsers give identical results (a Hypothesis differential test holds them to
   whether it falls on a reply boundary (then the switch is still exact).  What remains: a blob
   error *nested* inside a reply that outgrew the window raises ProtocolError (loud, never a
   desync), and an attribute nested inside such a reply is counted as an element.  No Redis
-  server sends either.
+  server sends either.  A null push (``>-1``, which RESP3 does not have) is searched for the
+  same way: hiredis returns it as a nil *reply*, which would be taken for the next caller's.
+  hiredis also does not check the CRLF after a bulk string: a bulk string whose announced length
+  is wrong is read by that length, and the bytes after it are misframed.  The connection then
+  has bytes left over (it is closed, never reused), or the next reply fails to parse; inside a
+  pipeline, its later replies may be misread.  The pure-Python parser checks it
+  (``ANYPOOL_PARSER=python`` selects it).
 
 Failure modes are latched: after a :class:`~anypool.ProtocolError` (junk, a reply over
 ``max_reply_size``) or :class:`~anypool.ReplyDecodeError`, every later call raises it again, since
@@ -42,6 +48,7 @@ Python parser, while hiredis misassigns values; the two agree on every map Redis
 from __future__ import annotations
 
 import codecs
+import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -122,10 +129,12 @@ def make_parser(
         errors: codec error handler for decoding.
         max_reply_size: bytes one reply may occupy before the parser fails.
         error_factory: turns an error reply's text into an exception instance.
-        use_hiredis: force (True) or forbid (False) hiredis; ``None`` uses it when installed.
+        use_hiredis: force (True) or forbid (False) hiredis; ``None`` uses it when installed,
+            unless the environment variable ``ANYPOOL_PARSER`` is ``python`` (strict framing,
+            slower: see the module docstring).
     """
     if use_hiredis is None:
-        use_hiredis = HIREDIS_AVAILABLE
+        use_hiredis = HIREDIS_AVAILABLE and os.environ.get("ANYPOOL_PARSER") != "python"
     if use_hiredis:
         return HiredisParser(
             encoding=encoding, errors=errors, max_reply_size=max_reply_size,
@@ -321,8 +330,8 @@ class PythonParser:
                     if kind == _ATTR:
                         continue
                     value = {} if kind == _MAP else Push() if kind == _PUSH else []
-                elif count == -1 and kind != _ATTR:
-                    value = None
+                elif count == -1 and kind != _ATTR and kind != _PUSH:
+                    value = None  # (RESP3 has no null push: it would be taken for a reply)
                 else:
                     raise ProtocolError(f"invalid length {count} in a {chr(kind)} reply")
             else:
@@ -402,9 +411,12 @@ class PythonParser:
 # --- the hiredis parser -----------------------------------------------------------------------
 
 # Where an attribute may start: "|" is a type byte only right after a "\n".
-_ATTRIBUTE_START = re.compile(rb"\n\|")
+# Where hiredis cannot be trusted: an attribute ("|", which it counts as an element) and a null
+# push (">-1", which it returns as a nil *reply*, so the replies after it would be taken for the
+# ones before).
+_ATTRIBUTE_START = re.compile(rb"\n(?:\||>-)")
 # Past the replay window, blob errors ("!") are searched for as well (see _feed_hit).
-_ATTRIBUTE_OR_BLOB_ERROR_START = re.compile(rb"\n[|!]")
+_ATTRIBUTE_OR_BLOB_ERROR_START = re.compile(rb"\n(?:[|!]|>-)")
 # How much input since hiredis was last at a reply boundary is kept for a replay.
 _REPLAY_WINDOW = 4 * 1024 * 1024
 
@@ -447,6 +459,8 @@ class HiredisParser:
         self._pending = 0
         # Whether the last byte fed was "\n", so a chunk's first byte may be a type byte.
         self._line_start = True
+        # Whether the last byte fed was a ">" type byte, so a chunk starting "-" is a null push.
+        self._after_push_type = False
         # Replies parsed ahead while locating a hit, returned before anything else.
         self._ready: deque[Any] = deque()
         # The pure-Python parser handling a stretch hiredis cannot, or None.
@@ -494,20 +508,34 @@ class HiredisParser:
         past_window = not self._clean and (
             self._replay is None or self._replay_size + len(data) > self._replay_window
         )
-        # Test cheaply first: `int in bytes` is a memchr, five times faster than
-        # `b"|" in data`; the regex runs only when such a byte occurs at all.
-        if 0x7C in data or (past_window and 0x21 in data):
-            if self._line_start and data[0] in (0x7C, 0x21):
+        # The regex runs only when such a byte occurs at all.
+        # `int in bytes` is a memchr: five times faster than `b"|" in data`, and the 2-byte
+        # search runs only when a ">" occurs at all.
+        null_push_split = self._after_push_type and data[0] == 0x2D  # ">" | "-1..."
+        last = data[-1]
+        if last == 0x3E:
+            self._after_push_type = data[-2:-1] == b"\n" if len(data) > 1 else self._line_start
+        else:
+            self._after_push_type = False
+        if (
+            0x7C in data
+            or (0x3E in data and b">-" in data)
+            or null_push_split
+            or (past_window and 0x21 in data)
+        ):
+            if null_push_split or (
+                self._line_start and (data[0] in (0x7C, 0x21) or data.startswith(b">-"))
+            ):
                 hit = 0
             else:
                 pattern = _ATTRIBUTE_OR_BLOB_ERROR_START if past_window else _ATTRIBUTE_START
                 match = pattern.search(data)
                 hit = -1 if match is None else match.start() + 1
             if hit >= 0:
-                self._line_start = data[-1] == 0x0A
+                self._line_start = last == 0x0A
                 self._feed_hit(data, hit)
                 return
-        self._line_start = data[-1] == 0x0A
+        self._line_start = last == 0x0A
         self._feed_reader(data)
 
     def _feed_reader(self, data: bytes) -> None:
