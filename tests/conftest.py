@@ -9,7 +9,7 @@ import pytest
 from hypothesis import settings
 
 from anypool import RedisConfig
-from anypool.testing import RedisServer
+from anypool.testing import RedisServer, find_valkey_server
 
 settings.register_profile("ci", deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
@@ -26,6 +26,13 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server for the session (tests that kill or pause make their own)."""
     with RedisServer(unix_socket=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[RedisServer]:
+    """One real valkey-server 9.1 for the session (sharded pub/sub, CLIENT INFO's watch/resp)."""
+    with RedisServer(binary=find_valkey_server()) as server:
         yield server
 
 

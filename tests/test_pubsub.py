@@ -238,6 +238,32 @@ async def test_sharded_subscribe_needs_redis_7(server: RedisServer) -> None:
         assert redis.pubsub_statistics()["connections"] == 0
 
 
+async def test_sharded_pub_sub_on_valkey(valkey_server: RedisServer, protocol: int) -> None:
+    """SSUBSCRIBE end to end on a server that has it, also across a reconnection."""
+    async with (
+        RedisPool.from_url(
+            valkey_server.url, protocol=protocol,
+            reconnect_backoff=anypool.BackoffPolicy(0.01, 0.05, 0.1),
+        ) as redis,
+        redis.ssubscribe("shard:a") as sub,
+    ):  # fmt: skip
+        await sub.ssubscribe("shard:b")
+        await redis.spublish("shard:a", "1")
+        await redis.spublish("shard:b", "2")
+        got = [await sub.get(timeout=5), await sub.get(timeout=5)]
+        assert [(m.kind, m.channel, m.data) for m in got] == [  # type: ignore[union-attr]
+            ("smessage", b"shard:a", b"1"), ("smessage", b"shard:b", b"2"),
+        ]  # fmt: skip
+        await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert isinstance(await sub.get(timeout=10), Reconnected)
+        await redis.spublish("shard:b", "3")  # resubscribed before the gap event came
+        assert (await sub.get(timeout=5)).data == b"3"  # type: ignore[union-attr]
+        await sub.sunsubscribe("shard:b")
+        await redis.spublish("shard:b", "ignored")
+        await redis.spublish("shard:a", "4")
+        assert (await sub.get(timeout=5)).data == b"4"  # type: ignore[union-attr]
+
+
 async def test_bad_policy_is_refused(server: RedisServer) -> None:
     async with RedisPool.from_url(server.url) as redis:
         with pytest.raises(ValueError, match="policy"):

