@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -9,6 +12,24 @@ nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.error_on_missing_interpreters = True
 
 SOURCES = ["anypool", "tests", "noxfile.py", "docs/conf.py", "docs/examples", "benchmarks"]
+
+# The tests that talk to a server (real, scripted or hostile) over sockets: the ones timing on a
+# loaded machine could break, so the stress session runs them while a core is kept busy.
+REDIS_FACING = [
+    "tests/test_connection.py", "tests/test_tls.py", "tests/test_client.py",
+    "tests/test_pool_redis.py", "tests/test_pool_machine.py", "tests/test_blocking.py",
+    "tests/test_pubsub.py", "tests/test_reliability.py", "tests/test_hostile.py",
+    "tests/test_differential.py", "tests/test_docs_examples.py", "tests/test_cli.py",
+]  # fmt: skip
+
+# A neighbour that competes for the CPU like a real one (normal priority, not pinned), and
+# stops by itself after an hour even if nothing kills it.
+_BURNER = """
+import time
+end = time.monotonic() + 3600
+while time.monotonic() < end:
+    sum(range(10000))
+"""
 
 
 @nox.session
@@ -27,6 +48,21 @@ def tests(session: nox.Session) -> None:
         "tests/test_pubsub.py",
         env={"ANYPOOL_TRANSPORT": "anyio"},
     )  # fmt: skip
+
+
+@nox.session
+def stress(session: nox.Session) -> None:
+    """The Redis-facing tests while a CPU burner holds one core, as on a loaded shared machine.
+
+    Tests wait for states, never for "it should be done by now": this session proves it.
+    """
+    session.install("-e", ".[test]")
+    burner = subprocess.Popen([sys.executable, "-c", _BURNER])
+    try:
+        session.run("pytest", *REDIS_FACING, *session.posargs)
+    finally:
+        burner.kill()
+        burner.wait()
 
 
 @nox.session
