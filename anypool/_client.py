@@ -445,7 +445,7 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
 
     async def start_listener(
         self,
-        handler: Callable[[_pubsub.Event], Awaitable[Any]],
+        handler: Callable[[_pubsub.Event], Awaitable[Any] | Any],
         *,
         channels: Sequence[Any] = (),
         patterns: Sequence[Any] = (),
@@ -454,10 +454,29 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         policy: _pubsub.Policy = "block",
         block_timeout: float = 5.0,
     ) -> _pubsub.Listener:
-        """Run ``handler`` for every message, as a supervised child task of the pool.
+        """Run ``handler`` for every event, as a supervised child task of the pool.
+
+        Args:
+            handler: called with each :class:`Message` or :class:`Reconnected`; a coroutine
+                function or a plain function.
+            channels, patterns: what to listen to (at least one).
+            restart: how often the handler may fail (default :class:`RestartPolicy()`).
+            buffer, policy, block_timeout: the subscription's backpressure (see
+                :meth:`subscribe`).
 
         Returns once subscribed.  A handler that raises is restarted within ``restart``'s
-        budget; past it, the error propagates out of the pool's ``async with``.
+        budget; past it, the error propagates out of the pool's ``async with``.  A handler too
+        slow for the policy is not a failure: the subscription resumes and the handler gets a
+        :class:`Reconnected` event for the gap.  The listener ends when the pool closes or on
+        :meth:`Listener.cancel`.
+
+        Raises:
+            PoolClosed: the pool is not open.
+            ValueError, TypeError: no channels or patterns, a bad policy or buffer, a handler
+                that is not callable.
+
+        Cancellation: cancelling the caller before the subscription is acknowledged stops the
+        listener; nothing is left subscribed.
         """
         hub = self._hub()
         hub.check_open()

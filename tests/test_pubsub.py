@@ -536,3 +536,18 @@ async def test_pub_sub_before_open_and_after_close_is_pool_closed(server: RedisS
         if phase == "not open yet":
             async with redis:
                 pass
+
+
+async def test_listener_takes_plain_functions_and_refuses_nothing_to_listen_to(
+    server: RedisServer,
+) -> None:
+    seen: list[object] = []
+    async with RedisPool.from_url(server.url) as redis:
+        with pytest.raises(ValueError, match="channels or patterns"):
+            await redis.start_listener(seen.append)
+        with pytest.raises(TypeError, match="callable"):
+            await redis.start_listener("not a function", channels=["x"])  # type: ignore[arg-type]
+        listener = await redis.start_listener(seen.append, channels=["plain"])
+        await redis.publish("plain", "sync handler")
+        await wait_until(lambda: listener.statistics()["handled"] == 1)
+        assert seen == [Message("message", b"plain", b"sync handler")]

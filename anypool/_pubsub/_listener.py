@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -59,7 +60,7 @@ class Listener:
     def __init__(
         self,
         hub: Hub,
-        handler: Callable[[Event], Awaitable[Any]],
+        handler: Callable[[Event], Awaitable[Any] | Any],
         channels: Iterable[Any],
         patterns: Iterable[Any],
         restart: RestartPolicy,
@@ -69,6 +70,10 @@ class Listener:
         self._handler = handler
         self._channels = list(channels)
         self._patterns = list(patterns)
+        if not callable(handler):
+            raise TypeError(f"the handler must be callable, not {type(handler).__name__}")
+        if not self._channels and not self._patterns:
+            raise ValueError("a listener needs channels or patterns to listen to")
         self._restart = restart
         self._options = options
         self._scope = anyio.CancelScope()
@@ -108,7 +113,9 @@ class Listener:
                         sub.resume()
                         continue
                     try:
-                        await self._handler(event)
+                        result = self._handler(event)
+                        if inspect.isawaitable(result):
+                            await result
                         self.handled += 1
                     except Exception:
                         self.failures += 1
