@@ -514,7 +514,8 @@ class SubscriberConnection:
             assert isinstance(event, ErrorReply)
             sent = self._book.on_error(event.error)  # ProtocolError if it answers nothing
             if not sent.done:
-                logger.warning("pub/sub: the server refused %s: %s", sent.kind, event.error)
+                what = "PING" if sent.kind is None else SUBSCRIBE[sent.kind]
+                logger.warning("pub/sub: the server refused %s: %s", what, event.error)
             sent.complete(event.error)
         else:
             logger.debug("pub/sub: ignored a frame of an unknown kind: %.80r", frame)
