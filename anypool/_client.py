@@ -47,127 +47,14 @@ from ._compat import (
 )
 from ._config import PoolConfig, RedisConfig, split_url
 from ._connection import Connection, ConnectionFactory
-from ._errors import CommandNotAllowed, ConfigError, InvalidArgument
+from ._errors import CommandNotAllowed, ConfigError, ConnectionClosed, ProtocolError
 from ._pool import DEFAULT, Lease, Pool, _Default
+from ._rules import judge_on_connection, name_of, refuse_on_pool, wire_args
 from ._stats import Health, PoolStatistics
 
 __all__ = ["Lock", "Pipeline", "RedisConnection", "RedisPool", "Script"]
 
 T = TypeVar("T")
-
-# Commands refused on the pool: what each would change, and what to use instead.
-_USE_CONFIG = "it would change one random pooled connection; set it in the config or URL"
-_USE_ACQUIRE = "it would change one random pooled connection; use `async with redis.acquire()`"
-_USE_PIPELINE = "transactions need one connection throughout: use redis.pipeline(transaction=True)"
-_USE_SUBSCRIBE = "pub/sub needs a dedicated connection: use `async with redis.subscribe(...)`"
-_REFUSED_ON_POOL: dict[str, str] = {
-    "SELECT": "set db in the config or URL, or use `async with redis.acquire()`",
-    "AUTH": _USE_CONFIG,
-    "HELLO": _USE_CONFIG,
-    "RESET": _USE_ACQUIRE,
-    "READONLY": _USE_ACQUIRE,
-    "READWRITE": _USE_ACQUIRE,
-    "MONITOR": _USE_ACQUIRE,
-    "QUIT": "the pool manages connection lifetimes",
-    "WATCH": _USE_PIPELINE,
-    "UNWATCH": _USE_PIPELINE,
-    "MULTI": _USE_PIPELINE,
-    "EXEC": _USE_PIPELINE,
-    "DISCARD": _USE_PIPELINE,
-    "SUBSCRIBE": _USE_SUBSCRIBE,
-    "PSUBSCRIBE": _USE_SUBSCRIBE,
-    "SSUBSCRIBE": _USE_SUBSCRIBE,
-    "UNSUBSCRIBE": _USE_SUBSCRIBE,
-    "PUNSUBSCRIBE": _USE_SUBSCRIBE,
-    "SUNSUBSCRIBE": _USE_SUBSCRIBE,
-}
-_REFUSED_CLIENT_SUBCOMMANDS = {
-    "SETNAME": "set client_name in the config or URL, or use `async with redis.acquire()`",
-    "SETINFO": _USE_CONFIG,
-    "TRACKING": _USE_ACQUIRE,
-    "CACHING": _USE_ACQUIRE,
-    "REPLY": _USE_ACQUIRE,
-    "NO-EVICT": _USE_ACQUIRE,
-    "NO-TOUCH": _USE_ACQUIRE,
-}
-# On an exclusive connection: refused, because they break the request/response contract (the
-# reply is a stream of pushes, or there is no reply at all) ...
-_NO_REPLY = "anypool reads one reply per command, and CLIENT REPLY OFF/SKIP sends none"
-_STREAMS = "the connection would then stream every command the server runs; use redis-cli"
-_REFUSED_ON_CONNECTION = {
-    **{
-        name: _USE_SUBSCRIBE
-        for name, advice in _REFUSED_ON_POOL.items()
-        if advice is _USE_SUBSCRIBE
-    },
-    "MONITOR": _STREAMS,
-}
-_REFUSED_CLIENT_SUBCOMMANDS_ON_CONNECTION = {"REPLY": _NO_REPLY}
-# ... and allowed, but the connection is closed on return instead of being reused.
-_DIRTYING = {
-    "SELECT", "AUTH", "HELLO", "RESET", "READONLY", "READWRITE", "QUIT", "WATCH", "MULTI",
-}  # fmt: skip
-_DIRTYING_CLIENT_SUBCOMMANDS = {"SETNAME", "SETINFO", "TRACKING", "CACHING", "NO-EVICT", "NO-TOUCH"}
-
-
-_IN_PIPELINE = "use the pipeline's own watch(), multi() and execute()"
-_REFUSED_IN_PIPELINE = {
-    **_REFUSED_ON_POOL,
-    **dict.fromkeys(("WATCH", "UNWATCH", "MULTI", "EXEC", "DISCARD"), _IN_PIPELINE),
-}
-
-
-def _refuse_on_pool(args: tuple[Any, ...], *, pipeline: bool = False) -> None:
-    """Raise CommandNotAllowed for a command that would change the state of a pooled
-    connection, run on the pool or queued in a pipeline."""
-    name, sub = _command_and_subcommand(args)
-    advice = (_REFUSED_IN_PIPELINE if pipeline else _REFUSED_ON_POOL).get(name)
-    if advice is None and name == "CLIENT":
-        advice = _REFUSED_CLIENT_SUBCOMMANDS.get(sub)
-        name = f"CLIENT {sub}"
-    if advice is not None:
-        where = "in a pipeline" if pipeline else "on the pool"
-        raise CommandNotAllowed(f"{name} is not allowed {where}: {advice}")
-
-
-def _refuse_on_connection(args: tuple[Any, ...]) -> bool:
-    """Raise CommandNotAllowed for a command an exclusive connection cannot run; otherwise
-    return whether it leaves the connection in a changed state (closed on return)."""
-    name, sub = _command_and_subcommand(args)
-    advice = _REFUSED_ON_CONNECTION.get(name)
-    if advice is None and name == "CLIENT":
-        advice = _REFUSED_CLIENT_SUBCOMMANDS_ON_CONNECTION.get(sub)
-        name = f"CLIENT {sub}"
-    if advice is not None:
-        raise CommandNotAllowed(f"{name} is not supported on a connection: {advice}")
-    return name in _DIRTYING or (name == "CLIENT" and sub in _DIRTYING_CLIENT_SUBCOMMANDS)
-
-
-def _name_of(arg: Any) -> str:
-    if isinstance(arg, bytes | bytearray):
-        return bytes(arg).decode("ascii", "replace").upper()
-    return str(arg).upper()
-
-
-def _wire_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """redis-py's mixins pass some commands as one string ("CLIENT SETNAME"); like redis-py's
-    packer, send the words of the first argument separately."""
-    first = args[0]
-    if isinstance(first, str) and " " in first:
-        return (*first.split(), *args[1:])
-    if isinstance(first, bytes) and b" " in first:
-        return (*first.split(), *args[1:])
-    return args
-
-
-def _command_and_subcommand(args: tuple[Any, ...]) -> tuple[str, str]:
-    """("CLIENT", "SETNAME") for both ("CLIENT SETNAME", "x") and ("CLIENT", "SETNAME", "x")."""
-    words = _name_of(args[0]).split() if args else []
-    if not words:
-        raise InvalidArgument(f"no command given: {args!r}")
-    if len(words) > 1:
-        return words[0], words[1]
-    return words[0], _name_of(args[1]) if len(args) > 1 and words[0] == "CLIENT" else ""
 
 
 def _pop_options(options: dict[str, Any]) -> None:
@@ -196,8 +83,15 @@ class _Commands(AsyncCoreCommands):
         if callback is None or isinstance(reply, Exception):
             return reply
         _pop_options(options)
-        result = callback(reply, **options)
-        return await result if inspect.isawaitable(result) else result
+        try:
+            result = callback(reply, **options)
+            return await result if inspect.isawaitable(result) else result
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError) as exc:
+            # redis-py's callback could not read the reply: the server sent a valid reply of
+            # a shape this command never has.  The connection is still in step.
+            raise ProtocolError(
+                f"{name} got a reply of an unexpected shape from the server: {reply!r:.80}"
+            ) from exc
 
     def register_script(self, script: str | bytes) -> Script:  # type: ignore[override]
         """A :class:`Script` bound to this client: EVALSHA, loading the script on NOSCRIPT."""
@@ -206,9 +100,9 @@ class _Commands(AsyncCoreCommands):
     async def _run(
         self, connection: Connection, args: tuple[Any, ...], options: dict[str, Any]
     ) -> Any:
-        name = _name_of(args[0])
+        name = name_of(args[0])
         try:
-            reply = await connection.execute(*_wire_args(args), decode=NEVER_DECODE not in options)
+            reply = await connection.execute(*wire_args(args), decode=NEVER_DECODE not in options)
         except ResponseError:
             if EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
@@ -317,7 +211,7 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         Cancellation: the connection is closed if the reply was still owed; the pool slot is
         always returned.
         """
-        _refuse_on_pool(args)
+        refuse_on_pool(args)
         pool = self._pool
         lease = await pool.lease()
         try:
@@ -529,11 +423,20 @@ class RedisConnection(_Commands):
         self._callbacks = client._callbacks
         self._connection = connection
         self.changed_state = False  # the connection will be closed on return
+        self.returned = False  # the block ended: the connection is the pool's again
 
     @property
     def connection(self) -> Connection:
         """The underlying connection."""
+        self._check_held()
         return self._connection
+
+    def _check_held(self) -> None:
+        if self.returned:
+            raise ConnectionClosed(
+                "this connection went back to the pool when its `async with redis.acquire()` "
+                "block ended; acquire another one"
+            )
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Run one command on this connection and return its parsed reply.
@@ -542,7 +445,8 @@ class RedisConnection(_Commands):
             CommandNotAllowed: pub/sub commands and MONITOR (their replies are streams of
                 pushes), CLIENT REPLY (OFF and SKIP send no reply at all).
         """
-        if _refuse_on_connection(args):
+        self._check_held()
+        if judge_on_connection(args):
             self.changed_state = True
         return await self._run(self._connection, args, options)
 
@@ -564,6 +468,7 @@ class _ExclusiveAcquisition:
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._lease is not None
         assert self._view is not None
+        self._view.returned = True
         try:
             if self._view.changed_state:
                 await self._lease.resource.aclose()  # closed, so the pool will not reuse it
@@ -613,11 +518,23 @@ class Pipeline(_Commands):
             CommandNotAllowed: a command that would change the pooled connection's state
                 (SELECT, MULTI, HELLO, CLIENT REPLY/SETNAME...), as on the pool itself.
         """
-        _refuse_on_pool(args, pipeline=True)
-        if self._watching and not self._explicit_multi:
+        refuse_on_pool(args, pipeline=True)
+        if self._runs_at_once():
             return self._immediate(args, options)
         self._queue.append((args, options))
         return self
+
+    def _adopt(self, lease: Lease[Connection]) -> bool:
+        """Keep ``lease`` for the WATCH, unless the pipeline already holds one."""
+        if self._lease is not None:
+            return False
+        self._lease = lease
+        return True
+
+    def _runs_at_once(self) -> bool:
+        """While WATCHing before MULTI, commands run at once (to read what the transaction
+        depends on) instead of being queued."""
+        return self._watching and not self._explicit_multi
 
     async def _immediate(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         """A command run at once while WATCHing (already checked by execute_command)."""
@@ -629,7 +546,12 @@ class Pipeline(_Commands):
         if self._explicit_multi:
             raise RedisErrorInPipeline("WATCH must come before MULTI")
         if self._lease is None:
-            self._lease = await self._client._pool.lease()
+            pool = self._client._pool
+            lease = await pool.lease()
+            if not self._adopt(lease):  # another task's watch() took one meanwhile
+                await pool.release(lease)
+                raise RuntimeError("a pipeline serves one task at a time; use one per task")
+        assert self._lease is not None
         self._watching = True
         reply = await self._lease.resource.execute("WATCH", *names)
         return bool(reply in (b"OK", "OK"))
@@ -660,8 +582,9 @@ class Pipeline(_Commands):
             WatchError: a watched key changed; nothing was executed.
             redis.exceptions.ResponseError: a command failed (with ``raise_on_error``).
 
-        Cancellation: the connection is closed if replies were still owed; the pipeline is
-        reset either way.
+        Cancellation: the connection is closed if replies were still owed, or if it may still
+        be WATCHing (EXEC or UNWATCH never reached the server: an argument that cannot be
+        sent, a script that does not load); the pipeline is reset either way.
         """
         queue = self._queue
         pool = self._client._pool
@@ -681,6 +604,8 @@ class Pipeline(_Commands):
                 connection, queue, raise_on_error, unwatch=self._watching
             )
         finally:
+            if self._watching:  # the WATCH was not ended: closed, so the pool won't reuse it
+                await lease.resource.aclose()
             self._queue = []
             self._scripts = {}
             self._watching = self._explicit_multi = False
@@ -698,12 +623,13 @@ class Pipeline(_Commands):
         self, connection: Connection, queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         raise_on_error: bool, *, unwatch: bool = False,
     ) -> list[Any]:  # fmt: skip
-        commands: list[Sequence[Any]] = [_wire_args(args) for args, _ in queue]
+        commands: list[Sequence[Any]] = [wire_args(args) for args, _ in queue]
         decode = [NEVER_DECODE not in o for _, o in queue]
         if unwatch:
             commands.append(("UNWATCH",))
             decode.append(True)
         replies = await connection.execute_many(commands, decode=decode)
+        self._watching = False  # the server ran UNWATCH (or there was no WATCH)
         if unwatch:
             unwatched = replies.pop()
             if isinstance(unwatched, Exception):
@@ -713,7 +639,7 @@ class Pipeline(_Commands):
             if isinstance(reply, ResponseError) and EMPTY_RESPONSE in options:
                 reply = options[EMPTY_RESPONSE]
             results.append(
-                await self._apply_callback(connection.protocol, _name_of(args[0]), reply, options)
+                await self._apply_callback(connection.protocol, name_of(args[0]), reply, options)
             )
         self._raise_errors(queue, results, raise_on_error)
         return results
@@ -722,9 +648,10 @@ class Pipeline(_Commands):
         self, connection: Connection, queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         raise_on_error: bool,
     ) -> list[Any]:  # fmt: skip
-        commands: list[Sequence[Any]] = [("MULTI",), *(_wire_args(a) for a, _ in queue), ("EXEC",)]
+        commands: list[Sequence[Any]] = [("MULTI",), *(wire_args(a) for a, _ in queue), ("EXEC",)]
         decode = [True, *(NEVER_DECODE not in o for _, o in queue), True]
         replies = await connection.execute_many(commands, decode=decode)
+        self._watching = False  # the server ran EXEC, which ends a WATCH whatever it returns
         multi_reply, queued, exec_reply = replies[0], replies[1:-1], replies[-1]
         if isinstance(multi_reply, Exception):  # e.g. LOADING: nothing was queued
             raise multi_reply
@@ -744,7 +671,7 @@ class Pipeline(_Commands):
         results = []
         for (args, options), reply in zip(queue, exec_reply, strict=True):
             results.append(
-                await self._apply_callback(connection.protocol, _name_of(args[0]), reply, options)
+                await self._apply_callback(connection.protocol, name_of(args[0]), reply, options)
             )
         self._raise_errors(queue, results, raise_on_error)
         return results
@@ -802,8 +729,8 @@ class Script:
     ) -> Any:
         """Run the script.  With a pipeline as ``client``, queue it and return the pipeline."""
         client = client or self.registered_client
-        if isinstance(client, Pipeline):
-            client._scripts[self.sha] = self
+        if isinstance(client, Pipeline) and not client._runs_at_once():
+            client._scripts[self.sha] = self  # loaded before execute() sends the queue
             return client.evalsha(self.sha, len(keys), *keys, *args)
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
