@@ -9,15 +9,16 @@ closes the pool and stops the thread.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
-from ._client import Lock, Pipeline, RedisConnection, RedisPool, Script
+from ._client import Lock, Pipeline, RedisPool, Script
 from ._config import RedisConfig
 from ._errors import PoolClosed
 from ._pubsub import Event
@@ -26,6 +27,7 @@ from ._stats import Health, PoolStatistics
 __all__ = ["BlockingRedisPool"]
 
 Backend = Literal["asyncio", "trio"]
+V = TypeVar("V")
 
 
 class _Blocking:
@@ -163,6 +165,8 @@ class BlockingRedisPool(_Blocking):
         self._client = client if client is not None else RedisPool(config, **options)
         self._backend = backend
         self._exit_stack: ExitStack | None = None
+        self._held: set[_Held[Any]] = set()  # acquire()/subscribe() blocks not left yet
+        self._held_lock = threading.Lock()
 
     @classmethod
     def from_url(
@@ -193,6 +197,11 @@ class BlockingRedisPool(_Blocking):
     ) -> None:
         stack, self._exit_stack = self._exit_stack, None
         if stack is not None:
+            # A connection or subscription whose `with` block was never left holds a task in
+            # the portal that waits for its exit, and the portal would wait for that task
+            # forever: leave them first.
+            for held in list(self._held):
+                held.abandon()
             stack.__exit__(exc_type, exc, tb)
 
     def __getattr__(self, name: str) -> Any:
@@ -213,16 +222,15 @@ class BlockingRedisPool(_Blocking):
         """As :meth:`subscribe`, for patterns."""
         return self._subscription(self._client.psubscribe(*patterns, **options))
 
-    @contextmanager
-    def _subscription(self, context: Any) -> Iterator[BlockingSubscription]:
-        with self._portal.wrap_async_context_manager(context) as subscription:
-            yield BlockingSubscription(self._portal, subscription)
+    def _subscription(self, context: Any) -> AbstractContextManager[BlockingSubscription]:
+        return _Held(self, lambda: context, BlockingSubscription)
 
     def acquire(
         self, *, timeout: float | None = None
     ) -> AbstractContextManager[BlockingConnection]:
         """An exclusive connection for a ``with`` block (see :meth:`RedisPool.acquire`)."""
-        return _ExclusiveConnection(self, timeout)
+        kwargs = {} if timeout is None else {"timeout": timeout}
+        return _Held(self, lambda: self._client.acquire(**kwargs), BlockingConnection)
 
     @property
     def health(self) -> Health:
@@ -237,18 +245,44 @@ class BlockingRedisPool(_Blocking):
         return f"<BlockingRedisPool {self._backend} {self._client!r}>"
 
 
-class _ExclusiveConnection(AbstractContextManager[BlockingConnection]):
-    def __init__(self, owner: BlockingRedisPool, timeout: float | None) -> None:
+class _Held(AbstractContextManager[V]):
+    """An async context manager (an exclusive connection, a subscription) entered through the
+    portal for a ``with`` block; the pool leaves it itself if the block never ends."""
+
+    def __init__(
+        self,
+        owner: BlockingRedisPool,
+        make: Callable[[], AbstractAsyncContextManager[Any]],
+        view: Callable[[BlockingPortal, Any], V],
+    ) -> None:
         self._owner = owner
-        self._timeout = timeout
+        self._make = make
+        self._view = view
         self._context: Any = None
 
-    def __enter__(self) -> BlockingConnection:
+    def __enter__(self) -> V:
         portal = self._owner._portal
-        kwargs = {} if self._timeout is None else {"timeout": self._timeout}
-        self._context = portal.wrap_async_context_manager(self._owner._client.acquire(**kwargs))
-        connection: RedisConnection = self._context.__enter__()
-        return BlockingConnection(portal, connection)
+        self._context = portal.wrap_async_context_manager(self._make())
+        value = self._context.__enter__()
+        with self._owner._held_lock:
+            self._owner._held.add(self)
+        return self._view(portal, value)
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self._context.__exit__(*exc_info)
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        if self._release():
+            result: bool | None = self._context.__exit__(*exc_info)
+            return result
+        return None
+
+    def abandon(self) -> None:
+        """The pool is closing and this block never ended: leave it now."""
+        if self._release():
+            self._context.__exit__(None, None, None)
+
+    def _release(self) -> bool:
+        """Whether this call is the one to leave the context (exactly once)."""
+        with self._owner._held_lock:
+            if self not in self._owner._held:
+                return False
+            self._owner._held.discard(self)
+            return True

@@ -157,11 +157,13 @@ class RedisConfig:
         if self.client_name is not None and (
             not isinstance(self.client_name, str)
             or not self.client_name
-            or not self.client_name.isprintable()
-            or " " in self.client_name
+            or not all("!" <= c <= "~" for c in self.client_name)
         ):
-            raise _fail("client_name", self.client_name, "must be printable, without spaces")
-        if self.protocol not in (2, 3) or isinstance(self.protocol, bool):
+            raise _fail(
+                "client_name", self.client_name,
+                "must be printable ASCII without spaces (Redis refuses anything else)",
+            )  # fmt: skip
+        if type(self.protocol) is not int or self.protocol not in (2, 3):
             raise _fail("protocol", self.protocol, "must be 2 (RESP2) or 3 (RESP3)")
         _check_bool("decode_responses", self.decode_responses)
         try:
@@ -441,6 +443,23 @@ _ALIASES = {"socket_connect_timeout": "connect_timeout"}
 # Query options that configure the pool rather than the connection, and the PoolConfig field
 # each one sets.
 _POOL_OPTIONS = {"max_connections": "max_size", "health_check_interval": "health_check_interval"}
+_CREDENTIAL_OPTIONS = frozenset({"username", "password"})
+_QUERY_OPTIONS = frozenset(
+    {f.name for f in dataclasses.fields(RedisConfig)} - _NOT_QUERY_OPTIONS
+    | _CREDENTIAL_OPTIONS
+    | {"db", *_POOL_OPTIONS, *_ALIASES}
+)
+_SECRET_NAME = re.compile(r"(?i)pass|secret|token|auth|cred")
+
+
+def _shown_option(name: str, raw_value: str) -> str:
+    """A query option's value as an error may show it: never a secret, nor the value of an
+    option anypool does not know (a misspelt "pasword=...")."""
+    if name not in _QUERY_OPTIONS or name == "password" or _SECRET_NAME.search(name):
+        return _REDACTED
+    return raw_value
+
+
 # Names an error may cite when a URL that cannot be shown failed (never text from the URL).
 _KNOWN_URL_FIELDS = {"url", *_POOL_OPTIONS, *(f.name for f in dataclasses.fields(RedisConfig))}
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
@@ -498,7 +517,7 @@ def _redact_url(url: str) -> str:
         scheme, rest = "", url
     userinfo, at, after = rest.rpartition("@")
     if not at:
-        return url
+        return _redact_query(url)
     user, colon, _ = userinfo.partition(":")
     if colon and _PLAIN_USER.fullmatch(user):
         shown_userinfo = f"{user}:{_REDACTED}"
@@ -506,7 +525,27 @@ def _redact_url(url: str) -> str:
         shown_userinfo = user  # a user name alone is not a secret
     else:
         shown_userinfo = _REDACTED
-    return f"{scheme}{sep}{shown_userinfo}@{after}"
+    return _redact_query(f"{scheme}{sep}{shown_userinfo}@{after}")
+
+
+_SECRET_OPTION = re.compile(r"[?&]([^=&#]*)=")
+
+
+def _secret_option_at(url: str) -> int:
+    """Where the value of the first secret-looking query option (``?password=``...) starts,
+    or -1."""
+    for match in _SECRET_OPTION.finditer(url):
+        if _SECRET_NAME.search(match.group(1)):
+            return match.end()
+    return -1
+
+
+def _redact_query(url: str) -> str:
+    """Everything from the value of a secret-looking query option (``?password=``...) on
+    replaced by ``***``: a password written raw may hold "&" or "#", so nothing after it is
+    shown."""
+    start = _secret_option_at(url)
+    return url if start < 0 else url[:start] + _REDACTED
 
 
 def _userinfo_outside_authority(url: str) -> bool:
@@ -540,8 +579,10 @@ def split_url(url: str, **overrides: Any) -> tuple[RedisConfig, dict[str, Any]]:
     try:
         return _parse_url(url, shown, overrides)
     except ConfigError as exc:
-        if exc.field in overrides or not _userinfo_outside_authority(url):
-            raise  # the message shows no part of the URL's user info
+        if exc.field in overrides or not (
+            _userinfo_outside_authority(url) or _secret_option_at(url) >= 0
+        ):
+            raise  # the message shows no part of a password
         # A "/", "?" or "#" in the password moved part of it into the path, query or fragment,
         # where it was read as something else (a port, a db, an option).  Say so, with
         # nothing from the failed parse: not its message, and no chained exception.
@@ -549,7 +590,7 @@ def split_url(url: str, **overrides: Any) -> tuple[RedisConfig, dict[str, Any]]:
         part = f" (while reading {exc.field})" if known else ""
     raise _fail(
         "url", shown,
-        f"it cannot be read{part}; if the password contains '/', '?', '#' or '@', "
+        f"it cannot be read{part}; if the password contains '/', '?', '#', '@' or '&', "
         "percent-encode it, e.g. urllib.parse.quote(password, safe='')",
     )  # fmt: skip
 
@@ -611,7 +652,8 @@ def _parse_url(
     for raw_name, raw_value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         name = _ALIASES.get(raw_name, raw_name)
         if name in seen:
-            raise _fail(raw_name, raw_value, "is given more than once in the URL")
+            shown_value = _shown_option(name, raw_value)
+            raise _fail(raw_name, shown_value, "is given more than once in the URL")
         seen.add(name)
         if raw_name in _POOL_OPTIONS:
             kind = "int" if raw_name == "max_connections" else "float | None"
@@ -623,9 +665,16 @@ def _parse_url(
                 raise _fail("db", raw_value, f"contradicts the database {path_db} in the URL path")
             values["db"] = db
             continue
+        if name in _CREDENTIAL_OPTIONS:  # as redis-py: ?password=... (and ?username=...)
+            if name in values:
+                raise _fail(
+                    name, _REDACTED, "is given both in the URL's user info and as an option"
+                )
+            values[name] = raw_value
+            continue
         if name in _NOT_QUERY_OPTIONS or name not in types:
-            known = ", ".join(sorted({*types} - _NOT_QUERY_OPTIONS | {"db", *_POOL_OPTIONS}))
-            raise _fail(raw_name, raw_value, f"is not a known URL option (known: {known})")
+            known = ", ".join(sorted(_QUERY_OPTIONS))
+            raise _fail(raw_name, _REDACTED, f"is not a known URL option (known: {known})")
         if name in _SSL_OPTIONS and scheme != "rediss":
             raise _fail(raw_name, raw_value, "is a TLS option: it needs a rediss:// URL")
         values[name] = _convert(raw_name, raw_value, str(types[name]))

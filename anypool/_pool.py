@@ -117,9 +117,12 @@ class _Entry(Generic[R]):
 class Lease(Generic[R]):
     """One acquisition: the CapacityLimiter's borrower token, and the resource once assigned."""
 
-    __slots__ = ("acquired_at", "entry", "leak_reported", "released", "stack", "task_name")
+    __slots__ = (
+        "_owner", "acquired_at", "entry", "leak_reported", "released", "stack", "task_name",
+    )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, owner: object = None) -> None:
+        self._owner = owner  # the pool that made it
         self.entry: _Entry[R] | None = None
         self.acquired_at = 0.0
         self.released = False
@@ -350,7 +353,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         """
         self._check_open()
         await anyio.lowlevel.checkpoint_if_cancelled()
-        lease: Lease[R] = Lease()
+        lease: Lease[R] = Lease(self)
         counters = self._counters
         waited = False
         try:
@@ -440,7 +443,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
 
     def _try_borrow(self) -> Lease[R] | None:
         """A lease holding a token if one is free right now (for maintenance work), else None."""
-        lease: Lease[R] = Lease()
+        lease: Lease[R] = Lease(self)
         try:
             self._limiter.acquire_on_behalf_of_nowait(lease)
         except anyio.WouldBlock:
@@ -491,6 +494,8 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         Cancellation: the resource is closed (not reused) if the caller is cancelled while it
         is being reset; the slot is freed either way.
         """
+        if lease._owner is not self:
+            raise RuntimeError(f"this lease is not from {self.name}: release it to its own pool")
         if lease.released:
             raise RuntimeError("this lease was already released")
         lease.released = True

@@ -68,3 +68,22 @@ def test_many_threads_share_one_pool(redis_server: RedisServer) -> None:
         assert stats.requests_num >= threads * ops * 3 // 2
         assert (stats.in_use, stats.requests_waiting) == (0, 0)
         assert stats.pool_size <= 4
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.timeout(60)
+def test_closing_leaves_blocks_that_were_never_left(
+    redis_server: RedisServer, backend: str
+) -> None:
+    """Found by the adversarial review: an acquire() or subscribe() block never left kept a
+    task in the portal waiting for its exit, and closing the pool hung forever."""
+    redis = BlockingRedisPool.from_url(redis_server.url, backend=backend, close_timeout=1)
+    with redis:
+        conn = redis.acquire().__enter__()
+        assert conn.ping() is True
+        sub = redis.subscribe(f"never-left:{backend}").__enter__()
+        redis.publish(f"never-left:{backend}", "x")
+        assert sub.get(timeout=5).data == b"x"
+    # the with block returned: both were left, the pool is closed
+    with pytest.raises(anypool.PoolClosed):
+        redis.get("k")

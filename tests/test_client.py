@@ -357,3 +357,70 @@ async def test_a_cancelled_lock_release_keeps_the_lock_and_can_be_retried(
             await lock.release()
         with pytest.raises(LockError):
             await lock.release()  # not owned: forgotten after the server said so
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        (("HGETALL", "h"), b":1\r\n"),
+        (("TIME",), b"*0\r\n"),
+        (("INFO",), b":5\r\n"),
+        (("ZRANGE", "z", 0, -1, "WITHSCORES"), b"*2\r\n$1\r\na\r\n$3\r\nabc\r\n"),
+    ],
+)
+async def test_a_reply_of_the_wrong_shape_is_a_protocol_error(
+    command: tuple[object, ...], reply: bytes
+) -> None:
+    """A valid reply that the command never has (redis-py's callback cannot read it) is the
+    server's fault: ProtocolError, not a TypeError or IndexError from deep in a callback
+    (found by the adversarial review).  The connection stays in step."""
+    async with anypool.testing.ScriptedServer([reply, b"+PONG\r\n"]) as fake:
+        config = RedisConfig(host="127.0.0.1", port=fake.port, protocol=2, socket_timeout=2)
+        async with RedisPool(config, max_size=1, health_check_interval=None) as redis:
+            name = str(command[0])
+            method = {"HGETALL": redis.hgetall, "TIME": redis.time, "INFO": redis.info}.get(name)
+            with pytest.raises(anypool.ProtocolError, match="unexpected shape"):
+                if name == "ZRANGE":
+                    await redis.zrange("z", 0, -1, withscores=True)
+                elif method is not None and len(command) > 1:
+                    await method(command[1])
+                else:
+                    assert method is not None
+                    await method()
+            assert await redis.ping()
+            assert redis.statistics().connections_num == 1
+
+
+async def test_pipeline_misuse_and_stale_connections_get_clear_errors(url: str) -> None:
+    """Found by the reviews: a script run while WATCHing never ran (an un-awaited coroutine);
+    two tasks watching through one pipeline lost a slot; a connection used after its
+    acquire() block changed an idle pooled connection; SCRIPT DEBUG turned the next user's
+    EVAL into a debugging session."""
+    async with RedisPool.from_url(url, max_size=2) as redis:
+        script = redis.register_script("return ARGV[1]")
+        async with redis.pipeline() as pipe:
+            await pipe.watch("misuse:k")
+            assert await script(args=["now"], client=pipe) == b"now"  # runs at once
+        pipe = redis.pipeline()
+        with pytest.raises(BaseExceptionGroup) as group:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pipe.watch, "misuse:a")
+                tg.start_soon(pipe.watch, "misuse:b")
+        assert group.group_contains(RuntimeError, match="one task at a time")
+        await pipe.reset()
+        async with redis.acquire() as conn:
+            assert await conn.ping()
+        with pytest.raises(anypool.ConnectionClosed, match="went back to the pool"):
+            await conn.select(5)
+        for call in (
+            lambda: redis.execute_command("SCRIPT", "DEBUG", "YES"),
+            lambda: redis.execute_command(memoryview(b"SELECT"), 5),
+        ):
+            with pytest.raises(anypool.CommandNotAllowed):
+                await call()
+        async with redis.acquire() as conn:
+            with pytest.raises(anypool.CommandNotAllowed, match="debugging"):
+                await conn.execute_command("SCRIPT", "DEBUG", "YES")
+        stats = redis.statistics()
+        assert (stats.in_use, stats.requests_waiting) == (0, 0)
+        assert await redis.eval("return 7", 0) == 7

@@ -290,3 +290,30 @@ def test_no_raw_password_ever_shows_in_a_url_error(user: str, password: str) -> 
         for letter in "QXZJ":
             assert letter not in shown, shown
         assert error.__context__ is None
+
+
+def test_password_and_username_as_url_options_never_shown() -> None:
+    """As redis-py, ``?password=`` (and ``?username=``) are accepted; found by the adversarial
+    review: an error showed such a password, or what a raw "&" or "#" split off it."""
+    config = RedisConfig.from_url("redis://localhost:6379/0?username=u&password=QXp%26ZJ")
+    assert (config.username, config.password) == ("u", "QXp&ZJ")
+    for url in [
+        "redis://localhost:6379/0?password=QXsecZJ#frag",
+        "ftp://localhost/0?password=QXsecZJ",
+        "redis://localhost:6379/0?password=QX?a&ZJ,b",
+        "redis://localhost:6379/0?password=QXa&password=ZJb",
+        "redis://u:pw@localhost/0?password=QXsecZJ",
+        "redis://localhost/0?passwd=QXsecZJ",
+    ]:
+        with pytest.raises(ConfigError) as info:
+            RedisConfig.from_url(url)
+        shown = " ".join([str(info.value), repr(info.value.value)])
+        for letter in "QXZJ":
+            assert letter not in shown, shown
+
+
+def test_types_redis_refuses_are_refused_at_configuration() -> None:
+    with pytest.raises(ConfigError, match="protocol"):
+        RedisConfig(protocol=3.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="client_name"):
+        RedisConfig(client_name="café")

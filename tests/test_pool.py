@@ -534,3 +534,16 @@ async def test_statistics_and_repr() -> None:
         with pytest.raises(AttributeError):
             record.pool_max = 5  # type: ignore[misc]
         assert repr(pool).startswith("<Pool stats-pool open")
+
+
+async def test_a_lease_released_to_another_pool_is_refused_untouched() -> None:
+    """Found by the adversarial review: pool B took pool A's resource into its idle set."""
+    factory_a, factory_b = FakeFactory(), FakeFactory()
+    async with Pool(factory_a, max_size=1, **QUIET) as a, Pool(factory_b, max_size=1, **QUIET) as b:
+        lease = await a.lease()
+        with pytest.raises(RuntimeError, match="not from"):
+            await b.release(lease)
+        assert b.statistics().pool_available == 0
+        await a.release(lease)  # still releasable where it belongs
+        assert_balanced(a, factory_a)
+        assert_balanced(b, factory_b)

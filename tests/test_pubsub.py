@@ -551,3 +551,54 @@ async def test_listener_takes_plain_functions_and_refuses_nothing_to_listen_to(
         await redis.publish("plain", "sync handler")
         await wait_until(lambda: listener.statistics()["handled"] == 1)
         assert seen == [Message("message", b"plain", b"sync handler")]
+
+
+@pytest.mark.parametrize("stage", ["connecting", "acknowledging", "listener"])
+async def test_closing_the_pool_ends_waiting_subscribers_at_once(
+    redis_server: RedisServer, stage: str
+) -> None:
+    """A subscribe (or start_listener) waiting, in a task outside the pool's block, for its
+    first connection or its acknowledgement when the pool closes gets PoolClosed at once, and
+    the pool's exit does not wait for it (found by the adversarial review)."""
+    outcome: list[str] = []
+    async with (
+        anypool.testing.FaultProxy(redis_server.port) as proxy,
+        anyio.create_task_group() as tg,
+    ):
+        redis = RedisPool.from_url(proxy.url, connect_timeout=30)
+        opened, close, waiting = anyio.Event(), anyio.Event(), anyio.Event()
+
+        async def owner() -> None:
+            async with redis:
+                opened.set()
+                await close.wait()
+
+        async def subscriber() -> None:
+            try:
+                if stage == "connecting":
+                    proxy.blackhole = True  # the first connect never completes
+                    waiting.set()
+                    async with redis.subscribe("never"):
+                        outcome.append("entered")
+                else:
+                    async with redis.subscribe("warm"):  # the connection is up
+                        proxy.cut("downstream", new_connections=False)  # acks never come
+                        waiting.set()
+                        if stage == "listener":
+                            await redis.start_listener(print, channels=["never"])
+                        else:
+                            async with redis.subscribe("never"):
+                                outcome.append("entered")
+            except anypool.PoolClosed:
+                outcome.append("PoolClosed")
+
+        tg.start_soon(owner)
+        await opened.wait()
+        tg.start_soon(subscriber)
+        await waiting.wait()
+        await anyio.wait_all_tasks_blocked()
+        with bounded(5):  # connect_timeout is 30 s
+            close.set()
+            await wait_until(lambda: bool(outcome), seconds=5)
+        assert outcome == ["PoolClosed"]
+        proxy.heal()

@@ -131,6 +131,7 @@ class Hub:
         self.ack_timeout = config.connect_timeout or 10.0
         self.write_timeout = config.socket_timeout or self.ack_timeout
         self.connections: list[SubscriberConnection] = []
+        self._starting: set[SubscriberConnection] = set()  # connecting for the first time
         self.counters = {
             "messages": 0, "connection_failures": 0, "reconnect_failures": 0,
             "resubscribes": 0, "gap_events": 0, "protocol_errors": 0, "slow_consumers": 0,
@@ -191,10 +192,20 @@ class Hub:
                     break
             else:
                 connection = SubscriberConnection(self)
-                await self._pool.start_task(connection.run, name="anypool pub/sub connection")
-                if self.closed:  # the pool began closing while this one connected
+                # Until it has connected, the task runs in this caller's cancel scope, out of
+                # reach of the pool's: close() stops it through _starting.
+                self._starting.add(connection)
+                try:
+                    await self._pool.start_task(connection.run, name="anypool pub/sub connection")
+                except Exception:
+                    if self.closed:  # stopped by close(), or failed while the pool closed
+                        raise PoolClosed(f"{self.name} closed while subscribing") from None
+                    raise
+                finally:
+                    self._starting.discard(connection)
+                if self.closed:  # the pool began closing just as it connected
                     connection.close()
-                    raise PoolClosed(f"{self.name} is closed")
+                    raise PoolClosed(f"{self.name} closed while subscribing")
                 self.connections.append(connection)
             connection.subscriptions.add(sub)
             sub.connection = connection
@@ -270,7 +281,7 @@ class Hub:
         """The pool is closing: end every subscription with PoolClosed, stop every task."""
         self.closed = True
         connections, self.connections = self.connections, []
-        for connection in connections:
+        for connection in [*connections, *self._starting]:
             for sub in list(connection.subscriptions):
                 end(sub, PoolClosed(f"{self.name} closed; this subscription has ended"))
             connection.close()
@@ -351,9 +362,14 @@ class SubscriberConnection:
         self._gap_owed.discard(sub)
 
     def close(self) -> None:
-        """Stop the task (it closes the socket); nothing more is sent."""
+        """Stop the task (it closes the socket); nothing more is sent, and whoever waits for
+        an answer gets PoolClosed."""
         self._closed = True
         self._scope.cancel()
+        waiting = self._book.take_all() + [sent for sent, _ in self._outbox]
+        self._outbox = []
+        for sent in waiting:
+            sent.complete(PoolClosed(f"{self.hub.name}: the pub/sub connection was closed"))
 
     def _wake_writer(self) -> None:
         if self._outbox_ready is not None:
