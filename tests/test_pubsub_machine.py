@@ -181,15 +181,16 @@ class SubModel:
             self.intervals.setdefault(route, []).append([seq, seq])
 
     def legal(self, route: Route, seq: int) -> bool:
-        """May a message of ``seq`` arrive on ``route``?  Published while the route was asked
-        for, or before a later request of it (a server may still deliver what was published
-        between an unsubscribe and a new subscribe of the same name)."""
-        spans = self.intervals.get(route, [])
-        for index, (start, end) in enumerate(spans):
-            assert start is not None
-            if start <= seq and (end is None or seq < end or index < len(spans) - 1):
-                return True
-        return False
+        """May a message of ``seq`` arrive on ``route``?  Only if the subscription asked for
+        the route at some point, and it was not published after the route was removed for the
+        last time (unsubscribing stops delivery at once).  One published before the subscribe
+        may arrive: the server had the name for another subscription on the connection, and
+        the reader had not routed it yet when the route was added."""
+        spans = self.intervals.get(route)
+        if not spans:
+            return False
+        end = spans[-1][1]
+        return end is None or seq < end
 
     def __repr__(self) -> str:
         kind = "listener" if self.listener else "sub"
@@ -231,6 +232,8 @@ class PubSubMachine(RuleBasedStateMachine):
         if not self.server.running:
             self.server.start()
         self.server_up = True
+        self.paused = False  # SIGSTOP: the server answers nothing, its sockets stay open
+        self.pauses = 0
         self.faults = 0
         self.redis: RedisPool | None = None
         self.pool_future: Future[Any] | None = None
@@ -272,7 +275,7 @@ class PubSubMachine(RuleBasedStateMachine):
         return [sm for sm in self.subs if sm.listener is None]
 
     def can_talk(self) -> bool:
-        return self.pool_open and self.server_up
+        return self.pool_open and self.server_up and not self.paused
 
     def hub(self) -> Any:
         assert self.redis is not None
@@ -509,12 +512,12 @@ class PubSubMachine(RuleBasedStateMachine):
         for policy, buffer, block_timeout in first:
             self.new_subscription(data, policy, buffer, block_timeout, cancelled=False)
 
-    @precondition(lambda self: self.pool_open)
+    @precondition(lambda self: self.pool_open and not self.paused)
     @rule()
     def close_pool(self) -> None:
-        """Close mid-run: every consumer ends with PoolClosed after what was buffered, in a
-        bounded time, and leaving the pool raises nothing."""
-        if self.server_up:
+        """Close mid-run (the server up or down): every consumer ends with PoolClosed after
+        what was buffered, in a bounded time, and leaving the pool raises nothing."""
+        if self.can_talk():
             self.settle()
         self.close()
 
@@ -623,7 +626,7 @@ class PubSubMachine(RuleBasedStateMachine):
         names = [] if every else data.draw(st.lists(st.sampled_from(NAMES[kind]), min_size=1))
         method = {"channel": sm.sub.unsubscribe, "pattern": sm.sub.punsubscribe,
                   "shard": sm.sub.sunsubscribe}[kind]  # fmt: skip
-        if not IN_FLIGHT and self.server_up:
+        if not IN_FLIGHT and self.can_talk():
             self.settle()
         seq = self.seq
 
@@ -913,6 +916,21 @@ class PubSubMachine(RuleBasedStateMachine):
         self.server.kill()
         self.server_up = False
 
+    @precondition(lambda self: self.can_talk() and self.pauses < MAX_FAULTS)
+    @rule()
+    def pause_server(self) -> None:
+        """SIGSTOP the server: a hung host.  Only consuming, leaving and unsubscribing happen
+        until it resumes (nothing breaks: the keepalive is far off)."""
+        self.pauses += 1
+        self.server.pause()
+        self.paused = True
+
+    @precondition(lambda self: self.paused)
+    @rule()
+    def resume_server(self) -> None:
+        self.server.resume()
+        self.paused = False
+
     @precondition(lambda self: not self.server_up)
     @rule()
     def start_server(self) -> None:
@@ -992,6 +1010,19 @@ class PubSubMachine(RuleBasedStateMachine):
     def listeners(self) -> list[SubModel]:
         return [s for s in self.subs if s.listener is not None and s.attached]
 
+    @precondition(lambda self: self.can_talk() and any(s.stall is None for s in self.listeners()))
+    @rule(data=st.data(), count=st.integers(2, 12))
+    def listener_falls_behind(self, data: st.DataObject, count: int) -> None:
+        """Stall a handler, publish more than its buffer holds, release it: under ``block`` or
+        ``error`` its subscription is stopped, and the listener resumes it (a Reconnected
+        event, its budget untouched)."""
+        sm = data.draw(st.sampled_from([s for s in self.listeners() if s.stall is None]))
+        routes = sm.active()
+        channels = [c for c in CHANNELS if any(matches(r, Pub(0, c, False)) for r in routes)]
+        self.stall_listener_now(sm)
+        self.publish(data.draw(st.sampled_from(channels or ["c0"])), count, False, True)
+        self.release(sm)
+
     @precondition(lambda self: self.listeners())
     @rule(data=st.data(), times=st.integers(1, 3))
     def fail_listener(self, data: st.DataObject, times: int) -> None:
@@ -1003,6 +1034,9 @@ class PubSubMachine(RuleBasedStateMachine):
     def stall_listener(self, data: st.DataObject) -> None:
         """From its next event on, the handler waits until the machine releases it."""
         sm = data.draw(st.sampled_from([s for s in self.listeners() if s.stall is None]))
+        self.stall_listener_now(sm)
+
+    def stall_listener_now(self, sm: SubModel) -> None:
         sm.stall = self.call(anyio.Event)
 
     @precondition(lambda self: any(s.stall is not None for s in self.listeners()))
@@ -1107,6 +1141,7 @@ class PubSubMachine(RuleBasedStateMachine):
             SEEN["Reconnected events"] += sum(type(e) is Reconnected for e in items)
             SEEN["SlowConsumer stops seen"] += sum(type(e) is Stopped for e in items)
             SEEN["drops counted"] += sm.sub.dropped
+            SEEN[f"drops counted under {sm.policy}"] += sm.sub.dropped
             SEEN["ended with PoolClosed"] += Ended(PoolClosed) in items
             SEEN["ended with StopAsyncIteration"] += Ended(StopAsyncIteration) in items
             if sm.listener:
@@ -1121,17 +1156,23 @@ class PubSubMachine(RuleBasedStateMachine):
         try:
             if self.redis is not None:
                 self.release_stalls()
+                if self.paused:
+                    self.resume_server()
                 if self.pool_open:
                     if not self.server_up:
                         self.server.start()
                         self.server_up = True
                     self.settle()
+                    for sm in self.plain()[::2]:  # what they end with before the close
+                        self.call(self.drain, sm)
                     self.subscriptions_are_consistent()
                     self.close()
                 self.subscriptions_are_consistent()
                 self.call(self.tally)
             self._exit.close()
         finally:
+            if self.paused:
+                self.server.resume()
             if not self.server.running:
                 self.server.start()
 
