@@ -151,6 +151,7 @@ class SubModel:
         self.left_first = False  # left before the pool closed
         self.closed = False  # the pool closed while it was attached
         self.consumers: list[Consumer] = []
+        self.gaps: set[float] = set()  # gap_start of every Reconnected event seen so far
         # listeners only
         self.calls = 0
         self.raised = 0
@@ -415,11 +416,16 @@ class PubSubMachine(RuleBasedStateMachine):
         sub = sm.sub
         buffered = sum(type(e) is Message for e in sub._items)
         assert buffered == sub._messages, sm
-        for a, b in zip(list(sub._items), list(sub._items)[1:], strict=False):
-            assert not (type(a) is Reconnected and type(b) is Reconnected), "unmerged gaps"
-        if sm.policy != "unbounded" and sm.listener is None:
+        if sm.policy != "drop_oldest" or not AVOID_KNOWN_BUGS:  # test_gaps_merge_under_drop_oldest
+            for a, b in zip(list(sub._items), list(sub._items)[1:], strict=False):
+                assert not (type(a) is Reconnected and type(b) is Reconnected), "unmerged gaps"
+        if sm.policy != "unbounded":
             assert buffered <= sub._capacity, sm
         items = self.view(sm)
+        # a gap event is never dropped: one seen stays (merged ones keep the first gap_start)
+        gaps = {e.gap_start for e in items if type(e) is Reconnected}
+        assert sm.gaps <= gaps, (sm, "a Reconnected event vanished", sm.gaps - gaps)
+        sm.gaps = gaps
         taken = sum(type(e) is Message for e in sm.stream)
         # nothing buffered is lost: every message put in was taken or is still there
         if sm.policy == "drop_oldest":
@@ -1349,3 +1355,31 @@ async def test_unsubscribe_loses_messages_published_before_it(
         assert full.received == 2
         # delivered, or accounted for (a counted drop, a gap event): fails, it is just gone
         assert news.received + news.dropped == 1 or news.buffered
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(
+    strict=True,
+    reason="drop_oldest evicts the only message between two gap events, leaving two "
+    "Reconnected events in a row; the docs say gaps with no message between them arrive as "
+    "one (report_gap merges only when the gap is appended, _evict_oldest_message never does)",
+)
+async def test_gaps_merge_under_drop_oldest(redis_machine_server: RedisServer) -> None:
+    """Machine: a drop_oldest subscription with buffer 1; publish, kill_connection, publish,
+    kill_connection, publish; consume."""
+    async with (
+        RedisPool.from_url(
+            redis_machine_server.url, reconnect_backoff=anypool.BackoffPolicy(0.01, 0.05, 0.1)
+        ) as redis,
+        redis.subscribe("g", buffer=1, policy="drop_oldest") as sub,
+    ):
+        for i, data in enumerate(["a", "b", "c"]):
+            if i:
+                await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                await _fence(redis, f"fence{i}")  # resubscribed, the gap reported
+            await redis.publish("g", data)
+            await _fence(redis, f"fence{i}b")
+        events = [await sub.get(timeout=0) for _ in range(sub.buffered)]
+        kinds = [type(e).__name__ for e in events]
+        assert kinds == ["Reconnected", "Message"], kinds  # fails: two Reconnected in a row
+        assert sub.dropped == 2
