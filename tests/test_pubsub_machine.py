@@ -4,7 +4,23 @@ Rules are synchronous; each drives the pool inside an anyio blocking portal (one
 a helper thread), as in ``test_pool_machine.py``.  The machine holds a model of every
 subscription (its routes over time, what its consumers took), of every message published (each
 carries a unique sequence number) and of every fault it caused (CLIENT KILL, a server restart,
-a server down), and checks DESIGN.md invariant 9 after every step.
+a server down or paused), and checks DESIGN.md invariant 9 after every step:
+
+* each subscription's stream (what its consumers took, then what is buffered) has every message
+  at most once, in publish order, only on a channel or pattern it asked for (and never one
+  published after it last unsubscribed from it);
+* every message it should see (published after its subscribe returned, before its unsubscribe
+  or leave was called) is in it, or is counted in ``dropped``, or was published during a fault
+  and a gap marker (Reconnected, or the end of the stream) stands where it would be;
+* taken + buffered == received (- dropped, for drop_oldest): a consumer cancelled or timed out
+  loses nothing; ``get(timeout=0)`` returns what is buffered;
+* after a fault, every subscription attached through it gets a Reconnected event, and a
+  Reconnected event once seen never disappears (drop_oldest evicts only messages);
+* SlowConsumer, StopAsyncIteration and PoolClosed come only after what was buffered, and only
+  when they should; closing the pool ends every consumer with PoolClosed, within a bound;
+* leaving, unsubscribing and cancelling a listener take a bounded time, whatever the server is
+  doing; ``sub.names`` and ``pubsub_statistics()`` agree with the model; a listener's handled,
+  failures and restarts agree with what its handler did; the pool's block never ends by itself.
 
 Waiting without timing assumptions: a *fence* is a throw-away subscription to a fresh channel on
 the subscriber connection.  The server acknowledges it after every message it delivered to that
@@ -55,8 +71,8 @@ from anypool._pubsub import _hub
 from anypool._pubsub._subscription import Subscription
 from anypool.testing import RedisServer, find_valkey_server
 
-EXAMPLES = int(os.environ.get("PUBSUB_MACHINE_EXAMPLES", "25"))
-STEPS = int(os.environ.get("PUBSUB_MACHINE_STEPS", "30"))
+EXAMPLES = int(os.environ.get("PUBSUB_MACHINE_EXAMPLES", "30"))
+STEPS = int(os.environ.get("PUBSUB_MACHINE_STEPS", "40"))
 # The machine steers clear of the library bugs it found (each has a strict-xfail reproduction
 # at the end of this file); PUBSUB_MACHINE_KNOWN_BUGS=1 lets it run into them again.
 AVOID_KNOWN_BUGS = os.environ.get("PUBSUB_MACHINE_KNOWN_BUGS") != "1"
@@ -67,7 +83,7 @@ CLOSE_BOUND = 10.0
 MAX_SUBS = 5
 MAX_LISTENERS = 2
 MAX_CONSUMERS = 4
-MAX_FAULTS = 3  # restarts and server downs per example (each costs a server start)
+MAX_FAULTS = 3  # restarts + server downs, and pauses, per example (a start costs ~0.1 s)
 
 CHANNELS = ("c0", "c1", "c2")
 PATTERNS = ("c*", "c[01]", "*2", "z*")
@@ -572,8 +588,21 @@ class PubSubMachine(RuleBasedStateMachine):
         already cancelled (nothing is left behind)."""
         self.new_subscription(data, *options, cancelled=cancelled)
 
+    @precondition(lambda self: self.can_talk() and len(self.attached()) < MAX_SUBS)
+    @rule(data=st.data(), options=SUBSCRIPTION_OPTIONS)
+    def subscribe_while_killed(self, data: st.DataObject, options: tuple[str, int, float]) -> None:
+        """Subscribe, and ``CLIENT KILL TYPE pubsub`` while it waits for its acknowledgement:
+        it completes with the resubscription (or before the kill)."""
+        self.new_subscription(data, *options, cancelled=False, kill=True)
+
     def new_subscription(
-        self, data: st.DataObject, policy: str, buffer: int, block_timeout: float, cancelled: bool
+        self,
+        data: st.DataObject,
+        policy: str,
+        buffer: int,
+        block_timeout: float,
+        cancelled: bool,
+        kill: bool = False,
     ) -> None:
         assert self.redis is not None
         kind = data.draw(st.sampled_from(self.kinds()))
@@ -589,8 +618,23 @@ class PubSubMachine(RuleBasedStateMachine):
                 return await cm.__aenter__()
             return None
 
+        async def enter_and_kill() -> Subscription | None:
+            box: dict[str, Subscription | None] = {}
+
+            async def subscribe() -> None:
+                box["sub"] = await enter()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(subscribe)
+                await anyio.lowlevel.checkpoint()  # it has routed its names, and queued them
+                await self.kill_pubsub_clients()
+            return box["sub"]
+
         seq = self.seq
-        sub = self.call(enter)
+        if kill:
+            self.open_window({sm.ident for sm in self.attached()}, self.connection_failures(),
+                             time.time())  # fmt: skip
+        sub = self.call(enter_and_kill if kill else enter)
         if sub is None:
             assert cancelled
             return
@@ -905,22 +949,21 @@ class PubSubMachine(RuleBasedStateMachine):
     @rule()
     def kill_connection(self) -> None:
         """``CLIENT KILL TYPE pubsub`` from the pool itself."""
-        assert self.redis is not None
-        redis = self.redis
         affected = {sm.ident for sm in self.attached()}
         failures, fault_time = self.connection_failures(), time.time()
         self.open_window(affected, failures, fault_time)
 
-        async def kill() -> int:
-            for attempt in range(3):
-                try:
-                    return int(await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub"))
-                except anypool.ConnectionError:
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+        self.call(self.kill_pubsub_clients)
 
-        self.call(kill)
+    async def kill_pubsub_clients(self) -> int:
+        assert self.redis is not None
+        for attempt in range(3):
+            try:
+                return int(await self.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub"))
+            except anypool.ConnectionError:  # a pooled connection a restart broke
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @precondition(lambda self: self.can_talk() and self.faults < MAX_FAULTS)
     @rule()
