@@ -542,11 +542,11 @@ class PubSubMachine(RuleBasedStateMachine):
         for policy, buffer, block_timeout in first:
             self.new_subscription(data, policy, buffer, block_timeout, cancelled=False)
 
-    @precondition(lambda self: self.pool_open and not self.paused)
+    @precondition(lambda self: self.pool_open)
     @rule()
     def close_pool(self) -> None:
-        """Close mid-run (the server up or down): every consumer ends with PoolClosed after
-        what was buffered, in a bounded time, and leaving the pool raises nothing."""
+        """Close mid-run (the server up, down or paused): every consumer ends with PoolClosed
+        after what was buffered, in a bounded time, and leaving the pool raises nothing."""
         if self.can_talk():
             self.settle()
         self.close()
