@@ -1237,6 +1237,12 @@ class PubSubMachine(RuleBasedStateMachine):
                     self.close()
                 self.subscriptions_are_consistent()
                 self.call(self.tally)
+        except BaseException as error:
+            # whatever is left in the loop (the pool, consumers) is cancelled, not waited for
+            with contextlib.suppress(BaseException):
+                self._exit.__exit__(type(error), error, error.__traceback__)
+            raise
+        else:
             self._exit.close()
         finally:
             if self.paused:
