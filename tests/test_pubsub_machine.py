@@ -31,8 +31,8 @@ has been reported).  Every bound below only catches a hang.
 
 Settings: ``PUBSUB_MACHINE_EXAMPLES`` and ``PUBSUB_MACHINE_STEPS`` (soak runs),
 ``PUBSUB_MACHINE_SHRINK=0`` (report the first failure as found), ``PUBSUB_MACHINE_STATS=1``
-(print what the runs exercised), ``PUBSUB_MACHINE_KNOWN_BUGS=1`` (stop steering clear of the
-library bugs reproduced at the end of this file).
+(print what the runs exercised).  The library bugs this machine found are fixed; each is a
+deterministic regression test at the end of this file.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 import anyio
@@ -73,9 +74,6 @@ from anypool.testing import RedisServer, find_valkey_server
 
 EXAMPLES = int(os.environ.get("PUBSUB_MACHINE_EXAMPLES", "30"))
 STEPS = int(os.environ.get("PUBSUB_MACHINE_STEPS", "40"))
-# The machine steers clear of the library bugs it found (each has a strict-xfail reproduction
-# at the end of this file); PUBSUB_MACHINE_KNOWN_BUGS=1 lets it run into them again.
-AVOID_KNOWN_BUGS = os.environ.get("PUBSUB_MACHINE_KNOWN_BUGS") != "1"
 
 BOUND = 10.0  # seconds: catches a hang, never a slow machine
 LEAVE_BOUND = 5.0  # leaving must not wait for anything like connect_timeout (BOUND)
@@ -170,7 +168,8 @@ class SubModel:
         self.left_first = False  # left before the pool closed
         self.closed = False  # the pool closed while it was attached
         self.consumers: list[Consumer] = []
-        self.gaps: set[float] = set()  # gap_start of every Reconnected event seen so far
+        # (gap_start, gap_end) of every Reconnected event seen so far
+        self.gaps: set[tuple[float, float]] = set()
         # route -> [start, end): published before it was removed, maybe not routed by then
         self.unrouted_early: dict[Route, list[tuple[int, int]]] = {}
         # listeners only
@@ -217,18 +216,6 @@ class SubModel:
     def __repr__(self) -> str:
         kind = "listener" if self.listener else "sub"
         return f"<{kind} {self.ident} {self.policy} {sorted(self.active())}>"
-
-
-def only_confirmed_names(sub: Subscription, kind: str, names: list[str]) -> bool:
-    """Would ``sub``'s subscribe to ``names`` need no round trip (each name it does not have
-    yet is subscribed, and confirmed, for another subscription on its connection)?"""
-    connection = sub.connection
-    assert connection is not None
-    keys = [sub._hub.key(name) for name in names]
-    new = [key for key in keys if key not in sub.names[kind]]
-    return bool(new) and all(
-        connection.routes[kind].get(key) and (kind, key) in connection.confirmed for key in new
-    )
 
 
 def matches(route: Route, pub: Pub) -> bool:
@@ -416,9 +403,9 @@ class PubSubMachine(RuleBasedStateMachine):
         after everything buffered."""
         assert not sm.sub._items, (sm, error, "raised before what was buffered")
         if isinstance(error, SlowConsumer):
-            # once left, StopAsyncIteration; but a subscription stopped when it was left keeps
-            # raising SlowConsumer (test_a_left_subscription_stays_ended)
-            assert not sm.left_first or AVOID_KNOWN_BUGS, (sm, error, "after leaving")
+            # once left, StopAsyncIteration, even if it was stopped when it was left
+            # (test_a_left_subscription_stays_ended)
+            assert not sm.left_first, (sm, error, "after leaving")
             if not (sm.stream and isinstance(sm.stream[-1], Stopped)):
                 sm.stream.append(Stopped(error))
             else:
@@ -437,15 +424,19 @@ class PubSubMachine(RuleBasedStateMachine):
         sub = sm.sub
         buffered = sum(type(e) is Message for e in sub._items)
         assert buffered == sub._messages, sm
-        if sm.policy != "drop_oldest" or not AVOID_KNOWN_BUGS:  # test_gaps_merge_under_drop_oldest
-            for a, b in zip(list(sub._items), list(sub._items)[1:], strict=False):
-                assert not (type(a) is Reconnected and type(b) is Reconnected), "unmerged gaps"
+        for a, b in zip(list(sub._items), list(sub._items)[1:], strict=False):
+            assert not (type(a) is Reconnected and type(b) is Reconnected), "unmerged gaps"
         if sm.policy != "unbounded":
             assert buffered <= sub._capacity, sm
         items = self.view(sm)
-        # a gap event is never dropped: one seen stays (merged ones keep the first gap_start)
-        gaps = {e.gap_start for e in items if type(e) is Reconnected}
-        assert sm.gaps <= gaps, (sm, "a Reconnected event vanished", sm.gaps - gaps)
+        # a gap event is never dropped: one seen stays, or is merged into one that spans it
+        # (two gaps with nothing left between them arrive as one)
+        gaps = {(e.gap_start, e.gap_end) for e in items if type(e) is Reconnected}
+        vanished = {
+            (start, end) for start, end in sm.gaps
+            if not any(s <= start and end <= e for s, e in gaps)
+        }  # fmt: skip
+        assert not vanished, (sm, "a Reconnected event vanished", vanished)
         sm.gaps = gaps
         taken = sum(type(e) is Message for e in sm.stream)
         # nothing buffered is lost: every message put in was taken or is still there
@@ -500,8 +491,9 @@ class PubSubMachine(RuleBasedStateMachine):
             return bool(windows) and any(before_max[i] <= seq <= after_min[i] for i in markers)
 
         unexplained = [m for m in missing if not in_a_gap(m[1])]
-        assert len(unexplained) <= sub.dropped, (
-            f"{sm} lost messages it should have seen, beyond its {sub.dropped} counted drops "
+        counted = sub.dropped + sub.discarded
+        assert len(unexplained) <= counted, (
+            f"{sm} lost messages it should have seen, beyond its {counted} counted drops "
             f"and outside any reported gap: {unexplained[:10]} (stream tail {items[-6:]})"
         )
 
@@ -655,8 +647,6 @@ class PubSubMachine(RuleBasedStateMachine):
                   "shard": sm.sub.ssubscribe}[kind]  # fmt: skip
 
         async def add() -> bool | None:
-            if cancelled and AVOID_KNOWN_BUGS and only_confirmed_names(sm.sub, kind, names):
-                return None  # test_cancelled_subscribe_to_a_shared_name_is_undone
             with anyio.CancelScope() as scope:
                 if cancelled:
                     scope.cancel()
@@ -674,13 +664,16 @@ class PubSubMachine(RuleBasedStateMachine):
                 sm.open_route((kind, name), seq)
         assert was_cancelled == cancelled
 
-    def before_removal(self, sm: SubModel, routes: set[Route], settle_first: bool) -> None:
-        """Unsubscribing drops what the reader has not routed yet, though it was published
-        before the call (test_unsubscribe_loses_messages_published_before_it): fence first,
-        or excuse what was published since the last fence on those routes."""
+    def before_removal(
+        self, sm: SubModel, routes: set[Route], settle_first: bool, *, leaving: bool = True
+    ) -> None:
+        """Leaving ends a subscription at once: what the reader has not routed yet, though
+        published before, is owed nothing.  Fence first, or excuse what was published since
+        the last fence on those routes.  (Unsubscribing while staying subscribed counts such
+        messages in ``discarded``: test_unsubscribe_counts_messages_published_before_it.)"""
         if settle_first and self.can_talk():
             self.settle()
-        elif AVOID_KNOWN_BUGS:
+        elif leaving:
             for route in routes:
                 sm.unrouted_early.setdefault(route, []).append((self.fence_seq, self.seq))
 
@@ -694,7 +687,7 @@ class PubSubMachine(RuleBasedStateMachine):
         method = {"channel": sm.sub.unsubscribe, "pattern": sm.sub.punsubscribe,
                   "shard": sm.sub.sunsubscribe}[kind]  # fmt: skip
         gone = {r for r in sm.active() if r[0] == kind and (every or r[1] in names)}
-        self.before_removal(sm, gone, settle_first)
+        self.before_removal(sm, gone, settle_first, leaving=False)
         seq = self.seq
 
         async def remove() -> float:
@@ -920,9 +913,8 @@ class PubSubMachine(RuleBasedStateMachine):
             raise self.loop_errors[0]
 
     def resumable(self) -> list[SubModel]:
-        # resuming a subscription that was left revives it: its consumers then wait forever
-        # (test_a_left_subscription_stays_ended)
-        return [s for s in self.plain() if s.attached or not AVOID_KNOWN_BUGS]
+        # a subscription that was left cannot be resumed (test_a_left_subscription_...)
+        return self.plain()
 
     @precondition(lambda self: self.resumable())
     @rule(data=st.data())
@@ -1033,6 +1025,10 @@ class PubSubMachine(RuleBasedStateMachine):
         fail (restarted within a budget too large to run out) or stall."""
         assert self.redis is not None
         redis = self.redis
+        if not channels and not patterns:  # nothing to listen to: refused at once
+            with pytest.raises(ValueError, match="channels or patterns"):
+                self.call(partial(redis.start_listener, print))
+            return
         self.idents += 1
         sm = SubModel(self.idents, None, None, policy)  # type: ignore[arg-type]
 
@@ -1320,9 +1316,7 @@ def test_pubsub_machine(backend: str, flavour: str, request: pytest.FixtureReque
             print(f"  {key}: {count}")
 
 
-# --- what the machine found: library bugs, each reduced to a deterministic reproduction --------
-# Strict xfails: each one passes (and so fails the suite) once the library is fixed; then drop
-# the mark, and the matching AVOID_KNOWN_BUGS steering in the machine above.
+# --- what the machine found: library bugs (all fixed), each as a deterministic regression test --
 
 
 async def _wait_until(condition: Callable[[], bool]) -> None:
@@ -1338,12 +1332,6 @@ async def _fence(redis: RedisPool, name: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="Hub.add: when every name is already subscribed (and confirmed) for another "
-    "subscription on the connection, it routes them, then awaits a bare checkpoint outside "
-    "the try/except that undoes the routes; cancelled there, the call raises but the names stay",
-)
 async def test_cancelled_subscribe_to_a_shared_name_is_undone(
     redis_machine_server: RedisServer,
 ) -> None:
@@ -1365,12 +1353,6 @@ async def test_cancelled_subscribe_to_a_shared_name_is_undone(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="subscription end(): leaving does not override a SlowConsumer stop (only PoolClosed "
-    "does), so a subscription stopped when it is left raises SlowConsumer, never "
-    "StopAsyncIteration",
-)
 async def test_a_left_subscription_stays_ended(redis_machine_server: RedisServer) -> None:
     """Machine: a subscription with policy error and buffer 1 overflows; leave it; consume."""
     async with RedisPool.from_url(redis_machine_server.url) as redis:
@@ -1384,14 +1366,8 @@ async def test_a_left_subscription_stays_ended(redis_machine_server: RedisServer
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="Subscription.resume() checks only for a SlowConsumer stop, not that the "
-    "subscription is still attached: resuming a left one revives it, and its consumers wait "
-    "forever, even after the pool has closed (nothing will ever end it again)",
-)
 async def test_a_left_subscription_cannot_be_resumed(redis_machine_server: RedisServer) -> None:
-    """Machine (PUBSUB_MACHINE_KNOWN_BUGS=1): as above, then resume(sub 1), consume."""
+    """Found by the machine: as above, then resume(sub 1), consume."""
     async with RedisPool.from_url(redis_machine_server.url) as redis:
         async with redis.subscribe("x", buffer=1, policy="error") as sub:
             await redis.publish("x", "1")
@@ -1409,19 +1385,12 @@ async def test_a_left_subscription_cannot_be_resumed(redis_machine_server: Redis
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="invariant 9 counts a message published before unsubscribe() as one the "
-    "subscription should see; Hub.remove unroutes at once, so one the reader has not routed "
-    "yet is dropped silently: not delivered, not counted in dropped, no Reconnected "
-    "(docs/pubsub.md says 'from that moment nothing more is delivered': one of the two must "
-    "change)",
-)
-async def test_unsubscribe_loses_messages_published_before_it(
+async def test_unsubscribe_counts_messages_published_before_it(
     redis_machine_server: RedisServer,
 ) -> None:
-    """Machine (PUBSUB_MACHINE_KNOWN_BUGS=1): publish to a subscription while the
-    reader waits for room in a full ``block`` sibling, then unsubscribe it."""
+    """Found by the machine: a message published before unsubscribe() and read after it
+    vanished without trace.  It is not delivered (unsubscribing stops delivery at once) and
+    is counted in ``discarded``."""
     async with (
         RedisPool.from_url(redis_machine_server.url) as redis,
         redis.subscribe("full", buffer=1, policy="block", block_timeout=30) as full,
@@ -1435,17 +1404,10 @@ async def test_unsubscribe_loses_messages_published_before_it(
         assert (await full.get(timeout=0)).data == b"0"  # type: ignore[union-attr]
         await _fence(redis, "fence")  # the reader has routed everything published so far
         assert full.received == 2
-        # delivered, or accounted for (a counted drop, a gap event): fails, it is just gone
-        assert news.received + news.dropped == 1 or news.buffered
+        assert (news.received, news.buffered, news.discarded) == (0, 0, 1)
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="drop_oldest evicts the only message between two gap events, leaving two "
-    "Reconnected events in a row; the docs say gaps with no message between them arrive as "
-    "one (report_gap merges only when the gap is appended, _evict_oldest_message never does)",
-)
 async def test_gaps_merge_under_drop_oldest(redis_machine_server: RedisServer) -> None:
     """Machine: a drop_oldest subscription with buffer 1; publish, kill_connection, publish,
     kill_connection, publish; consume."""

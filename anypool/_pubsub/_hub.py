@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -229,10 +230,10 @@ class Hub:
         """
         connection = self._attached(sub)
         keys = [self.key(name) for name in names]
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled call changes nothing
         added = [key for key in dict.fromkeys(keys) if key not in sub.names[kind]]
         send = connection.route(sub, kind, added)
-        if not send:
-            await anyio.lowlevel.checkpoint()
+        if not send:  # already subscribed on this connection (by another subscription)
             return
         waiter = _Waiter()
         connection.request(kind, True, send, [waiter.complete])
@@ -247,19 +248,34 @@ class Hub:
                 raise waiter.error
         except BaseException as exc:
             # Refused: the server subscribed to nothing.  Otherwise it may have: tell it.
-            self.remove(sub, kind, added, tell_server=not isinstance(exc, ResponseError))
+            self.remove(
+                sub, kind, added, tell_server=not isinstance(exc, ResponseError), leaving=True
+            )
             raise
 
     def remove(
-        self, sub: Subscription, kind: Kind, names: Iterable[Any], *, tell_server: bool = True
+        self,
+        sub: Subscription,
+        kind: Kind,
+        names: Iterable[Any],
+        *,
+        tell_server: bool = True,
+        leaving: bool = False,
     ) -> None:
-        """Unsubscribe ``sub`` from names, at once; the server is told in the background."""
+        """Unsubscribe ``sub`` from names, at once; the server is told in the background.
+
+        Messages for those names that were published before this call but not yet read are
+        not delivered: they are counted in ``sub.discarded`` (unless ``leaving``: a
+        subscription that has ended is owed nothing).
+        """
         connection = sub.connection
         if connection is None:
             return
-        gone = connection.unroute(sub, kind, [self.key(name) for name in names])
+        removed, gone = connection.unroute(sub, kind, [self.key(name) for name in names])
         if gone and tell_server:
             connection.request(kind, False, gone, [])
+        if removed and not leaving:
+            connection.drain(sub, kind, removed)
 
     def detach(self, sub: Subscription) -> None:
         """Leave: unsubscribe everything ``sub`` had and end it; close its connection if it
@@ -268,7 +284,8 @@ class Hub:
         if connection is not None:
             last = connection.subscriptions == {sub}
             for kind in _KINDS:
-                self.remove(sub, kind, list(sub.names[kind]), tell_server=not last)
+                names = list(sub.names[kind])
+                self.remove(sub, kind, names, tell_server=not last, leaving=True)
             connection.leave(sub)
             sub.connection = None
             if not connection.subscriptions:
@@ -314,6 +331,9 @@ class SubscriberConnection:
         # comes sooner, so the event always sits between the messages before and after it.
         self._gap: tuple[float, str] = (0.0, "")
         self._gap_owed: set[Subscription] = set()
+        # Routes a subscription just left, until the fence PING proves every message published
+        # before that was read: what arrives for them is counted as discarded.
+        self._draining: dict[tuple[Kind, Any], Counter[Subscription]] = {}
         self._scope = anyio.CancelScope()
         self._closed = False
 
@@ -331,20 +351,45 @@ class SubscriberConnection:
             subs.add(sub)
         return send
 
-    def unroute(self, sub: Subscription, kind: Kind, keys: list[Any]) -> list[Any]:
-        """Stop routing ``keys`` to ``sub``; returns the keys nobody wants any more."""
-        routes, gone = self.routes[kind], []
+    def unroute(
+        self, sub: Subscription, kind: Kind, keys: list[Any]
+    ) -> tuple[list[Any], list[Any]]:
+        """Stop routing ``keys`` to ``sub``; returns the keys it had, and those of them nobody
+        wants any more."""
+        routes, removed, gone = self.routes[kind], [], []
         for key in keys:
             sub.names[kind].discard(key)
             subs = routes.get(key)
             if subs is None or sub not in subs:
                 continue
             subs.discard(sub)
+            removed.append(key)
             if not subs:
                 del routes[key]
                 self.confirmed.discard((kind, key))
                 gone.append(key)
-        return gone
+        return removed, gone
+
+    def drain(self, sub: Subscription, kind: Kind, keys: list[Any]) -> None:
+        """Until the server has answered a PING sent now (so every message published before
+        this moment has been read), count what arrives for ``keys`` as discarded for ``sub``."""
+        for key in keys:
+            self._draining.setdefault((kind, key), Counter())[sub] += 1
+
+        def drained(_error: BaseException | None) -> None:
+            for key in keys:
+                counts = self._draining.get((kind, key))
+                if counts is not None:
+                    counts[sub] -= 1
+                    if counts[sub] <= 0:
+                        del counts[sub]
+                    if not counts:
+                        del self._draining[(kind, key)]
+
+        if self._closed:
+            return
+        self._outbox.append((Sent(None, False, (), [drained]), ("PING",)))
+        self._wake_writer()
 
     def request(self, kind: Kind, subscribe: bool, keys: list[Any], done: list[Completion]) -> None:
         """Queue (UN)SUBSCRIBE for the writer; ``done`` is called with its answer."""
@@ -449,6 +494,7 @@ class SubscriberConnection:
         waiting.append(lambda _error: self._report_gap(list(self._gap_owed)))
         self._outbox = []
         self.confirmed.clear()
+        self._draining.clear()  # what was in flight is inside the gap
         requests = [(kind, list(routes)) for kind, routes in self.routes.items() if routes]
         for index, (kind, keys) in enumerate(requests):
             last = index == len(requests) - 1
@@ -506,6 +552,9 @@ class SubscriberConnection:
             hub = self.hub
             hub.counters["messages"] += 1
             route_kind, key = event.route
+            if self._draining:
+                for sub in self._draining.get((route_kind, key), ()):
+                    sub.discarded += 1  # published before it unsubscribed, read after
             subs = self.routes[route_kind].get(key)
             if not subs:
                 return

@@ -11,7 +11,8 @@ only *before* taking, so a consumer cancelled or timed out leaves every event in
 Every message routed to a subscription is accounted for: it is buffered (``received``), or
 dropped and counted (``dropped``: by ``drop_oldest``/``drop_newest``, or while the
 subscription is stopped by SlowConsumer), or lost with the connection inside a gap that a
-:class:`Reconnected` event reports.  Gap events do not count against the buffer's size and are
+:class:`Reconnected` event reports.  A message published before an ``unsubscribe()`` and read
+after it is not delivered, and is counted in ``discarded``.  Gap events do not count against the buffer's size and are
 never dropped: consecutive ones merge into one that spans them.
 """
 
@@ -102,6 +103,8 @@ class Subscription:
         received: messages put into this subscription's buffer.
         dropped: messages dropped (by ``drop_oldest``/``drop_newest``, or while stopped by
             SlowConsumer).
+        discarded: messages for names this subscription had just unsubscribed from, published
+            before :meth:`unsubscribe` and read after it: not delivered, counted here.
         names: the channels, patterns and shard channels subscribed to, by kind.
     """
 
@@ -135,6 +138,7 @@ class Subscription:
         self.connection: SubscriberConnection | None = None  # set while attached (by the hub)
         self.received = 0
         self.dropped = 0
+        self.discarded = 0
 
     # --- consuming ----------------------------------------------------------------------------
 
@@ -188,10 +192,13 @@ class Subscription:
         counted in ``dropped``).
 
         Raises:
-            RuntimeError: the subscription is not stopped by SlowConsumer.
+            RuntimeError: the subscription is not stopped by SlowConsumer (it was never
+                stopped, or it was left, or the pool closed).
         """
         if not isinstance(self._end, SlowConsumer) or self._stopped_at is None:
             raise RuntimeError("this subscription was not stopped by SlowConsumer")
+        if self.connection is None:  # pragma: no cover - leaving ends the stop (see end())
+            raise RuntimeError("this subscription was left; subscribe again from the pool")
         error = f"{type(self._end).__name__}: {self._end}"
         self._end = None
         gap_start, self._stopped_at = self._stopped_at, None
@@ -331,9 +338,10 @@ def report_gap(subscription: Subscription, gap: Reconnected) -> None:
 
 def end(subscription: Subscription, error: BaseException | None = None) -> None:
     """No more events: after the buffered ones, consumers get ``error`` (StopAsyncIteration
-    when None).  A pool closing (an error) overrides a SlowConsumer stop."""
+    when None).  Leaving, or the pool closing, overrides a SlowConsumer stop: the
+    subscription is over either way."""
     sub = subscription
-    if sub._end is None or (error is not None and sub._stopped_at is not None):
+    if sub._end is None or sub._stopped_at is not None:
         sub._end = _Ended() if error is None else error
         sub._stopped_at = None
     sub._wake_readers()
@@ -355,6 +363,11 @@ def _evict_oldest_message(sub: Subscription) -> None:
         if type(item) is Message:
             del items[index]
             sub._messages -= 1
+            if 0 < index < len(items):  # two gaps with nothing between them now arrive as one
+                before, after = items[index - 1], items[index]
+                if isinstance(before, Reconnected) and isinstance(after, Reconnected):
+                    del items[index]
+                    items[index - 1] = Reconnected(before.gap_start, after.gap_end, after.error)
             return
 
 
