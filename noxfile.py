@@ -20,6 +20,7 @@ REDIS_FACING = [
     "tests/test_pool_redis.py", "tests/test_pool_machine.py", "tests/test_blocking.py",
     "tests/test_pubsub.py", "tests/test_reliability.py", "tests/test_hostile.py",
     "tests/test_differential.py", "tests/test_docs_examples.py", "tests/test_cli.py",
+    "tests/test_state_machine.py", "tests/test_pubsub_machine.py",
 ]  # fmt: skip
 
 # A neighbour that competes for the CPU like a real one (normal priority, not pinned), and
@@ -45,7 +46,7 @@ def tests(session: nox.Session) -> None:
     session.run(
         "pytest", "-k", "asyncio", "tests/test_connection.py", "tests/test_tls.py",
         "tests/test_client.py", "tests/test_pool_redis.py", "tests/test_blocking.py",
-        "tests/test_pubsub.py",
+        "tests/test_pubsub.py", "tests/test_state_machine.py", "tests/test_pubsub_machine.py",
         env={"ANYPOOL_TRANSPORT": "anyio"},
     )  # fmt: skip
 
@@ -75,9 +76,19 @@ def compat(session: nox.Session, redis_py: str) -> None:
 
 @nox.session
 def soak(session: nox.Session) -> None:
-    """The reliability suite's long profile: longer crash load, more open/close cycles."""
+    """The long profile: longer crash load, more open/close cycles, and the state machines and
+    the hostile server with ten times the examples."""
     session.install("-e", ".[test]")
-    session.run("pytest", "tests/test_reliability.py", *session.posargs, env={"ANYPOOL_SOAK": "1"})
+    session.run(
+        "pytest", "tests/test_reliability.py", "tests/test_pool_machine.py",
+        "tests/test_state_machine.py", "tests/test_pubsub_machine.py", "tests/test_hostile.py",
+        *session.posargs,
+        env={
+            "ANYPOOL_SOAK": "1", "PUBSUB_MACHINE_EXAMPLES": "300",
+            "ANYPOOL_STATE_MACHINE_EXAMPLES": "600", "HOSTILE_EXAMPLES": "600",
+            "HOSTILE_PUBSUB_EXAMPLES": "600",
+        },
+    )  # fmt: skip
 
 
 @nox.session
