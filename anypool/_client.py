@@ -90,7 +90,9 @@ class _Commands(AsyncCoreCommands):
             # redis-py's callback could not read the reply: the server sent a valid reply of
             # a shape this command never has.  The connection is still in step.
             raise ProtocolError(
-                f"{name} got a reply of an unexpected shape from the server: {reply!r:.80}"
+                f"{name}'s reply could not be read ({type(exc).__name__}: {exc}): the server "
+                f"sent a reply of an unexpected shape, or an option such as a cast function "
+                f"failed; the reply was {reply!r:.80}"
             ) from exc
 
     def register_script(self, script: str | bytes) -> Script:  # type: ignore[override]

@@ -296,8 +296,6 @@ class Pool(Generic[R], AsyncContextManagerMixin):
                 raise PoolClosed(f"{self.name} is not open yet: use `async with pool:` first")
             raise PoolClosed(f"{self.name} is closed")
 
-    _check_open = check_open
-
     async def start_task(
         self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None
     ) -> Any:
@@ -313,7 +311,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
 
         Cancellation: cancelling the caller while the task starts cancels the task.
         """
-        self._check_open()
+        self.check_open()
         assert self._task_group is not None
         return await self._task_group.start(func, *args, name=name)
 
@@ -351,7 +349,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
 
         Raises and cancellation: as :meth:`acquire`.
         """
-        self._check_open()
+        self.check_open()
         await anyio.lowlevel.checkpoint_if_cancelled()
         lease: Lease[R] = Lease(self)
         counters = self._counters
@@ -578,12 +576,12 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             PoolTimeout: not ready within ``timeout`` (the message names the last error).
             PoolClosed: the pool is not open.
         """
-        self._check_open()
+        self.check_open()
         self._wake_maintenance.set()
         with anyio.move_on_after(math.inf if timeout is None else timeout):
             while self._open_count() - self._opening < self._min_size:
                 await self._wait_changed()
-                self._check_open()
+                self.check_open()
             return
         error = self._breaker.last_error
         raise PoolTimeout(
@@ -596,7 +594,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
 
         Cancellation: a resource whose check is cancelled is closed, not returned to idle.
         """
-        self._check_open()
+        self.check_open()
         await _health.check_idle(self._upkeep, self._clock(), everything=True)
 
     async def run_maintenance(self) -> float:
@@ -611,7 +609,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
 
         Cancellation: as :meth:`check`; a resource being opened is not kept.
         """
-        self._check_open()
+        self.check_open()
         return await _health.maintenance_round(self._upkeep)
 
     async def reset(self) -> None:
@@ -620,7 +618,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         Cancellation: the closes are shielded (each bounded by ``close_timeout``), so the call
         completes; a cancellation takes effect after it.
         """
-        self._check_open()
+        self.check_open()
         self._generation += 1
         entries = list(self._idle)
         self._idle.clear()

@@ -12,8 +12,8 @@ Every message routed to a subscription is accounted for: it is buffered (``recei
 dropped and counted (``dropped``: by ``drop_oldest``/``drop_newest``, or while the
 subscription is stopped by SlowConsumer), or lost with the connection inside a gap that a
 :class:`Reconnected` event reports.  A message published before an ``unsubscribe()`` and read
-after it is not delivered, and is counted in ``discarded``.  Gap events do not count against the buffer's size and are
-never dropped: consecutive ones merge into one that spans them.
+after it is not delivered, and is counted in ``discarded``.  Gap events do not count against
+the buffer's size and are never dropped: consecutive ones merge into one that spans them.
 """
 
 from __future__ import annotations
