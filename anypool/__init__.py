@@ -1,5 +1,7 @@
 """anypool: a Redis connection pool and client for structured concurrency (trio and asyncio)."""
 
+import logging as _logging
+
 from ._backoff import BreakerState as BreakerState
 from ._blocking import BlockingRedisPool as BlockingRedisPool
 from ._client import Lock as Lock
@@ -45,6 +47,10 @@ from ._stats import Health as Health
 from ._stats import PoolStatistics as PoolStatistics
 
 __version__ = "0.1.0.dev0"
+
+# A library logs; the application decides where the records go.  Without a handler of its own,
+# Python would print anypool's warnings through its "last resort" handler.
+_logging.getLogger("anypool").addHandler(_logging.NullHandler())
 
 __all__ = [
     "AnyPoolError",

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 from redis.exceptions import RedisError
@@ -28,7 +28,9 @@ from ._errors import AnyPoolError
 from ._pubsub import Message, Reconnected
 from .testing import RedisServer, RedisServerError
 
-Backend = Literal["asyncio", "trio"]
+T = TypeVar("T")
+Backend = Literal["asyncio", "uvloop", "trio"]
+BACKENDS: tuple[Backend, ...] = ("asyncio", "uvloop", "trio")
 
 
 def _console(stderr: bool = False) -> Any:
@@ -74,8 +76,22 @@ async def _ping(url: str, timeout: float) -> str:
     )
 
 
+def run_on(backend: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``anyio.run`` on a backend named as the command line names it ("uvloop": asyncio's
+    event loop replaced by uvloop's)."""
+    if backend == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise CommandError(
+                "--backend uvloop needs uvloop: pip install uvloop (or anypool[uvloop])"
+            ) from None
+        return anyio.run(func, *args, backend="asyncio", backend_options={"use_uvloop": True})
+    return anyio.run(func, *args, backend=backend)
+
+
 def cmd_ping(args: argparse.Namespace) -> int:
-    line = anyio.run(_ping, args.url, args.timeout, backend=args.backend)
+    line = run_on(args.backend, _ping, args.url, args.timeout)
     _console().print(line)
     return 0
 
@@ -131,7 +147,7 @@ async def _clients(args: argparse.Namespace) -> int:
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
-    result: int = anyio.run(_clients, args, backend=args.backend)
+    result: int = run_on(args.backend, _clients, args)
     return result
 
 
@@ -235,8 +251,10 @@ async def _bench_coredis(url: str, seconds: float, concurrency: Sequence[int], a
 
 PEERS: list[tuple[str, Any, Backend]] = [
     ("anypool", _bench_anypool, "asyncio"),
+    ("anypool", _bench_anypool, "uvloop"),
     ("anypool", _bench_anypool, "trio"),
     ("redis.asyncio", _bench_redis_py, "asyncio"),
+    ("redis.asyncio", _bench_redis_py, "uvloop"),
     ("coredis", _bench_coredis, "asyncio"),
     ("coredis", _bench_coredis, "trio"),
 ]
@@ -250,14 +268,16 @@ def run_benchmark(
     table: dict[str, dict[str, float]] = {}
     notes: list[str] = []
     for name, bench, backend in PEERS:
-        if name == "anypool" and backend not in backends:
+        if backend not in backends and (name == "anypool" or backend == "uvloop"):
             continue
         label = f"{name} ({backend})"
         advance = progress(label)
         try:
-            table[label] = anyio.run(bench, url, seconds, concurrency, advance, backend=backend)
+            table[label] = run_on(backend, bench, url, seconds, concurrency, advance)
         except ImportError as exc:
             notes.append(f"{label} skipped: {exc.name or exc} is not installed")
+        except CommandError as exc:  # uvloop not installed
+            notes.append(f"{label} skipped: {exc}")
         except Exception as exc:  # a peer that fails is reported, not fatal
             notes.append(f"{label} failed: {type(exc).__name__}: {exc}")
     return table, notes
@@ -273,7 +293,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CommandError(f"--concurrency must list positive integers, not {args.concurrency!r}")
     if not (math.isfinite(args.duration) and args.duration > 0):
         raise CommandError(f"--duration must be a positive number of seconds, not {args.duration}")
-    backends = [args.backend] if args.backend else ["asyncio", "trio"]
+    backends = [args.backend] if args.backend else list(BACKENDS)
     server = None
     url = args.url
     if url is None:
@@ -447,62 +467,105 @@ async def _tour(url: str, server: RedisServer | None) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    logging.getLogger("anypool").setLevel(logging.WARNING)
-    logging.getLogger("anypool").propagate = False  # the tour prints what matters
-    if args.url is not None:
-        anyio.run(_tour, args.url, None, backend=args.backend)
+    # The tour prints what matters: anypool's own log records stay quiet while it runs, and the
+    # logger is left exactly as it was found (level, propagation) when it ends.
+    log = logging.getLogger("anypool")
+    level, propagate = log.level, log.propagate
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    try:
+        if args.url is not None:
+            run_on(args.backend, _tour, args.url, None)
+            return 0
+        with RedisServer() as server:
+            version = ".".join(map(str, server.version))
+            _console().print(f"started an embedded redis-server {version} on port {server.port}")
+            run_on(args.backend, _tour, server.url, server)
         return 0
-    with RedisServer() as server:
-        _console().print(f"started an embedded redis-server {'.'.join(map(str, server.version))} "
-                         f"on port {server.port}")  # fmt: skip
-        anyio.run(_tour, server.url, server, backend=args.backend)
-    return 0
+    finally:
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 # --- the parser ---------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an argument's default in ``--help`` when it has a meaningful one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: every argument has help text, and ``--help`` shows its default."""
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
-        prog="anypool", description="Redis pool for trio and asyncio: demo, benchmark, tools."
-    )
+        prog="anypool", description="Redis pool for trio and asyncio: demo, benchmark, tools.",
+        formatter_class=fmt,
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"anypool {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    backend_help = "event loop: asyncio, asyncio with uvloop's loop, or trio"
+    url_help = "redis://, rediss:// or unix:// URL (default: $REDIS_URL)"
 
-    demo = commands.add_parser("demo", help="a guided tour on an embedded redis-server")
-    demo.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
-    demo.add_argument("--url", help="use this server instead (the kill/restart step is skipped)")
+    demo = commands.add_parser(
+        "demo", help="a guided tour on an embedded redis-server", formatter_class=fmt
+    )
+    demo.add_argument("--backend", choices=BACKENDS, default="trio", help=backend_help)
+    demo.add_argument(
+        "--url", help="use this server instead of an embedded one (the kill/restart step is "
+        "skipped)",
+    )  # fmt: skip
     demo.set_defaults(func=cmd_demo)
 
-    bench = commands.add_parser("bench", help="anypool vs redis.asyncio and coredis")
-    bench.add_argument("--url", help="server to use (default: an embedded one)")
-    bench.add_argument("--backend", choices=["trio", "asyncio"], help="only this backend")
+    bench = commands.add_parser(
+        "bench", help="anypool vs redis.asyncio and coredis", formatter_class=fmt
+    )
+    bench.add_argument("--url", help="server to use instead of an embedded one")
+    bench.add_argument(
+        "--backend", choices=BACKENDS, help="only this backend (default: every one installed)"
+    )
     bench.add_argument("--concurrency", default="1,16,64,256", help="task counts, comma-separated")
     bench.add_argument("--duration", type=float, default=2.0, help="seconds per workload")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--pin", action="store_true", help="pin client and server to CPU 0")
     bench.set_defaults(func=cmd_bench)
 
-    ping = commands.add_parser("ping", help="connect, PING, report latency (exit 0/1)")
-    ping.add_argument("url")
-    ping.add_argument("--timeout", type=float, default=5.0)
-    ping.add_argument("--backend", choices=["trio", "asyncio"], default="asyncio")
+    ping = commands.add_parser(
+        "ping", help="connect, PING, report latency (exit 0/1)", formatter_class=fmt
+    )
+    ping.add_argument("url", nargs="?", help=url_help)
+    ping.add_argument("--timeout", type=float, default=5.0, help="seconds for connect and PING")
+    ping.add_argument("--backend", choices=BACKENDS, default="asyncio", help=backend_help)
     ping.set_defaults(func=cmd_ping)
 
-    clients = commands.add_parser("clients", help="the server's connections, grouped by name")
-    clients.add_argument("url")
+    clients = commands.add_parser(
+        "clients", help="the server's connections, grouped by name", formatter_class=fmt
+    )
+    clients.add_argument("url", nargs="?", help=url_help)
     clients.add_argument("--name", metavar="PREFIX", help="only names starting with PREFIX")
-    clients.add_argument("--idle-above", type=int, metavar="SECONDS")
+    clients.add_argument(
+        "--idle-above", type=int, metavar="SECONDS", help="only connections idle this long"
+    )
     clients.add_argument("--kill", action="store_true", help="close the selected connections")
     clients.add_argument("--yes", action="store_true", help="do not ask before killing")
-    clients.add_argument("--backend", choices=["trio", "asyncio"], default="asyncio")
+    clients.add_argument("--backend", choices=BACKENDS, default="asyncio", help=backend_help)
     clients.set_defaults(func=cmd_clients)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``anypool`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("ping", "clients") and args.url is None:
+        # Read when the command runs, never at import or in --help (the URL may hold a password).
+        args.url = os.environ.get("REDIS_URL") or None
+        if args.url is None:
+            parser.error(f"{args.command}: give a URL, or set REDIS_URL")
     try:
         code: int = args.func(args)
         return code

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import anyio
 import pytest
 
 from anypool import RedisPool
-from anypool._cli import main
+from anypool._cli import build_parser, main
 from anypool.testing import RedisServer
 
 
@@ -92,10 +94,14 @@ def test_clients_groups_by_name_and_kills(
     assert "killed 2 connections" in killed[1]
 
 
-@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+@pytest.mark.parametrize("backend", ["trio", "asyncio", "uvloop"])
 def test_demo_on_an_embedded_server(capsys: pytest.CaptureFixture[str], backend: str) -> None:
+    log = logging.getLogger("anypool")
+    before = (log.level, log.propagate, list(log.handlers))
     code, out, err = run(capsys, "demo", "--backend", backend)
     assert code == 0, err
+    # The tour quiets anypool's logger while it runs and leaves it as it found it.
+    assert (log.level, log.propagate, list(log.handlers)) == before
     for expected in (
         "MULTI SET INCR INCR EXEC -> [True, 1, 2]",
         "subscriber A got 100, B got 100, the listener handled 100",
@@ -156,3 +162,44 @@ def test_help_and_module_entry_point() -> None:
         with pytest.raises(SystemExit) as info:
             main([command, "--help"])
         assert info.value.code == 0
+
+
+def test_every_argument_has_help_and_shows_its_default() -> None:
+    parser = build_parser()
+    subparsers = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    assert set(subparsers.choices) == {"demo", "bench", "ping", "clients"}
+    for name, command in subparsers.choices.items():
+        text = command.format_help()
+        for action in command._actions:
+            assert action.help, f"{name} {action.dest} has no help text"
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert f"(default: {action.default})" in " ".join(text.split()), (name, action)
+
+
+def test_ping_and_clients_read_redis_url(
+    secured: RedisServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", secured.url)
+    code, out, _ = run(capsys, "ping")
+    assert code == 0
+    assert out.startswith("PONG from redis://:***@127.0.0.1:")
+    code, out, _ = run(capsys, "clients")
+    assert code == 0
+    assert "connections selected" in out
+    # --help never shows the URL from the environment (it holds a password).
+    with pytest.raises(SystemExit):
+        main(["ping", "--help"])
+    assert "s3cret-pass" not in capsys.readouterr().out
+
+
+def test_ping_without_a_url_says_how_to_give_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    for command in ("ping", "clients"):
+        with pytest.raises(SystemExit) as info:
+            main([command])
+        assert info.value.code == 2
+        assert "give a URL, or set REDIS_URL" in capsys.readouterr().err
