@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -22,6 +23,24 @@ REDIS_FACING = [
     "tests/test_differential.py", "tests/test_docs_examples.py", "tests/test_cli.py",
     "tests/test_state_machine.py", "tests/test_pubsub_machine.py",
 ]  # fmt: skip
+
+SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def _other_interpreters() -> list[str]:
+    """The supported Pythons this machine has, besides the one running nox (which runs the
+    `tests` session): `interpreters` runs the suite on each of them."""
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    found = []
+    for version in SUPPORTED_PYTHONS:
+        exe = shutil.which(f"python{version}")
+        if version == here or exe is None:
+            continue
+        probe = subprocess.run([exe, "-c", "pass"], capture_output=True, check=False)
+        if probe.returncode == 0:  # a pyenv shim without that version fails here
+            found.append(version)
+    return found
+
 
 # A neighbour that competes for the CPU like a real one (normal priority, not pinned), and
 # stops by itself after an hour even if nothing kills it.
@@ -49,6 +68,21 @@ def tests(session: nox.Session) -> None:
         "tests/test_pubsub.py", "tests/test_state_machine.py", "tests/test_pubsub_machine.py",
         env={"ANYPOOL_TRANSPORT": "anyio"},
     )  # fmt: skip
+
+
+_OTHERS = _other_interpreters()
+
+
+@nox.session(python=_OTHERS or False)
+def interpreters(session: nox.Session) -> None:
+    """The test suite on every other supported Python the machine has (pyenv's, for CI).
+
+    Skipped (not failed) on a machine with one interpreter: `tests` covers that one.
+    """
+    if not _OTHERS:
+        session.skip(f"no Python among {SUPPORTED_PYTHONS} besides this one on PATH")
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
 
 
 @nox.session
