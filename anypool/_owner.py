@@ -92,14 +92,15 @@ class Owner:
         """Enter the context in a new owner task; return once it is entered.
 
         A second call while open (or opening) waits for the first and returns.  Raises what
-        entering raised; RuntimeError once closed, or from another event loop.  Cancelled
-        while it waits, it closes the context again before the cancellation propagates.
+        entering raised; RuntimeError once closed or closing, or from another event loop.  The
+        first call, cancelled, closes the context again before the cancellation propagates.
         """
-        if self._state is _CLOSED:
+        if self._state is _CLOSED or (self._state is not _NEW and self._stop.is_set()):
             raise RuntimeError(
                 f"{self._name} is closed, and a pool opens once: make a new one to open again"
             )
-        if self._state is _NEW:
+        first = self._state is _NEW
+        if first:
             self._loop = _current_loop()
             self._state = _OPENING
             self._started, self._stop, self._done = anyio.Event(), anyio.Event(), anyio.Event()
@@ -108,14 +109,15 @@ class Owner:
             self._check_loop("open")
         with anyio.CancelScope(shield=True):  # entering does no I/O: it is over at once
             await self._started.wait()
-        if self._state is _CLOSED:  # entering failed
+        if self._state is _CLOSED:  # entering failed, or the pool closed meanwhile
             self._raise_failure()
             raise RuntimeError(f"{self._name} was closed while it opened")
         try:
             await anyio.lowlevel.checkpoint_if_cancelled()
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self.close()
+            if first:  # a later call found it open: its cancellation closes nothing
+                with anyio.CancelScope(shield=True):
+                    await self.close()
             raise
 
     async def close(self) -> None:
@@ -157,6 +159,8 @@ class Owner:
                 await self._stop.wait()
         except cancelled:
             # Not from close(): the event loop is ending (or someone cancelled the task).
+            if self._stop.is_set():
+                raise  # close() had been called: the pool was closing anyway
             logger.warning(
                 "%s was still open when its owner task was cancelled (the event loop ended?); "
                 "it is closed now.  Close it with `await pool.aclose()`, or use `async with`",

@@ -170,6 +170,34 @@ async def test_cancelled_open_closes_the_pool_again() -> None:
     await pool.aclose()  # nothing left to do
 
 
+async def test_a_cancelled_second_open_leaves_the_pool_open() -> None:
+    """Only the call that opened the pool closes it when cancelled."""
+    factory = FakeFactory()
+    pool = Pool(factory, **QUIET)
+    await pool.open()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await pool.open()
+    assert scope.cancelled_caught
+    async with pool.acquire():
+        pass
+    await pool.aclose()
+    assert not factory.open_resources
+
+
+async def test_open_while_aclose_runs_is_refused() -> None:
+    pool = Pool(FakeFactory(), max_size=1, close_timeout=30, **QUIET)
+    await pool.open()
+    held = await pool.lease()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.aclose)
+            await anyio.wait_all_tasks_blocked()  # aclose() waits for `held`
+            with pytest.raises(RuntimeError, match="is closed"):
+                await pool.open()
+            await pool.release(held)
+
+
 async def test_cancelled_aclose_still_closes() -> None:
     factory = FakeFactory()
     pool = Pool(factory, min_size=2, **QUIET)
