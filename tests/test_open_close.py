@@ -376,3 +376,20 @@ def test_blocking_pool_open_and_close(redis_server: RedisServer) -> None:
         redis.ping()
     with pytest.raises(RuntimeError, match="opens once"):
         redis.open()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])  # uvloop: with the generic pool above
+def test_a_redis_pool_left_open_is_closed_when_the_loop_ends(
+    backend: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = RedisPool.from_url(redis_server.url, min_size=2, name="left-open")
+
+    async def main() -> None:
+        await redis.open()
+        await redis.pool.wait(timeout=30)
+        assert await redis.ping()
+
+    with caplog.at_level(logging.WARNING, logger="anypool.pool"):
+        anyio.run(main, backend=backend)
+    assert redis.statistics().pool_size == 0
+    assert any("left-open" in r.getMessage() for r in caplog.records)
