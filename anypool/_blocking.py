@@ -167,6 +167,7 @@ class BlockingRedisPool(_Blocking):
         self._exit_stack: ExitStack | None = None
         self._held: set[_Held[Any]] = set()  # acquire()/subscribe() blocks not left yet
         self._held_lock = threading.Lock()
+        self._used = False  # opened once already (a pool opens once)
 
     @classmethod
     def from_url(
@@ -175,9 +176,37 @@ class BlockingRedisPool(_Blocking):
         """As :meth:`RedisPool.from_url`."""
         return cls(backend=backend, client=RedisPool.from_url(url, **options))
 
+    def open(self) -> None:
+        """Open the pool without a ``with`` block (start the helper thread and its event loop,
+        open the pool there); close it with :meth:`close`.  ``with`` stays the recommended
+        way.  Calling it again while open does nothing.
+
+        Raises:
+            RuntimeError: the pool was closed (a pool opens once: make a new one).
+            Exception: what opening raised (the pool is then closed, the thread stopped).
+        """
+        if self._exit_stack is None:
+            self.__enter__()
+
+    def close(self) -> None:
+        """Close a pool opened with :meth:`open`, as leaving ``with`` does: leave every
+        connection and subscription still held, close the pool, stop the helper thread.
+        Does nothing if it is not open.  Callable from any thread but the helper's own.
+
+        Raises:
+            BaseExceptionGroup: a background task of the pool failed (what the async pool's
+                ``async with`` would raise).
+        """
+        self.__exit__(None, None, None)
+
     def __enter__(self) -> BlockingRedisPool:
         if self._exit_stack is not None:
             raise RuntimeError("this BlockingRedisPool is already open")
+        if self._used:
+            raise RuntimeError(
+                "this BlockingRedisPool was closed, and a pool opens once: make a new one"
+            )
+        self._used = True  # from here on, whatever happens: a pool opens once
         stack = ExitStack()
         portal = stack.enter_context(anyio.from_thread.start_blocking_portal(self._backend))
         try:
@@ -206,7 +235,11 @@ class BlockingRedisPool(_Blocking):
 
     def __getattr__(self, name: str) -> Any:
         if self._exit_stack is None:
-            raise PoolClosed("a BlockingRedisPool is used inside `with BlockingRedisPool(...):`")
+            state = "closed" if self._used else "not open yet"
+            raise PoolClosed(
+                f"this BlockingRedisPool is {state}: use it inside `with BlockingRedisPool(...) "
+                f"as redis:` (or call `redis.open()` first and `redis.close()` at the end)"
+            )
         return super().__getattr__(name)
 
     def subscribe(

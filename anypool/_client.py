@@ -48,6 +48,7 @@ from ._compat import (
 from ._config import PoolConfig, RedisConfig, split_url
 from ._connection import Connection, ConnectionFactory
 from ._errors import CommandNotAllowed, ConfigError, ConnectionClosed, ProtocolError
+from ._owner import Owner
 from ._pool import DEFAULT, Lease, Pool, _Default
 from ._rules import judge_on_connection, name_of, refuse_on_pool, wire_args
 from ._stats import Health, PoolStatistics
@@ -163,6 +164,8 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         self._pool: Pool[Connection] = Pool(self._factory, pool_config)
         self._callbacks = {2: response_callbacks(2), 3: response_callbacks(3)}
         self._pubsub: _pubsub.Hub | None = None
+        self._life = "new"  # "open" inside `async with` (or open()), then "closed"
+        self._owner = Owner(pool_config.name or "RedisPool", lambda: self)  # open()/aclose()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisPool:
@@ -192,13 +195,75 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[RedisPool]:
-        async with self._pool:
-            try:
-                yield self
-            finally:
-                # First of all: every subscription ends with PoolClosed, its task stops.
-                if self._pubsub is not None:
-                    self._pubsub.close()
+        self._life = "open"
+        try:
+            async with self._pool:
+                try:
+                    yield self
+                finally:
+                    # First of all: every subscription ends with PoolClosed, its task stops.
+                    if self._pubsub is not None:
+                        self._pubsub.close()
+        finally:
+            self._life = "closed"
+
+    async def open(self) -> None:
+        """Open the pool without an ``async with`` block; close it with :meth:`aclose`.
+
+        For code that cannot open and close in one task: a pytest-asyncio fixture, a
+        framework's startup and shutdown hooks.  ``async with`` stays the recommended way.
+        The pool's task group then lives in an owner task that anypool starts on the running
+        event loop (asyncio, uvloop; trio: a system task).  A failure of a background task (a
+        listener past its restart budget, a bug in maintenance) closes the pool, is raised
+        by :meth:`aclose`, and makes every later call raise :class:`PoolClosed` naming it.
+        If the event loop ends before :meth:`aclose`, the pool is closed as the loop cancels
+        its tasks, and a warning is logged on the ``anypool.pool`` logger.
+
+        Opening does no I/O: connections are made on first use, and ``min_size`` of them in
+        the background (``await redis.pool.wait(timeout=5)`` fails fast if Redis is down).
+        Calling it again while open does nothing.
+
+        Raises:
+            RuntimeError: the pool was closed (a pool opens once: make a new one), is open in
+                an ``async with`` block, or was opened in another event loop.
+
+        Cancellation: a task cancelled during ``open()`` closes the pool again before the
+        cancellation propagates; the pool is then closed.
+        """
+        if self._life != "new" and not self._owner.used:
+            raise RuntimeError(
+                f"{self._pool.name} was already opened by `async with` (it closes when the "
+                f"block ends), or closed; a pool opens once: make a new one to open again"
+            )
+        await self._owner.open()
+
+    async def aclose(self) -> None:
+        """Close a pool opened with :meth:`open`, as leaving ``async with`` does: end every
+        subscription with :class:`PoolClosed`, wake waiters with :class:`PoolClosed`, wait up
+        to ``close_timeout`` for connections in use, close every connection.
+
+        Does nothing if the pool was never opened or is closed already; a second call made
+        while the first runs waits for it.  May be called from any task of the event loop
+        that opened the pool.  Commands other tasks start meanwhile fail with
+        :class:`PoolClosed`; commands in flight get up to ``close_timeout`` to finish.
+
+        Raises:
+            BaseExceptionGroup: a background task failed (as ``async with`` would raise it;
+                raised once, by the first ``aclose()`` after the failure).
+            RuntimeError: the pool is open in an ``async with`` block (leave the block
+                instead), or was opened in another event loop.
+
+        Cancellation: shielded, like leaving ``async with``; the cancellation takes effect
+        once the pool is closed (bounded by ``close_timeout``).
+        """
+        if not self._owner.used:
+            if self._life == "open":
+                raise RuntimeError(
+                    f"{self._pool.name} is open in an `async with` block: it closes when the "
+                    f"block ends (aclose() closes pools opened with open())"
+                )
+            return
+        await self._owner.close()
 
     # --- commands -----------------------------------------------------------------------------
 

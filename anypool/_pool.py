@@ -53,6 +53,7 @@ from . import _health
 from ._backoff import BreakerState, CircuitBreaker, backoff_delay
 from ._config import PoolConfig
 from ._errors import PoolClosed, PoolExhausted, PoolTimeout, PoolUnavailable, TooManyWaiters
+from ._owner import Owner
 from ._stats import Health, PoolStatistics
 
 __all__ = ["DEFAULT", "Pool", "ResourceFactory"]
@@ -175,7 +176,8 @@ class Pool(Generic[R], AsyncContextManagerMixin):
     The pool lives exactly as long as its ``async with`` block: entering starts the background
     maintenance (keepalive checks, expiry, refill to ``min_size``, leak detection) in the
     pool's own task group; leaving stops it, wakes every waiter with :class:`PoolClosed`, and
-    closes every resource.  A pool can be entered once.
+    closes every resource.  A pool opens once.  Code that cannot hold one ``async with`` block
+    in one task uses :meth:`open` and :meth:`aclose` instead.
 
     Args:
         factory: makes, checks, resets and closes the resources.
@@ -230,34 +232,101 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         self._counters = _Counters()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._upkeep = _Upkeep(self)
+        self._failure: BaseException | None = None  # what the task group raised on closing
+        self._owner = Owner(self.name, lambda: self)  # for open()/aclose()
 
     # --- life cycle ---------------------------------------------------------------------------
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[Pool[R]]:
         if self._state is not _NEW:
-            raise RuntimeError(f"{self.name} was already entered; a pool is entered once")
+            raise RuntimeError(
+                f"{self.name} was already opened, and a pool opens once (`async with pool:` or "
+                f"`await pool.open()`): make a new one to open again"
+            )
         self._limiter = anyio.CapacityLimiter(self._max_size)
         self._wake_maintenance = anyio.Event()
         self._maintenance_scope = anyio.CancelScope()
         body_error: BaseException | None = None
-        async with anyio.create_task_group() as task_group:
-            self._task_group = task_group
-            self._state = _OPEN
-            task_group.start_soon(self._maintain, name=f"{self.name} maintenance")
-            try:
-                yield self
-            except BaseException as exc:
-                # Raised by the user's block: re-raised as it is once the task group has exited
-                # (inside it, it would come out wrapped in an ExceptionGroup).  A failure of the
-                # pool's own background tasks still propagates from the task group itself.
-                body_error = exc
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._shutdown()
-                task_group.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
+                self._state = _OPEN
+                task_group.start_soon(self._maintain, name=f"{self.name} maintenance")
+                try:
+                    yield self
+                except BaseException as exc:
+                    # Raised by the user's block: re-raised as it is once the task group has
+                    # exited (inside it, it would come out wrapped in an ExceptionGroup).  A
+                    # failure of the pool's own background tasks propagates from the task group.
+                    body_error = exc
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._shutdown()
+                    task_group.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            self._failure = exc  # a background task failed: later calls say so (check_open)
+            raise
         if body_error is not None:
             raise body_error
+
+    async def open(self) -> None:
+        """Open the pool without an ``async with`` block; close it with :meth:`aclose`.
+
+        For code that cannot open and close in one task: a pytest-asyncio fixture, a
+        framework's startup and shutdown hooks.  ``async with pool:`` stays the recommended
+        way.  The pool's task group then lives in an owner task that anypool starts on the
+        running event loop (trio: a system task); a failure of a background task closes the
+        pool, is raised by :meth:`aclose`, and makes every later call raise
+        :class:`PoolClosed` naming it.  If the event loop ends before :meth:`aclose`, the pool
+        is closed as the loop cancels its tasks, and a warning is logged.
+
+        Opening does no I/O (``min_size`` resources are opened in the background:
+        ``await pool.wait()`` waits for them).  Calling it again while open does nothing.
+
+        Raises:
+            RuntimeError: the pool was closed (a pool opens once: make a new one), is open in
+                an ``async with`` block, or was opened in another event loop.
+
+        Cancellation: a task cancelled during ``open()`` closes the pool again before the
+        cancellation propagates; the pool is then closed.
+        """
+        if not self._owner.used and self._state is not _NEW:
+            raise RuntimeError(
+                f"{self.name} was already opened by `async with` (it closes when the block "
+                f"ends), or closed; a pool opens once: make a new one to open again"
+            )
+        await self._owner.open()
+
+    async def aclose(self) -> None:
+        """Close a pool opened with :meth:`open`: as leaving ``async with`` does, wake every
+        waiter with :class:`PoolClosed`, close idle resources, wait up to ``close_timeout``
+        for leased ones, close the rest, stop the maintenance.
+
+        Does nothing if the pool was never opened or is closed already; a second call made
+        while the first runs waits for it.  May be called from any task of the event loop
+        that opened the pool.  Calls made meanwhile by other tasks fail with
+        :class:`PoolClosed`; leases they hold are waited for as above.
+
+        Raises:
+            BaseExceptionGroup: a background task of the pool failed (as ``async with`` would
+                raise it; raised once, by the first ``aclose()`` after the failure).
+            RuntimeError: the pool is open in an ``async with`` block (leave the block
+                instead), or was opened in another event loop.
+
+        Cancellation: shielded, like leaving ``async with``; the cancellation takes effect
+        once the pool is closed (bounded by ``close_timeout``).
+        """
+        if not self._owner.used:
+            if self._state is _OPEN:
+                raise RuntimeError(
+                    f"{self.name} is open in an `async with` block: it closes when the block "
+                    f"ends (aclose() closes pools opened with open())"
+                )
+            return
+        await self._owner.close()
 
     async def _maintain(self) -> None:
         with self._maintenance_scope:
@@ -293,7 +362,15 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         pool is open."""
         if self._state is not _OPEN:
             if self._state is _NEW:
-                raise PoolClosed(f"{self.name} is not open yet: use `async with pool:` first")
+                raise PoolClosed(
+                    f"{self.name} is not open yet: use `async with pool:` (or `await "
+                    f"pool.open()` and, at the end, `await pool.aclose()`) first"
+                )
+            failure = self._failure
+            if failure is not None:
+                raise PoolClosed(
+                    f"{self.name} is closed: a background task failed ({failure!r:.200})"
+                ) from failure
             raise PoolClosed(f"{self.name} is closed")
 
     async def start_task(

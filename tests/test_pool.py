@@ -75,7 +75,7 @@ async def test_use_before_enter_and_after_close_is_a_clear_error() -> None:
     with pytest.raises(anypool.PoolClosed, match="is closed"):
         async with pool.acquire():
             pass
-    with pytest.raises(RuntimeError, match="entered once"):
+    with pytest.raises(RuntimeError, match="opens once"):
         async with pool:
             pass
 
