@@ -86,16 +86,14 @@ def _check_optional_str(field: str, value: Any) -> str | None:
 
 
 def _check_client_attribute(field: str, value: Any, what: str) -> None:
-    """Names Redis shows in CLIENT LIST: printable ASCII without spaces (nor braces, which
-    redis-py refuses in library names too)."""
+    """Names Redis shows in CLIENT LIST (of the ``what``): printable ASCII without spaces."""
     if value is not None and (
-        not isinstance(value, str)
-        or not value
-        or not all("!" <= c <= "~" for c in value)
-        or (what == "library" and any(c in "(){}[]" for c in value))
+        not isinstance(value, str) or not value or not all("!" <= c <= "~" for c in value)
     ):
-        braces = ", without spaces or braces" if what == "library" else " without spaces"
-        raise _fail(field, value, f"must be printable ASCII{braces} (Redis refuses anything else)")
+        raise _fail(
+            field, value, f"a {what} name must be printable ASCII without spaces (Redis "
+            "refuses anything else)",
+        )  # fmt: skip
 
 
 def _tls_version(field: str, value: Any) -> ssl.TLSVersion | None:
