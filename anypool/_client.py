@@ -607,14 +607,32 @@ class Pipeline(_Commands):
             WatchError: a watched key changed; nothing was executed.
             redis.exceptions.ResponseError: a command failed (with ``raise_on_error``).
 
+        With the pool's ``retry=``, a pipeline that holds no WATCH is retried as one command
+        would be: only when it provably was never sent, unless ``retry_may_have_run=True``.
+
         Cancellation: the connection is closed if replies were still owed, or if it may still
         be WATCHing (EXEC or UNWATCH never reached the server: an argument that cannot be
         sent, a script that does not load); the pipeline is reset either way.
         """
+        retry = self._client._retry
+        if retry is None or self._lease is not None or self._watching:
+            return await self._execute(raise_on_error, None)
+        queue, scripts, explicit_multi = self._queue, self._scripts, self._explicit_multi
+
+        async def attempt(sent: Sent) -> list[Any]:
+            # Each try sends the same commands (execute() resets the pipeline after a try).
+            self._queue = [(args, dict(options)) for args, options in queue]
+            self._scripts, self._explicit_multi = dict(scripts), explicit_multi
+            return await self._execute(raise_on_error, sent)
+
+        return await retry.call(attempt)
+
+    async def _execute(self, raise_on_error: bool, sent: Sent | None) -> list[Any]:
         queue = self._queue
         pool = self._client._pool
         lease = self._lease or await pool.lease()
         self._lease = None
+        writes = lease.resource.writes
         try:
             connection = lease.resource
             if not queue and not self._watching:
@@ -629,6 +647,8 @@ class Pipeline(_Commands):
                 connection, queue, raise_on_error, unwatch=self._watching
             )
         finally:
+            if sent is not None:
+                sent.value = lease.resource.writes != writes
             if self._watching:  # the WATCH was not ended: closed, so the pool won't reuse it
                 await lease.resource.aclose()
             self._queue = []

@@ -297,3 +297,48 @@ async def test_retry_waits_with_anyio_and_can_be_cancelled() -> None:
                 await client.ping()
         assert scope.cancelled_caught
         assert client.statistics().in_use == 0
+
+
+@pytest.mark.anyio
+async def test_pipelines_retry_by_the_same_rule(redis_server: RedisServer) -> None:
+    key = f"retry-pipe-{uuid.uuid4().hex}"
+    backoff = CountingBackoff()
+    async with FaultProxy(redis_server.port) as proxy:
+        async with RedisPool.from_url(proxy.url, retry=Retry(backoff, 3)) as client:
+            assert await client.ping() is True
+            proxy.truncate_next_reply(2)  # the transaction ran; its replies are cut
+            with pytest.raises(anypool.ConnectionLost):
+                async with client.pipeline() as pipe:
+                    pipe.incr(key).incr(key)
+                    await pipe.execute()
+            assert backoff.computed == 0
+            assert await client.get(key) == b"2"  # ran once, never resent
+            await client.delete(key)
+    # never sent (refused connects): retried, and the queued commands are sent whole
+    async with RedisPool(host="127.0.0.1", port=_closed_port(), retry=Retry(backoff, 2)) as client:
+        with pytest.raises(anypool.ConnectError):
+            async with client.pipeline() as pipe:
+                pipe.incr(key)
+                await pipe.execute()
+        assert backoff.computed == 2
+        assert client.statistics().in_use == 0
+
+
+def test_blocking_pool_takes_redis_py_keywords(redis_server: RedisServer) -> None:
+    with anypool.BlockingRedisPool.from_url(
+        redis_server.url, max_connections=2, socket_connect_timeout=5, lib_name="sync-app"
+    ) as client:
+        assert client.ping() is True
+    with pytest.raises(ConfigError, match=r"did you mean 'max_connections'\?"):
+        anypool.BlockingRedisPool(max_connection=2)
+
+
+@pytest.mark.anyio
+async def test_socket_keepalive_options(redis_server: RedisServer) -> None:
+    options = {socket.TCP_KEEPIDLE: 17, socket.TCP_KEEPINTVL: 4, socket.TCP_KEEPCNT: 2}
+    async with RedisPool(port=redis_server.port, socket_keepalive_options=options) as client:
+        async with client.acquire() as conn:
+            sock = conn.connection._raw_socket
+            assert sock is not None
+            for option, value in options.items():
+                assert sock.getsockopt(socket.IPPROTO_TCP, option) == value
