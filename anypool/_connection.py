@@ -279,7 +279,10 @@ class Connection:
         )
         try:
             await self.execute(*args, timeout=timeout)
-        except redis.exceptions.ResponseError as exc:
+        except AnyPoolError:
+            raise  # the connection broke or timed out (and is closed)
+        except (redis.exceptions.ResponseError, redis.exceptions.AuthenticationError) as exc:
+            # the server's error reply (WRONGPASS is parsed as an AuthenticationError)
             raise self._handshake_error("AUTH", exc, username) from exc
 
     def _read_hello(self, info: Any) -> None:
@@ -701,7 +704,8 @@ async def fetch_credentials(config: RedisConfig) -> tuple[str | None, str]:
     kind = type(provider).__name__
     try:
         method = getattr(type(provider), "get_credentials_async", None)
-        if method is not None and method is not CredentialProvider.get_credentials_async:
+        base = getattr(CredentialProvider, "get_credentials_async", None)  # redis-py >= 5.1
+        if method is not None and method is not base:
             credentials = await provider.get_credentials_async()
         else:
             credentials = provider.get_credentials()

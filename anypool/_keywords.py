@@ -19,7 +19,10 @@ from ._errors import ConfigError
 __all__ = ["CLIENT_OPTIONS", "canonical_name", "sort_options"]
 
 # Same setting, another name here.
-_ALIASES = {"socket_connect_timeout": "connect_timeout", "max_connections": "max_size"}
+_ALIASES = {
+    "socket_connect_timeout": "connect_timeout", "max_connections": "max_size",
+    "charset": "encoding", "errors": "encoding_errors",  # redis-py 5's deprecated names
+}  # fmt: skip
 # Keywords of RedisPool itself (retries), not of either config record.
 CLIENT_OPTIONS = frozenset({"retry", "retry_on_error", "retry_on_timeout", "retry_may_have_run"})
 # redis-py keywords that change nothing here, whatever their value.

@@ -15,7 +15,7 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.credentials import CredentialProvider, StreamingCredentialProvider
+from redis.credentials import CredentialProvider
 
 import anypool
 from anypool import ConfigError, RedisPool
@@ -92,7 +92,8 @@ def test_url_options_as_redis_py_reads_them() -> None:
 
 
 def test_driver_info() -> None:
-    from redis.driver_info import DriverInfo
+    driver_info = pytest.importorskip("redis.driver_info", reason="redis-py >= 7.1")
+    DriverInfo = driver_info.DriverInfo
 
     info = DriverInfo(name="myapp", lib_version="2.0").add_upstream_driver("celery", "5.4")
     pool = RedisPool(driver_info=info)
@@ -144,7 +145,10 @@ class _Token:
         return self._password
 
 
-class RotatingProvider(StreamingCredentialProvider):
+class RotatingProvider(CredentialProvider):
+    """A streaming provider as redis-py defines one (StreamingCredentialProvider, redis-py
+    >= 5.3, adds exactly these methods; anypool only looks for on_next)."""
+
     def __init__(self, user: str, password: str) -> None:
         self.credentials = (user, password)
         self.callback: Any = None
@@ -342,3 +346,35 @@ async def test_socket_keepalive_options(redis_server: RedisServer) -> None:
             assert sock is not None
             for option, value in options.items():
                 assert sock.getsockopt(socket.IPPROTO_TCP, option) == value
+
+
+@pytest.mark.anyio
+async def test_a_rejected_rotation_closes_the_connection_and_shows_no_password(
+    valkey_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    user, password, wrong = f"u-{tag}", f"right-{tag}", f"wrong-{tag}"
+    async with RedisPool.from_url(valkey_server.url) as admin:
+        await admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"],
+                                keys=["*"], commands=["+@all"])  # fmt: skip
+        try:
+            provider = RotatingProvider(user, password)
+            async with RedisPool.from_url(
+                valkey_server.url, credential_provider=provider, max_size=1
+            ) as client:
+                async with client.acquire() as held:
+                    first = await held.client_id()
+                    await provider.rotate(user, wrong)  # the server will refuse it
+                # refused on return: closed, not reused with the old identity
+                assert client.statistics().returns_bad == 1
+                with pytest.raises(anypool.AuthenticationError) as caught:
+                    await client.ping()  # a new connection asks the provider: refused too
+                assert wrong not in str(caught.value) and password not in str(caught.value)
+                await provider.rotate(user, password)
+                async with client.acquire() as conn:
+                    assert await conn.client_id() != first
+                    assert await _whoami(conn) == user
+            assert all(wrong not in r.getMessage() and password not in r.getMessage()
+                       for r in caplog.records)  # fmt: skip
+        finally:
+            await admin.acl_deluser(user)
