@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from . import __version__
 from ._client import RedisPool
-from ._config import RedisConfig
+from ._config import split_url
 from ._connection import Connection
 from ._errors import AnyPoolError
 from ._pubsub import Message, Reconnected
@@ -50,7 +50,9 @@ class CommandError(Exception):
 
 
 async def _ping(url: str, timeout: float) -> str:
-    config = RedisConfig.from_url(url, connect_timeout=timeout, socket_timeout=timeout)
+    # split_url: a URL written for redis-py may carry pool options (max_connections...), which
+    # mean nothing to one connection and are not an error here.
+    config, _ = split_url(url, connect_timeout=timeout, socket_timeout=timeout)
     started = time.perf_counter()
     connection = await Connection.connect(config)
     try:
@@ -70,7 +72,7 @@ async def _ping(url: str, timeout: float) -> str:
         await connection.aclose()
     pong = reply.decode() if isinstance(reply, bytes) else str(reply)
     return (
-        f"{pong} from {RedisConfig.from_url(url).to_url()} "
+        f"{pong} from {split_url(url)[0].to_url()} "
         f"in {(answered - connected) * 1000:.2f} ms "
         f"(connect {(connected - started) * 1000:.2f} ms, Redis {version})"
     )
@@ -115,7 +117,7 @@ async def _clients(args: argparse.Namespace) -> int:
             groups.setdefault(str(client.get("name") or "(no name)"), []).append(client)
         from rich.table import Table
 
-        table = Table(title=f"clients of {RedisConfig.from_url(args.url).to_url()}")
+        table = Table(title=f"clients of {split_url(args.url)[0].to_url()}")
         for column in ("name", "count", "idle min s", "idle max s", "pub/sub", "addresses"):
             table.add_column(column)
         for name, members in sorted(groups.items()):

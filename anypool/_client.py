@@ -47,9 +47,11 @@ from ._compat import (
 )
 from ._config import PoolConfig, RedisConfig, split_url
 from ._connection import Connection, ConnectionFactory
-from ._errors import CommandNotAllowed, ConfigError, ConnectionClosed, ProtocolError
+from ._errors import CommandNotAllowed, ConnectionClosed, ProtocolError
+from ._keywords import canonical_name, sort_options
 from ._owner import Owner
 from ._pool import DEFAULT, Lease, Pool, _Default
+from ._retry import RetryRule, Sent
 from ._rules import judge_on_connection, name_of, refuse_on_pool, wire_args
 from ._stats import Health, PoolStatistics
 
@@ -130,10 +132,16 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         config: how to connect (default: localhost:6379, db 0).
         pool_config: how to pool (see :class:`PoolConfig`).
         **options: any :class:`RedisConfig` or :class:`PoolConfig` field, overriding the two
-            records (``max_size=16``, ``decode_responses=True``, ``protocol=2``...).
+            records (``max_size=16``, ``decode_responses=True``, ``protocol=2``...), and
+            redis-py's ``Redis()`` keywords with redis-py's meaning (``max_connections``,
+            ``socket_connect_timeout``...; the table is in docs/configuration.md).  Retries
+            are off unless asked for: ``retry=`` (a redis-py ``Retry``), ``retry_on_error=``,
+            ``retry_on_timeout=`` retry a command on those errors only when it was provably
+            never sent, and also when it may have run with ``retry_may_have_run=True``.
 
     Raises:
-        ConfigError: an option is unknown or invalid.
+        ConfigError: an option is unknown (the error names the closest one), invalid, or
+            asks for something anypool does not do (the error says what to use instead).
     """
 
     def __init__(
@@ -143,20 +151,12 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         pool_config: PoolConfig | None = None,
         **options: Any,
     ) -> None:
-        redis_fields = set(RedisConfig.__dataclass_fields__)
-        pool_fields = set(PoolConfig.__dataclass_fields__)
-        unknown = set(options) - redis_fields - pool_fields
-        if unknown:
-            name = sorted(unknown)[0]
-            raise ConfigError(
-                name, options[name], "is neither a RedisConfig nor a PoolConfig field"
-            )
+        connection_options, pool_options, client_options = sort_options(options)
         config = config or RedisConfig()
-        connection_options = {k: v for k, v in options.items() if k in redis_fields}
         if connection_options:
             config = config.replace(**connection_options)
-        pool_options = {k: v for k, v in options.items() if k in pool_fields}
         pool_config = (pool_config or PoolConfig()).replace(**pool_options)
+        self._retry = RetryRule.from_options(**client_options)
         if pool_config.name is None:
             pool_config = pool_config.replace(name=f"redis {config.address}/{config.db}")
         self._config = config
@@ -174,8 +174,11 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         Pool options in the URL (``max_connections``, ``health_check_interval``) configure
         the pool; keyword ``options`` override the URL.
         """
-        config, pool_options = split_url(url)
-        return cls(config, **{**pool_options, **options})
+        config, url_options = split_url(url)
+        merged = {**url_options}
+        for name in options:  # a keyword overrides the URL, whatever name it uses
+            merged.pop(canonical_name(name), None)
+        return cls(config, **merged, **options)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> RedisPool:
@@ -270,19 +273,39 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Run one command on a pooled connection and return its parsed reply.
 
+        With ``retry=``, a failure on the Retry's errors is retried (after its backoff) when the
+        command was provably never sent, or with ``retry_may_have_run=True`` in any case.
+
         Raises:
             CommandNotAllowed: a command that would change a pooled connection's state.
             redis.exceptions.ResponseError: the server's error reply.
-            ConnectionError, TimeoutError, PoolTimeout...: see the pool and the connection.
+            ConnectionError, TimeoutError, PoolTimeout...: see the pool and the connection
+                (the last attempt's error, when retries ran out).
 
         Cancellation: the connection is closed if the reply was still owed; the pool slot is
-        always returned.
+        always returned; a cancelled retry sleep ends the call.
         """
         refuse_on_pool(args)
+        if self._retry is not None:
+            return await self._retry.call(lambda sent: self._attempt(args, options, sent))
         pool = self._pool
         lease = await pool.lease()
         try:
             return await self._run(lease.resource, args, options)
+        finally:
+            await pool.release(lease)
+
+    async def _attempt(self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent) -> Any:
+        """One try of a command under ``retry=``; ``sent`` tells whether its write began."""
+        pool = self._pool
+        lease = await pool.lease()
+        try:
+            connection = lease.resource
+            writes = connection.writes
+            try:
+                return await self._run(connection, args, dict(options))
+            finally:
+                sent.value = connection.writes != writes
         finally:
             await pool.release(lease)
 
@@ -649,14 +672,32 @@ class Pipeline(_Commands):
             WatchError: a watched key changed; nothing was executed.
             redis.exceptions.ResponseError: a command failed (with ``raise_on_error``).
 
+        With the pool's ``retry=``, a pipeline that holds no WATCH is retried as one command
+        would be: only when it provably was never sent, unless ``retry_may_have_run=True``.
+
         Cancellation: the connection is closed if replies were still owed, or if it may still
         be WATCHing (EXEC or UNWATCH never reached the server: an argument that cannot be
         sent, a script that does not load); the pipeline is reset either way.
         """
+        retry = self._client._retry
+        if retry is None or self._lease is not None or self._watching:
+            return await self._execute(raise_on_error, None)
+        queue, scripts, explicit_multi = self._queue, self._scripts, self._explicit_multi
+
+        async def attempt(sent: Sent) -> list[Any]:
+            # Each try sends the same commands (execute() resets the pipeline after a try).
+            self._queue = [(args, dict(options)) for args, options in queue]
+            self._scripts, self._explicit_multi = dict(scripts), explicit_multi
+            return await self._execute(raise_on_error, sent)
+
+        return await retry.call(attempt)
+
+    async def _execute(self, raise_on_error: bool, sent: Sent | None) -> list[Any]:
         queue = self._queue
         pool = self._client._pool
         lease = self._lease or await pool.lease()
         self._lease = None
+        writes = lease.resource.writes
         try:
             connection = lease.resource
             if not queue and not self._watching:
@@ -671,6 +712,8 @@ class Pipeline(_Commands):
                 connection, queue, raise_on_error, unwatch=self._watching
             )
         finally:
+            if sent is not None:
+                sent.value = lease.resource.writes != writes
             if self._watching:  # the WATCH was not ended: closed, so the pool won't reuse it
                 await lease.resource.aclose()
             self._queue = []

@@ -106,3 +106,37 @@ def annotate_pipeline_error(error: Exception, number: int, command: Iterable[obj
     """Rewrite ``error``'s message the way redis-py's pipelines do ("Command # 2 (...) of
     pipeline caused error: ..."), whose wording differs between redis-py versions."""
     _RedisPipeline.annotate_exception(None, error, number, command)  # type: ignore[arg-type]
+
+
+# --- redis-py's Retry objects (their parts are private attributes, stable since redis-py 4) ---
+
+
+def retry_parts(retry: Any) -> tuple[Any, int, tuple[type[BaseException], ...]] | None:
+    """The backoff, retry count (negative: forever) and error classes of a redis-py ``Retry``
+    (``redis.retry.Retry`` or ``redis.asyncio.retry.Retry``), or None if ``retry`` is not one."""
+    backoff = getattr(retry, "_backoff", None)
+    retries = getattr(retry, "_retries", None)
+    errors = getattr(retry, "_supported_errors", None)
+    if (
+        not callable(getattr(backoff, "compute", None))
+        or not isinstance(retries, int)
+        or not isinstance(errors, tuple)
+        or not all(isinstance(e, type) and issubclass(e, BaseException) for e in errors)
+    ):
+        return None
+    return backoff, retries, errors
+
+
+def default_retry() -> Any:
+    """The Retry redis-py's client uses when given ``retry_on_error``/``retry_on_timeout``
+    without ``retry``: redis-py 6+: 3 retries, exponential backoff with jitter (1 s base,
+    10 s cap); redis-py 5: one retry at once."""
+    from redis.asyncio.retry import Retry
+
+    try:
+        from redis.backoff import ExponentialWithJitterBackoff
+    except ImportError:  # redis-py 5
+        from redis.backoff import NoBackoff
+
+        return Retry(NoBackoff(), 1)
+    return Retry(ExponentialWithJitterBackoff(base=1, cap=10), 3)

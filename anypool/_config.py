@@ -10,19 +10,25 @@ URLs follow redis-py's conventions::
     rediss://...                      (TLS; ssl_* options are only allowed here)
     unix://[[username]:password@]/path/to/socket[?db=N&...]
 
-Query options use the field names below; redis-py's ``socket_connect_timeout`` is accepted as an
-alias of ``connect_timeout``.  Pool options (``max_connections``, ``health_check_interval``) are
-returned separately by :func:`split_url` for the pool to use.
+Query options use the field names below, and every option redis-py's ``from_url`` reads, with
+redis-py's meaning (``socket_connect_timeout`` is ``connect_timeout``...).  Pool and client
+options (``max_connections``, ``health_check_interval``, ``timeout``, ``retry_on_timeout``) are
+returned separately by :func:`split_url` for the pool to use.  Options whose values are objects
+(``ssl_context``, ``credential_provider``, ``socket_keepalive_options``) have no URL form.
 """
 
 from __future__ import annotations
 
 import codecs
 import dataclasses
+import difflib
+import importlib.metadata
 import math
 import os
 import re
-from collections.abc import Mapping
+import ssl
+from collections.abc import Iterable, Mapping
+from ssl import SSLContext, TLSVersion, VerifyFlags  # the class has a field named ssl
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -35,6 +41,13 @@ SslCertReqs = Literal["required", "optional", "none"]
 _DEFAULT_PORT = 6379
 _REDACTED = "***"
 _MIB = 1024 * 1024
+try:
+    _LIB_VERSION: str | None = importlib.metadata.version("anypool")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+    _LIB_VERSION = None
+_CERT_REQS: dict[Any, SslCertReqs] = {
+    ssl.CERT_REQUIRED: "required", ssl.CERT_OPTIONAL: "optional", ssl.CERT_NONE: "none",
+}  # fmt: skip
 
 
 def _fail(field: str, value: Any, reason: str) -> ConfigError:
@@ -72,6 +85,71 @@ def _check_optional_str(field: str, value: Any) -> str | None:
     return value
 
 
+def _check_client_attribute(field: str, value: Any, what: str) -> None:
+    """Names Redis shows in CLIENT LIST (of the ``what``): printable ASCII without spaces."""
+    if value is not None and (
+        not isinstance(value, str) or not value or not all("!" <= c <= "~" for c in value)
+    ):
+        raise _fail(
+            field, value, f"a {what} name must be printable ASCII without spaces (Redis "
+            "refuses anything else)",
+        )  # fmt: skip
+
+
+def _tls_version(field: str, value: Any) -> ssl.TLSVersion | None:
+    """``ssl_min_version`` as redis-py takes it: an ``ssl.TLSVersion``, its number (as in a
+    redis-py URL: 771 is TLS 1.2), or its name (``TLSv1_2``)."""
+    if value is None or isinstance(value, ssl.TLSVersion):
+        return value
+    try:
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            return ssl.TLSVersion[value.strip()]
+        if isinstance(value, bool):
+            raise TypeError
+        return ssl.TLSVersion(int(value))
+    except (KeyError, ValueError, TypeError):
+        names = ", ".join(v.name for v in ssl.TLSVersion if v.name.startswith("TLS"))
+        raise _fail(field, value, f"is not a TLS version (use ssl.TLSVersion: {names})") from None
+
+
+def _verify_flags(field: str, value: Any) -> tuple[ssl.VerifyFlags, ...]:
+    """A list of ``ssl.VerifyFlags`` (or their names, comma-separated in a URL)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+    if isinstance(value, ssl.VerifyFlags) or not isinstance(value, Iterable):
+        value = [value]
+    flags = []
+    for item in value:
+        if isinstance(item, str) and item in ssl.VerifyFlags.__members__:
+            item = ssl.VerifyFlags[item]
+        if not isinstance(item, ssl.VerifyFlags):
+            names = ", ".join(ssl.VerifyFlags.__members__)
+            raise _fail(field, item, f"is not an ssl.VerifyFlags value ({names})")
+        flags.append(item)
+    return tuple(flags)
+
+
+def _keepalive_options(value: Any) -> tuple[tuple[int, int | bytes], ...] | None:
+    if value is None:
+        return None
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        pairs = tuple((option, setting) for option, setting in items)
+    except (TypeError, ValueError):
+        raise _fail(
+            "socket_keepalive_options", value,
+            "must map socket option numbers to values, e.g. {socket.TCP_KEEPIDLE: 30}",
+        ) from None  # fmt: skip
+    for option, setting in pairs:
+        if isinstance(option, bool) or not isinstance(option, int):
+            raise _fail("socket_keepalive_options", option, "must be a socket option number")
+        if isinstance(setting, bool) or not isinstance(setting, int | bytes):
+            raise _fail("socket_keepalive_options", setting, "must be an int or bytes value")
+    return pairs
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
 class RedisConfig:
     """How to connect to one Redis server.  Immutable; every field is validated on creation.
@@ -90,10 +168,31 @@ class RedisConfig:
         ssl_keyfile: private key of the client certificate.
         ssl_cert_reqs: ``"required"`` (default), ``"optional"`` or ``"none"`` (no verification).
         ssl_check_hostname: check that the certificate matches ``host`` (default True).
+        ssl_ca_data: CA certificates given as PEM text (or DER bytes) instead of a file.
+        ssl_ca_path: a directory of CA certificates (hashed names, as ``c_rehash`` makes).
+        ssl_password: password of an encrypted ``ssl_keyfile``; never shown, like ``password``.
+        ssl_min_version: the oldest TLS version accepted (an ``ssl.TLSVersion``; its name or
+            number in a URL).
+        ssl_ciphers: OpenSSL cipher list for TLS 1.2 and older (``SSLContext.set_ciphers``).
+        ssl_include_verify_flags: ``ssl.VerifyFlags`` added to the context's verify flags.
+        ssl_exclude_verify_flags: ``ssl.VerifyFlags`` removed from them.
+        ssl_context: a ready ``ssl.SSLContext`` to use as it is; the other ``ssl_*`` file and
+            policy options may then not be given (set them on the context).
+        credential_provider: a redis-py ``CredentialProvider`` asked for ``(password,)`` or
+            ``(username, password)`` on every connect (``get_credentials_async()`` when it
+            implements it, else ``get_credentials()``).  A streaming provider (``on_next``)
+            that rotates the credentials has live connections re-authenticated.  Not together
+            with ``username``/``password``.
+        lib_name: library name sent with ``CLIENT SETINFO LIB-NAME`` on connect (default
+            ``"anypool"``); None sends none.  Servers without SETINFO (< 7.2) ignore it.
+        lib_version: library version sent with ``CLIENT SETINFO LIB-VER`` (default: anypool's
+            version); None sends none.
         connect_timeout: seconds allowed for TCP connect, TLS and the Redis handshake together.
         socket_timeout: default seconds allowed for one command; ``None`` waits forever.  A
             command that times out closes its connection (its reply is still owed).
         socket_keepalive: enable TCP keepalive on the socket (default True).
+        socket_keepalive_options: TCP keepalive socket options to set instead of anypool's
+            (idle 60 s, interval 10 s, 3 probes), e.g. ``{socket.TCP_KEEPIDLE: 30}``.
         client_name: name given with ``CLIENT SETNAME`` (visible in ``CLIENT LIST``).
         protocol: 3 (RESP3, the default; falls back to 2 on servers without ``HELLO``) or 2.
         decode_responses: decode replies to ``str`` with ``encoding``.
@@ -115,10 +214,24 @@ class RedisConfig:
     ssl_keyfile: str | None = None
     ssl_cert_reqs: SslCertReqs = "required"
     ssl_check_hostname: bool = True
+    ssl_ca_data: str | bytes | None = None
+    ssl_ca_path: str | None = None
+    ssl_password: str | None = None
+    ssl_min_version: TLSVersion | None = None
+    ssl_ciphers: str | None = None
+    ssl_include_verify_flags: tuple[VerifyFlags, ...] = ()
+    ssl_exclude_verify_flags: tuple[VerifyFlags, ...] = ()
+    ssl_context: SSLContext | None = None
     connect_timeout: float | None = 10.0
     socket_timeout: float | None = None
     socket_keepalive: bool = True
+    socket_keepalive_options: tuple[tuple[int, int | bytes], ...] | None = None
     client_name: str | None = None
+    lib_name: str | None = "anypool"
+    lib_version: str | None = _LIB_VERSION
+    # Compared by identity-or-equality like any field, but not hashed: a provider need not be
+    # hashable (a dataclass with eq).
+    credential_provider: Any = dataclasses.field(default=None, hash=False)
     protocol: int = 3
     decode_responses: bool = False
     encoding: str = "utf-8"
@@ -138,31 +251,31 @@ class RedisConfig:
         if self.unix_socket_path == "":
             raise _fail("unix_socket_path", "", "must be a socket path, or None for TCP")
         _check_bool("ssl", self.ssl)
-        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-            value = _check_optional_str(name, getattr(self, name))
-            if value is not None and not self.ssl:
-                raise _fail(
-                    name, value, "is a TLS option but ssl is off (use rediss:// or ssl=True)"
-                )
-        if self.ssl_keyfile is not None and self.ssl_certfile is None:
-            raise _fail("ssl_keyfile", self.ssl_keyfile, "needs ssl_certfile as well")
-        if self.ssl_cert_reqs not in ("required", "optional", "none"):
-            raise _fail("ssl_cert_reqs", self.ssl_cert_reqs, "must be required, optional or none")
-        _check_bool("ssl_check_hostname", self.ssl_check_hostname)
+        self._check_tls()
         if self.ssl and self.unix_socket_path is not None:
             raise _fail("ssl", self.ssl, "TLS over a unix socket is not supported")
         set_(self, "connect_timeout", _check_timeout("connect_timeout", self.connect_timeout))
         set_(self, "socket_timeout", _check_timeout("socket_timeout", self.socket_timeout))
         _check_bool("socket_keepalive", self.socket_keepalive)
-        if self.client_name is not None and (
-            not isinstance(self.client_name, str)
-            or not self.client_name
-            or not all("!" <= c <= "~" for c in self.client_name)
-        ):
-            raise _fail(
-                "client_name", self.client_name,
-                "must be printable ASCII without spaces (Redis refuses anything else)",
-            )  # fmt: skip
+        set_(self, "socket_keepalive_options", _keepalive_options(self.socket_keepalive_options))
+        _check_client_attribute("client_name", self.client_name, "client")
+        _check_client_attribute("lib_name", self.lib_name, "library")
+        _check_client_attribute("lib_version", self.lib_version, "library")
+        provider = self.credential_provider
+        if provider is not None:
+            if not callable(getattr(provider, "get_credentials", None)) and not callable(
+                getattr(provider, "get_credentials_async", None)
+            ):
+                raise _fail(
+                    "credential_provider", type(provider).__name__,
+                    "must be a redis-py CredentialProvider (with get_credentials() or "
+                    "get_credentials_async())",
+                )  # fmt: skip
+            if self.username is not None or self.password is not None:
+                raise _fail(
+                    "credential_provider", type(provider).__name__,
+                    "cannot be combined with username/password: the provider gives them",
+                )  # fmt: skip
         if type(self.protocol) is not int or self.protocol not in (2, 3):
             raise _fail("protocol", self.protocol, "must be 2 (RESP2) or 3 (RESP3)")
         _check_bool("decode_responses", self.decode_responses)
@@ -178,6 +291,52 @@ class RedisConfig:
             ) from None
         _check_int("max_reply_size", self.max_reply_size, low=1024)
 
+    def _check_tls(self) -> None:
+        set_ = object.__setattr__
+        cert_reqs: Any = self.ssl_cert_reqs
+        if cert_reqs is None:  # redis-py reads None as ssl.CERT_NONE
+            set_(self, "ssl_cert_reqs", "none")
+        elif not isinstance(cert_reqs, str) and cert_reqs in _CERT_REQS:  # ssl.CERT_*
+            set_(self, "ssl_cert_reqs", _CERT_REQS[cert_reqs])
+        elif isinstance(cert_reqs, str) and cert_reqs.lower() in ("required", "optional", "none"):
+            set_(self, "ssl_cert_reqs", cert_reqs.lower())
+        else:
+            raise _fail("ssl_cert_reqs", cert_reqs, "must be required, optional or none")
+        _check_bool("ssl_check_hostname", self.ssl_check_hostname)
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path", "ssl_ciphers"):
+            _check_optional_str(name, getattr(self, name))
+        if self.ssl_ca_data is not None and not isinstance(self.ssl_ca_data, str | bytes):
+            raise _fail("ssl_ca_data", self.ssl_ca_data, "must be PEM text or DER bytes")
+        if self.ssl_password is not None and not isinstance(self.ssl_password, str | bytes):
+            raise _fail("ssl_password", _REDACTED, "must be a string or None")
+        set_(self, "ssl_min_version", _tls_version("ssl_min_version", self.ssl_min_version))
+        for name in ("ssl_include_verify_flags", "ssl_exclude_verify_flags"):
+            set_(self, name, _verify_flags(name, getattr(self, name)))
+        if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
+            raise _fail("ssl_context", self.ssl_context, "must be an ssl.SSLContext")
+        given = [
+            name for name in _TLS_CONTEXT_OPTIONS
+            if getattr(self, name) != _FIELD_DEFAULTS[name]
+        ]  # fmt: skip
+        if given and not self.ssl:
+            value = _REDACTED if given[0] == "ssl_password" else getattr(self, given[0])
+            raise _fail(
+                given[0], value, "is a TLS option but ssl is off (use rediss:// or ssl=True)"
+            )
+        if self.ssl_context is not None:
+            given += [name for name in ("ssl_cert_reqs", "ssl_check_hostname")
+                      if getattr(self, name) != _FIELD_DEFAULTS[name]]  # fmt: skip
+        if self.ssl_context is not None and len(given) > 1:
+            other = next(name for name in given if name != "ssl_context")
+            raise _fail(
+                other, _REDACTED if other == "ssl_password" else getattr(self, other),
+                "cannot be combined with ssl_context: set it on the context itself",
+            )  # fmt: skip
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise _fail("ssl_keyfile", self.ssl_keyfile, "needs ssl_certfile as well")
+        if self.ssl_password is not None and self.ssl_certfile is None:
+            raise _fail("ssl_password", _REDACTED, "is the key's password: it needs ssl_certfile")
+
     # --- presentation -------------------------------------------------------------------------
 
     def __repr__(self) -> str:
@@ -186,8 +345,11 @@ class RedisConfig:
             value = getattr(self, f.name)
             if value == f.default:
                 continue
-            if f.name == "password" and value is not None:
+            if f.name in _SECRET_FIELDS and value is not None:
                 value = _REDACTED
+            elif f.name == "credential_provider":
+                shown.append(f"{f.name}=<{type(value).__name__}>")
+                continue
             shown.append(f"{f.name}={value!r}")
         return f"RedisConfig({', '.join(shown)})"
 
@@ -231,7 +393,9 @@ class RedisConfig:
     def to_url(self, *, redact: bool = True) -> str:
         """Build the URL that :meth:`from_url` turns back into this config.
 
-        Options that have their default value are left out.  The password appears as ``***``
+        Options that have their default value are left out, and so are those whose values are
+        objects with no URL form (``ssl_context``, ``credential_provider``,
+        ``socket_keepalive_options``).  The password (and ``ssl_password``) appears as ``***``
         unless ``redact=False``; user name and password are percent-encoded.
 
         Args:
@@ -253,11 +417,14 @@ class RedisConfig:
             scheme = "rediss" if self.ssl else "redis"
             base = f"{scheme}://{userinfo}{self.address}/{self.db}"
         for f in dataclasses.fields(self):
-            if f.name in _NOT_QUERY_OPTIONS:
+            if f.name in _NOT_QUERY_OPTIONS or f.name in _OBJECT_OPTIONS:
                 continue
             value = getattr(self, f.name)
             if value != f.default:
-                options[f.name] = _format_option(value)
+                if f.name in _SECRET_FIELDS and redact:
+                    options[f.name] = _REDACTED
+                else:
+                    options[f.name] = _format_option(value)
         if not options:
             return base
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in options.items())
@@ -436,18 +603,35 @@ _SCHEMES = ("redis", "rediss", "unix")
 _NOT_QUERY_OPTIONS = frozenset(
     {"host", "port", "db", "username", "password", "unix_socket_path", "ssl"}
 )
-_SSL_OPTIONS = frozenset(
-    {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
-)
+# Fields whose values are objects: no URL form, left out of to_url().
+_OBJECT_OPTIONS = frozenset({"ssl_context", "credential_provider", "socket_keepalive_options"})
+_SECRET_FIELDS = frozenset({"password", "ssl_password"})
+# TLS options that need ssl on, and that a given ssl_context already holds.
+_TLS_CONTEXT_OPTIONS = (
+    "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_data", "ssl_ca_path", "ssl_password",
+    "ssl_min_version", "ssl_ciphers", "ssl_include_verify_flags", "ssl_exclude_verify_flags",
+    "ssl_context",
+)  # fmt: skip
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RedisConfig)}
+_SSL_OPTIONS = frozenset(_TLS_CONTEXT_OPTIONS) | {"ssl_cert_reqs", "ssl_check_hostname"}
 _ALIASES = {"socket_connect_timeout": "connect_timeout"}
-# Query options that configure the pool rather than the connection, and the PoolConfig field
-# each one sets.
-_POOL_OPTIONS = {"max_connections": "max_size", "health_check_interval": "health_check_interval"}
+# Query options that configure the pool or the client rather than the connection, and the
+# name each one has there (a PoolConfig field, or RedisPool's retry_on_timeout).
+_POOL_OPTIONS = {
+    "max_connections": "max_size", "health_check_interval": "health_check_interval",
+    "timeout": "timeout", "retry_on_timeout": "retry_on_timeout",
+}  # fmt: skip
+_POOL_OPTION_KINDS = {
+    "max_connections": "int", "health_check_interval": "float | None",
+    "timeout": "float | None", "retry_on_timeout": "bool",
+}  # fmt: skip
+# Query options redis-py reads that change nothing here (anypool sizes its own reads).
+_IGNORED_OPTIONS = frozenset({"socket_read_size"})
 _CREDENTIAL_OPTIONS = frozenset({"username", "password"})
 _QUERY_OPTIONS = frozenset(
-    {f.name for f in dataclasses.fields(RedisConfig)} - _NOT_QUERY_OPTIONS
+    {f.name for f in dataclasses.fields(RedisConfig)} - _NOT_QUERY_OPTIONS - _OBJECT_OPTIONS
     | _CREDENTIAL_OPTIONS
-    | {"db", *_POOL_OPTIONS, *_ALIASES}
+    | {"db", *_POOL_OPTIONS, *_ALIASES, *_IGNORED_OPTIONS}
 )
 _SECRET_NAME = re.compile(r"(?i)pass|secret|token|auth|cred")
 
@@ -471,7 +655,21 @@ def _format_option(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
+    if value is None:
+        return ""
+    if isinstance(value, ssl.TLSVersion):
+        return str(value.value)  # as redis-py's URLs write it
+    if isinstance(value, tuple):
+        return ",".join(flag.name or str(int(flag)) for flag in value)
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
     return str(value)
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` naming the known name closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _field_types() -> dict[str, Any]:
@@ -566,8 +764,9 @@ def split_url(url: str, **overrides: Any) -> tuple[RedisConfig, dict[str, Any]]:
         **overrides: RedisConfig fields that take precedence over the URL.
 
     Returns:
-        The connection config, and a dict of PoolConfig field names to values for the pool
-        options found in the query string (``max_connections`` becomes ``max_size``).
+        The connection config, and a dict of the pool and client options found in the query
+        string, by the name RedisPool takes them (``max_connections`` becomes ``max_size``,
+        ``health_check_interval=0`` becomes None, ``retry_on_timeout`` stays).
 
     Raises:
         ConfigError: the URL or one of its options is invalid.  No part of a password is
@@ -656,8 +855,13 @@ def _parse_url(
             raise _fail(raw_name, shown_value, "is given more than once in the URL")
         seen.add(name)
         if raw_name in _POOL_OPTIONS:
-            kind = "int" if raw_name == "max_connections" else "float | None"
-            pool_options[_POOL_OPTIONS[raw_name]] = _convert(raw_name, raw_value, kind)
+            value = _convert(raw_name, raw_value, _POOL_OPTION_KINDS[raw_name])
+            if raw_name == "health_check_interval" and value == 0:
+                value = None  # redis-py: 0 turns the checks off
+            pool_options[_POOL_OPTIONS[raw_name]] = value
+            continue
+        if raw_name in _IGNORED_OPTIONS:
+            _convert(raw_name, raw_value, "int")
             continue
         if name == "db":
             db = _convert("db", raw_value, "int")
@@ -672,16 +876,25 @@ def _parse_url(
                 )
             values[name] = raw_value
             continue
-        if name in _NOT_QUERY_OPTIONS or name not in types:
-            known = ", ".join(sorted(_QUERY_OPTIONS))
-            raise _fail(raw_name, _REDACTED, f"is not a known URL option (known: {known})")
+        if name in _NOT_QUERY_OPTIONS or name in _OBJECT_OPTIONS or name not in types:
+            if name in _OBJECT_OPTIONS:
+                reason = "takes an object, which a URL cannot hold: pass it as a keyword"
+            else:
+                hint = suggest(raw_name, _QUERY_OPTIONS)
+                known = ", ".join(sorted(_QUERY_OPTIONS))
+                reason = f"is not a known URL option{hint} (known: {known})"
+            raise _fail(raw_name, _REDACTED, reason)
         if name in _SSL_OPTIONS and scheme != "rediss":
-            raise _fail(raw_name, raw_value, "is a TLS option: it needs a rediss:// URL")
+            shown_value = _shown_option(name, raw_value)
+            raise _fail(raw_name, shown_value, "is a TLS option: it needs a rediss:// URL")
+        if name in ("lib_name", "lib_version") and raw_value == "":
+            values[name] = None  # as redis-py: an empty name sends no CLIENT SETINFO
+            continue
         values[name] = _convert(raw_name, raw_value, str(types[name]))
 
     for name, value in overrides.items():
         if name not in types:
-            raise _fail(name, value, "is not a RedisConfig field")
+            raise _fail(name, value, f"is not a RedisConfig field{suggest(name, types)}")
     values.update(overrides)
     return RedisConfig(**values), pool_options
 

@@ -35,6 +35,7 @@ import anyio.abc
 import anyio.lowlevel
 import redis.exceptions
 from anyio.streams.tls import TLSAttribute, TLSStream
+from redis.credentials import CredentialProvider
 
 from ._config import RedisConfig
 from ._errors import (
@@ -112,6 +113,12 @@ class Connection:
         self.created_at = self.last_used_at = time.monotonic()
         self.on_push: Callable[[list[Any]], None] | None = None
         self.pushes_dropped = 0
+        # Exchanges whose bytes were (maybe) handed to the transport: a command that failed
+        # while this count did not move was provably never sent (the retry rule relies on it).
+        self.writes = 0
+        # Which credentials this connection authenticated with (the factory's count of
+        # rotations when it connected or last re-authenticated).
+        self.auth_generation = 0
         # Looked up once: anyio builds its attribute table on every extra() call, and
         # looks_alive() runs on every acquire from idle.  asyncio hands out a TransportSocket,
         # which hides recv(); peeking does not disturb the transport, so keep the socket it wraps.
@@ -138,9 +145,12 @@ class Connection:
     async def connect(cls, config: RedisConfig) -> Connection:
         """Connect, authenticate, select the database and name the client.
 
-        TCP connect, TLS and the handshake together must finish within ``connect_timeout``.
-        With ``protocol=3`` one ``HELLO 3 AUTH .. SETNAME ..`` does it all; a server without
-        ``HELLO`` (Redis < 6) gets ``AUTH`` and ``CLIENT SETNAME`` over RESP2 instead.
+        Asking the ``credential_provider`` (if any), TCP connect, TLS and the handshake together
+        must finish within ``connect_timeout``.  The handshake is one round trip:
+        ``HELLO 3 AUTH .. SETNAME ..``, ``CLIENT SETINFO LIB-NAME/LIB-VER`` and ``SELECT`` in one
+        write (``AUTH``, ``CLIENT SETNAME``... with ``protocol=2``).  A server without ``HELLO``
+        (Redis < 6) gets the RESP2 form in a second round trip; one without ``CLIENT SETINFO``
+        (< 7.2) answers it with an error, which is ignored.
 
         Cancellation: a cancelled or failed connect closes the socket before returning; nothing
         is left open.
@@ -149,16 +159,21 @@ class Connection:
             ConnectError: refused, unreachable, unknown host, TLS failure, or the server
                 rejected ``SELECT``/``CLIENT SETNAME``.
             ConnectTimeout: ``connect_timeout`` passed.
-            AuthenticationError: wrong password, or unknown or disabled ACL user.
+            AuthenticationError: wrong password, or unknown or disabled ACL user; or the
+                credential provider failed or returned something else than credentials.
             ProtocolError: the server's replies are not RESP.
         """
         stream: anyio.abc.ByteStream | None = None
         timeout = config.connect_timeout
         try:
             with anyio.move_on_after(math.inf if timeout is None else timeout):
+                username: str | None = config.username
+                password: str | None = config.password
+                if config.credential_provider is not None:
+                    username, password = await fetch_credentials(config)
                 stream = await _open_stream(config)
                 connection = cls(config, stream)
-                await connection._handshake()
+                await connection._handshake(username, password)
                 if not connection.looks_alive():
                     # Bytes after the handshake's replies answer nothing: they would be read
                     # as the first command's reply.
@@ -177,47 +192,98 @@ class Connection:
                 raise
             raise error from exc
 
-    async def _handshake(self) -> None:
+    async def _handshake(self, username: str | None, password: str | None) -> None:
         config = self.config
-        followups: list[tuple[Arg, ...]] = []
-        resp2 = config.protocol == 2
-        if not resp2:
+        # Sent after HELLO (or AUTH) in the same write, whatever the protocol.
+        setup: list[tuple[Arg, ...]] = []
+        if config.lib_name is not None:
+            setup.append(("CLIENT", "SETINFO", "LIB-NAME", config.lib_name))
+        if config.lib_version is not None:
+            setup.append(("CLIENT", "SETINFO", "LIB-VER", config.lib_version))
+        if config.db:
+            setup.append(("SELECT", config.db))
+        if config.protocol != 2:
             hello: list[Arg] = ["HELLO", 3]
-            if config.password is not None or config.username is not None:
-                hello += ["AUTH", config.username or "default", config.password or ""]
+            if password is not None or username is not None:
+                hello += ["AUTH", username or "default", password or ""]
             if config.client_name is not None:
                 hello += ["SETNAME", config.client_name]
-            reply = await self._exchange([tuple(hello)], None)
-            info = reply[0]
-            if isinstance(info, Exception):
-                text = str(info).lower()
-                if "unknown command" not in text and "noproto" not in text:
-                    raise self._handshake_error("HELLO", info)
-                resp2 = True  # Redis < 6: no HELLO, no RESP3
-                logger.debug("%s does not know HELLO; using RESP2", config.address)
-            else:
+            replies = await self._exchange([tuple(hello), *setup], None)
+            info = replies[0]
+            if not isinstance(info, Exception):
                 self._read_hello(info)
-        if resp2:
-            self.protocol = 2
-            if config.password is not None:
-                auth: tuple[Arg, ...] = (config.password,)
-                if config.username is not None:
-                    auth = (config.username, config.password)
-                followups.append(("AUTH", *auth))
-            if config.client_name is not None:
-                followups.append(("CLIENT", "SETNAME", config.client_name))
-        if config.db:
-            followups.append(("SELECT", config.db))
-        if not followups and resp2 and config.ssl:
+                self._check_setup(setup, replies[1:])
+                return
+            text = str(info).lower()
+            if "unknown command" not in text and "noproto" not in text:
+                raise self._handshake_error("HELLO", info, username)
+            # Redis < 6: no HELLO, no RESP3.  What followed HELLO ran unauthenticated (or
+            # failed): it is sent again below, after AUTH.
+            logger.debug("%s does not know HELLO; using RESP2", config.address)
+        self.protocol = 2
+        followups: list[tuple[Arg, ...]] = []
+        if password is not None:
+            auth: tuple[Arg, ...] = (password,)
+            if username is not None:
+                auth = (username, password)
+            followups.append(("AUTH", *auth))
+        if config.client_name is not None:
+            followups.append(("CLIENT", "SETNAME", config.client_name))
+        followups += setup
+        if not followups and config.ssl:
             # One round trip before the connection goes idle, so TLS records the server sends
             # after its handshake (TLS 1.3 session tickets) are read now: later, any byte that
             # arrives on an idle connection is one nobody asked for.
             followups.append(("PING",))
         if followups:
-            replies = await self._exchange(followups, None)
-            for command, reply in zip(followups, replies, strict=True):
-                if isinstance(reply, Exception):
-                    raise self._handshake_error(str(command[0]), reply)
+            self._check_setup(followups, await self._exchange(followups, None), username)
+
+    def _check_setup(
+        self, commands: Sequence[tuple[Arg, ...]], replies: Sequence[Any],
+        username: str | None = None,
+    ) -> None:  # fmt: skip
+        for command, reply in zip(commands, replies, strict=True):
+            name = " ".join(str(a) for a in command[:2]) if command[0] == "CLIENT" else command[0]
+            name = str(name)
+            if not isinstance(reply, Exception):
+                expected = (b"PONG", "PONG") if command[0] == "PING" else (b"OK", "OK")
+                if reply not in expected:
+                    # Every handshake command answers +OK (PING: +PONG); anything else is a
+                    # reply out of step: bytes the server sent that answer nothing.
+                    raise ProtocolError(
+                        f"{self.config.address} answered {name} during the handshake with "
+                        f"{type(reply).__name__} {reply!r:.40}: its replies are out of step"
+                    )
+                continue
+            if command[:2] == ("CLIENT", "SETINFO"):
+                # Redis < 7.2 does not know it, an ACL may forbid it: it only names the
+                # library in CLIENT LIST, so the connection is fine without it.
+                logger.debug("%s refused %s: %s", self.config.address, name, reply)
+                continue
+            raise self._handshake_error(str(name), reply, username)
+
+    async def reauthenticate(
+        self, username: str | None, password: str, *, timeout: Timeout = DEFAULT
+    ) -> None:
+        """Authenticate this open connection again (``AUTH``), e.g. with rotated credentials.
+
+        Raises:
+            AuthenticationError: the server refused the credentials (the connection keeps its
+                previous identity; do not reuse it).
+            TimeoutError, ConnectionError: as :meth:`execute`; the connection is closed.
+
+        Cancellation: as :meth:`execute`: the connection is closed if the reply was owed.
+        """
+        args: tuple[Arg, ...] = (
+            ("AUTH", password) if username is None else ("AUTH", username, password)
+        )
+        try:
+            await self.execute(*args, timeout=timeout)
+        except AnyPoolError:
+            raise  # the connection broke or timed out (and is closed)
+        except (redis.exceptions.ResponseError, redis.exceptions.AuthenticationError) as exc:
+            # the server's error reply (WRONGPASS is parsed as an AuthenticationError)
+            raise self._handshake_error("AUTH", exc, username) from exc
 
     def _read_hello(self, info: Any) -> None:
         if not isinstance(info, dict):
@@ -231,8 +297,10 @@ class Connection:
         if isinstance(client_id, int):
             self.client_id = client_id
 
-    def _handshake_error(self, command: str, reply: Exception) -> AnyPoolError:
-        user = self.config.username or "default"
+    def _handshake_error(
+        self, command: str, reply: Exception, username: str | None = None
+    ) -> AnyPoolError:
+        user = username or self.config.username or "default"
         if isinstance(
             reply, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError
         ):
@@ -318,6 +386,7 @@ class Connection:
         count = len(commands)
         flags = [decode] * count if isinstance(decode, bool) else list(decode)
         self._owed += count
+        self.writes += 1
         try:
             if timeout is None:
                 await self._stream.send(data)
@@ -512,23 +581,151 @@ class ConnectionFactory(ResourceFactory[Connection]):
     def __init__(self, config: RedisConfig, *, check_timeout: float | None = None) -> None:
         self.config = config
         self.check_timeout = check_timeout or config.socket_timeout or 5.0
+        # Credential rotation (a streaming credential_provider's on_next): the count of
+        # rotations, and the newest credentials if the provider handed them over readably.
+        # Written from whatever thread the provider calls back in; read here.
+        self.credentials_generation = 0
+        self._rotated: tuple[str | None, str] | None = None
+        provider = config.credential_provider
+        if provider is not None and callable(getattr(provider, "on_next", None)):
+            provider.on_next(self._credentials_rotated)
+            on_error = getattr(provider, "on_error", None)
+            if callable(on_error):
+                on_error(self._rotation_failed)
+
+    def _credentials_rotated(self, token: Any) -> _Done:
+        """The provider's ``on_next`` callback: new credentials exist.  Connections that
+        authenticated before are re-authenticated when they come back from a lease or are
+        checked, and retired if picked from idle first.  Returns an awaitable that does
+        nothing: redis-py's async token manager awaits this callback, its sync one does not."""
+        self._rotated = _credentials_of(token)
+        self.credentials_generation += 1
+        logger.info("%s: the credential provider rotated the credentials", self.config.address)
+        return _DONE
+
+    def _rotation_failed(self, error: Exception) -> _Done:
+        # The provider could not renew: live connections keep the credentials they have;
+        # new connections will ask the provider, and fail with its error if it persists.
+        logger.warning(
+            "%s: the credential provider failed to renew the credentials: %s",
+            self.config.address, type(error).__name__,
+        )  # fmt: skip
+        return _DONE
+
+    def is_stale(self, resource: Connection) -> bool:
+        """Whether ``resource`` authenticated with credentials rotated since."""
+        return resource.auth_generation != self.credentials_generation
+
+    async def reauthenticate(self, resource: Connection) -> None:
+        """Authenticate ``resource`` with the newest credentials (raises as
+        :meth:`Connection.reauthenticate`)."""
+        generation = self.credentials_generation
+        credentials = self._rotated
+        if credentials is None:
+            credentials = await fetch_credentials(self.config)
+        username, password = credentials
+        await resource.reauthenticate(username, password or "", timeout=self.check_timeout)
+        resource.auth_generation = generation
 
     async def create(self) -> Connection:
-        return await Connection.connect(self.config)
+        generation = self.credentials_generation  # one rotated meanwhile is stale at once
+        connection = await Connection.connect(self.config)
+        connection.auth_generation = generation
+        return connection
 
     async def close(self, resource: Connection) -> None:
         await resource.aclose()
 
     async def check(self, resource: Connection) -> None:
+        if self.is_stale(resource):
+            await self.reauthenticate(resource)
         reply = await resource.execute("PING", timeout=self.check_timeout)
         if reply not in (b"PONG", "PONG"):
             raise ProtocolError(f"PING returned {reply!r}")
 
     async def reset(self, resource: Connection) -> bool:
-        return resource.is_reusable
+        if not resource.is_reusable:
+            return False
+        if self.is_stale(resource):
+            try:
+                await self.reauthenticate(resource)
+            except AnyPoolError as exc:
+                logger.warning(
+                    "%s: re-authenticating a returned connection failed (%s); closing it",
+                    self.config.address, type(exc).__name__,
+                )  # fmt: skip
+                return False
+        return True
 
     def looks_alive(self, resource: Connection) -> bool:
-        return resource.looks_alive()
+        # A connection holding rotated-out credentials is not handed out: it is retired
+        # (the pool then opens one with the new credentials).
+        return not self.is_stale(resource) and resource.looks_alive()
+
+
+class _Done:
+    """An awaitable that completes at once (and warns of nothing if never awaited)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+_DONE: Final = _Done()
+
+
+def _credentials_of(token: Any) -> tuple[str | None, str] | None:
+    """Credentials from what a streaming provider passes to ``on_next``: a redis-py token
+    (``try_get("oid")`` is the user, ``get_value()`` the password, as redis-py's own re-auth
+    reads it), or a ``(password,)``/``(username, password)`` tuple.  None: ask the provider."""
+    if callable(getattr(token, "get_value", None)) and callable(getattr(token, "try_get", None)):
+        return token.try_get("oid"), token.get_value()
+    if (
+        isinstance(token, tuple)
+        and len(token) in (1, 2)
+        and all(isinstance(item, str) for item in token)
+    ):
+        return (None, token[0]) if len(token) == 1 else (token[0], token[1])
+    return None
+
+
+async def fetch_credentials(config: RedisConfig) -> tuple[str | None, str]:
+    """Ask ``config.credential_provider`` for ``(username, password)``.
+
+    ``get_credentials_async()`` is awaited when the provider implements it (redis-py's base
+    class only logs a warning and calls ``get_credentials()``, which is then called directly).
+
+    Raises:
+        AuthenticationError: the provider failed, or returned something else than
+            ``(password,)`` or ``(username, password)`` strings (no value is shown).
+    """
+    provider = config.credential_provider
+    kind = type(provider).__name__
+    try:
+        method = getattr(type(provider), "get_credentials_async", None)
+        base = getattr(CredentialProvider, "get_credentials_async", None)  # redis-py >= 5.1
+        if method is not None and method is not base:
+            credentials = await provider.get_credentials_async()
+        else:
+            credentials = provider.get_credentials()
+    except Exception as exc:
+        raise AuthenticationError(
+            f"the credential provider {kind} failed for {config.address}: {type(exc).__name__}"
+        ) from exc
+    if (
+        not isinstance(credentials, tuple | list)
+        or len(credentials) not in (1, 2)
+        or not all(isinstance(item, str) for item in credentials)
+    ):
+        raise AuthenticationError(
+            f"the credential provider {kind} returned a {type(credentials).__name__} of "
+            f"{len(credentials) if isinstance(credentials, tuple | list) else 'no'} items; it "
+            "must return (password,) or (username, password), as strings"
+        )
+    if len(credentials) == 1:
+        return None, credentials[0]
+    return credentials[0], credentials[1]
 
 
 # --- opening the stream -----------------------------------------------------------------------
@@ -770,18 +967,31 @@ def _tune_socket(stream: anyio.abc.ByteStream, config: RedisConfig) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if config.socket_keepalive:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if config.socket_keepalive_options is not None:  # the user's, as redis-py sets them
+            for option, setting in config.socket_keepalive_options:
+                sock.setsockopt(socket.IPPROTO_TCP, option, setting)
+            return
         # Notice a dead peer within ~90 s rather than the kernel's default of ~2 hours.
         for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-            option = getattr(socket, name, None)
-            if option is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            default_option: int | None = getattr(socket, name, None)
+            if default_option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, default_option, value)
 
 
 @functools.lru_cache(maxsize=16)
 def _ssl_context(config: RedisConfig) -> ssl.SSLContext:
-    """One TLS context per config (loading CA bundles is slow); verification on by default."""
+    """One TLS context per config (loading CA bundles is slow); verification on by default.
+
+    Built as redis-py builds it from the same ``ssl_*`` options; a given ``ssl_context`` is
+    used as it is.
+    """
+    if config.ssl_context is not None:
+        given: ssl.SSLContext = config.ssl_context
+        return given
     try:
-        context = ssl.create_default_context(cafile=config.ssl_ca_certs)
+        context = ssl.create_default_context(
+            cafile=config.ssl_ca_certs, capath=config.ssl_ca_path, cadata=config.ssl_ca_data
+        )
         if config.ssl_cert_reqs == "none":
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -789,10 +999,24 @@ def _ssl_context(config: RedisConfig) -> ssl.SSLContext:
             context.check_hostname = config.ssl_check_hostname
             if config.ssl_cert_reqs == "optional":
                 context.verify_mode = ssl.CERT_OPTIONAL
+        for flag in config.ssl_include_verify_flags:
+            context.verify_flags |= flag
+        for flag in config.ssl_exclude_verify_flags:
+            context.verify_flags &= ~flag
+        if config.ssl_min_version is not None:
+            context.minimum_version = config.ssl_min_version
+        if config.ssl_ciphers is not None:
+            context.set_ciphers(config.ssl_ciphers)
         if config.ssl_certfile is not None:
-            context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConnectError(f"cannot load the TLS certificates for {config.address}: {exc}") from exc
+            context.load_cert_chain(
+                config.ssl_certfile, config.ssl_keyfile, password=config.ssl_password
+            )
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        # ssl's messages name files and OpenSSL reasons, never the key's password.
+        raise ConnectError(
+            f"cannot load the TLS certificates or settings for {config.address}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     return context
 
 

@@ -627,6 +627,8 @@ class HostileServer:
         elif name in (b"ECHO", b"GET") and len(args) == 1:
             self.requests += 1
             await self._answer_command(connection, name, args[0])
+        elif name == b"CLIENT" and args[:1] and args[0].upper() == b"SETINFO":
+            await self._perform(connection, [b"+OK\r\n"], "keep")  # the handshake's lib name
         elif name == b"PING":
             if connection.subscribed and not connection.resp3:
                 await self._perform(connection, [b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"], "keep")

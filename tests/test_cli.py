@@ -37,6 +37,15 @@ def test_ping(secured: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert "s3cret-pass" not in out
 
 
+def test_ping_takes_a_url_written_for_redis_py(
+    secured: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = secured.url + "?max_connections=20&socket_connect_timeout=2&health_check_interval=0"
+    code, out, _ = run(capsys, "ping", url)
+    assert code == 0, out
+    assert out.startswith("PONG from redis://:***@127.0.0.1:")
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

@@ -412,7 +412,9 @@ async def scripted_server(reply: bytes) -> AsyncIterator[int]:
 
 async def test_server_gone_mid_reply() -> None:
     async with scripted_server(b"$100\r\nonly part of the") as port:
-        conn = await Connection.connect(RedisConfig(host="127.0.0.1", port=port, protocol=2))
+        conn = await Connection.connect(
+            RedisConfig(host="127.0.0.1", port=port, protocol=2, lib_name=None, lib_version=None)
+        )
         with pytest.raises(anypool.ConnectionLost, match="closed the connection with 1 replies"):
             await conn.execute("GET", "k")
         assert conn.closed
@@ -420,7 +422,9 @@ async def test_server_gone_mid_reply() -> None:
 
 async def test_malformed_reply_is_a_protocol_error_and_closes() -> None:
     async with scripted_server(b"?this is not RESP\r\n") as port:
-        conn = await Connection.connect(RedisConfig(host="127.0.0.1", port=port, protocol=2))
+        conn = await Connection.connect(
+            RedisConfig(host="127.0.0.1", port=port, protocol=2, lib_name=None, lib_version=None)
+        )
         with pytest.raises(anypool.ProtocolError, match="type byte"):
             await conn.execute("GET", "k")
         assert conn.closed

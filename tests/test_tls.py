@@ -17,7 +17,7 @@ import anyio
 import anyio.abc
 import pytest
 import trustme
-from anyio.streams.tls import TLSListener
+from anyio.streams.tls import TLSAttribute, TLSListener
 
 import anypool
 from anypool import RedisConfig
@@ -133,3 +133,71 @@ async def test_missing_certificate_file_is_a_clear_error(tmp_path: Path) -> None
     config = RedisConfig(ssl=True, ssl_ca_certs=str(tmp_path / "missing.pem"), port=1)
     with pytest.raises(anypool.ConnectError, match="cannot load the TLS certificates"):
         await Connection.connect(config)
+
+
+async def test_redis_py_tls_options(
+    redis_server: RedisServer, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """ssl_ca_data, ssl_min_version, ssl_ciphers, verify flags, an encrypted key with
+    ssl_password, and a ready ssl_context: each as redis-py takes it."""
+    pem = ca.cert_pem.bytes().decode()
+    client_cert = ca.issue_cert("client@anypool")
+    key_file, cert_file = tmp_path / "key.pem", tmp_path / "cert.pem"
+    client_cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(client_cert.private_key_pem.bytes(), None)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"key-secret"),
+        )
+    )
+    async with tls_proxy(redis_server, ca, require_client_cert=True) as port:
+        base = {"host": "127.0.0.1", "port": port, "ssl": True}
+        options = {
+            "ssl_ca_data": pem, "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+            "ssl_ciphers": "HIGH:!aNULL", "ssl_include_verify_flags": [ssl.VERIFY_X509_STRICT],
+            "ssl_certfile": str(cert_file), "ssl_keyfile": str(key_file),
+            "ssl_password": "key-secret",
+        }  # fmt: skip
+        async with anypool.RedisPool(**base, **options) as redis:  # type: ignore[arg-type]
+            assert await redis.ping() is True
+        # the wrong key password: a clear error that does not show it
+        bad = RedisConfig(**{**base, **options, "ssl_password": "not-it"})  # type: ignore[arg-type]
+        assert "not-it" not in repr(bad) and "not-it" not in bad.to_url()
+        with pytest.raises(anypool.ConnectError, match="TLS certificates") as caught:
+            await Connection.connect(bad)
+        assert "not-it" not in str(caught.value)
+        # a ready ssl_context (redis-py's sync keyword) is used as it is
+        context = ssl.create_default_context(cadata=pem)
+        context.load_cert_chain(str(cert_file), str(key_file), password="key-secret")
+        async with anypool.RedisPool(**base, ssl_context=context) as redis:  # type: ignore[arg-type]
+            assert await redis.ping() is True
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        async with anypool.RedisPool(**base, ssl_context=context) as redis:  # type: ignore[arg-type]
+            assert await redis.ping() is True
+            async with redis.acquire() as conn:
+                stream = conn.connection._stream
+                assert stream.extra(TLSAttribute.ssl_object).version() == "TLSv1.2"
+
+
+def test_ssl_context_excludes_the_other_tls_options(ca_file: str) -> None:
+    context = ssl.create_default_context()
+    with pytest.raises(anypool.ConfigError, match=r"ssl_ca_certs .*combined with ssl_context"):
+        RedisConfig(ssl=True, ssl_context=context, ssl_ca_certs=ca_file)
+    with pytest.raises(anypool.ConfigError, match=r"ssl_ca_data .*ssl is off"):
+        RedisConfig(ssl_ca_data="x")
+    with pytest.raises(anypool.ConfigError, match=r"ssl_min_version .*not a TLS version"):
+        RedisConfig(ssl=True, ssl_min_version="TLSv9")
+    config, _ = anypool.split_url(
+        "rediss://h/0?ssl_min_version=771&ssl_include_verify_flags=VERIFY_X509_STRICT"
+        "&ssl_cert_reqs=none&ssl_ca_path=/etc/ssl/certs"
+    )
+    assert config.ssl_min_version is ssl.TLSVersion.TLSv1_2
+    assert config.ssl_include_verify_flags == (ssl.VERIFY_X509_STRICT,)
+    assert config.ssl_cert_reqs == "none" and config.ssl_ca_path == "/etc/ssl/certs"
+    assert RedisConfig(ssl=True, ssl_cert_reqs=ssl.CERT_OPTIONAL).ssl_cert_reqs == "optional"
+    assert RedisConfig(ssl=True, ssl_cert_reqs=None).ssl_cert_reqs == "none"  # type: ignore[arg-type]

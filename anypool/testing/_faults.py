@@ -3,6 +3,7 @@ server for what a real one will not do."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -182,13 +183,22 @@ class FaultProxy(_LoopbackService):
         scope.cancel()
 
 
+_SETINFO = re.compile(rb"(\*4\r\n\$6\r\nCLIENT\r\n\$7\r\nSETINFO\r\n(\$\d+\r\n[^\r]*\r\n){2})+")
+
+
+def _only_setinfo(request: bytes) -> bool:
+    return _SETINFO.fullmatch(request) is not None
+
+
 class ScriptedServer(_LoopbackService):
     """A fake Redis speaking raw bytes, for what a real server will not do.
 
     Each accepted connection reads requests and answers the n-th request with ``replies[n]``
     (bytes written as they are; ``None`` means never answer; a callable gets the request and
     returns the bytes).  After the last scripted reply the connection is closed.  The handshake
-    is not special: use ``protocol=2`` and no password/db/name so none is sent.
+    is not special: use ``protocol=2`` and no password/db/name so none is sent; the one thing
+    it answers by itself is a write made only of ``CLIENT SETINFO`` commands (which anypool
+    sends on connect unless ``lib_name``/``lib_version`` are None), with ``+OK`` each.
 
     ::
 
@@ -211,7 +221,10 @@ class ScriptedServer(_LoopbackService):
         for reply in self.replies:
             try:
                 request = await client.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                while _only_setinfo(request):  # the handshake's library name and version
+                    await client.send(b"+OK\r\n" * request.count(b"SETINFO"))
+                    request = await client.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
             self.requests.append(request)
             if reply is None:
