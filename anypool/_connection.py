@@ -106,7 +106,7 @@ class Connection:
         # unless the connection is closed.
         self._owed = 0
         self._closed_by: str | None = None  # why the connection was closed, once it is
-        self.protocol = config.protocol
+        self.protocol = config.wire_protocol
         self.server_version: str | None = None
         self.client_id: int | None = None
         self.created_at = self.last_used_at = time.monotonic()
@@ -139,8 +139,9 @@ class Connection:
         """Connect, authenticate, select the database and name the client.
 
         TCP connect, TLS and the handshake together must finish within ``connect_timeout``.
-        With ``protocol=3`` one ``HELLO 3 AUTH .. SETNAME ..`` does it all; a server without
-        ``HELLO`` (Redis < 6) gets ``AUTH`` and ``CLIENT SETNAME`` over RESP2 instead.
+        When RESP3 is wanted (``protocol=3``, or no ``protocol`` with redis-py 8) one
+        ``HELLO 3 AUTH .. SETNAME ..`` does it all; a server without ``HELLO`` (Redis < 6) gets
+        ``AUTH`` and ``CLIENT SETNAME`` over RESP2 instead, and ``protocol`` says so.
 
         Cancellation: a cancelled or failed connect closes the socket before returning; nothing
         is left open.
@@ -180,7 +181,7 @@ class Connection:
     async def _handshake(self) -> None:
         config = self.config
         followups: list[tuple[Arg, ...]] = []
-        resp2 = config.protocol == 2
+        resp2 = self.protocol == 2
         if not resp2:
             hello: list[Arg] = ["HELLO", 3]
             if config.password is not None or config.username is not None:
