@@ -127,9 +127,9 @@ def response_callbacks(
         protocol: what the user asked for: None (redis-py's default), 2 or 3.
         wire: the RESP version the connection actually speaks (2 after a fallback from a
             server without ``HELLO``).  The table always matches the wire: a RESP2 connection
-            gets the table redis-py uses when it speaks RESP2 with the same
-            ``legacy_responses`` (whose shapes are those of the RESP3 table when
-            ``legacy_responses`` is False, and redis-py's legacy shapes otherwise).
+            gets the table redis-py uses when given ``protocol=2`` and the same
+            ``legacy_responses`` (its unified shapes when that is False, which do not depend
+            on the protocol; its legacy RESP2 shapes otherwise).
         legacy_responses: redis-py 8's option; False selects its unified shapes.  Must be True
             on redis-py 5-7, which have only the legacy shapes.
     """
