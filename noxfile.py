@@ -105,7 +105,10 @@ def stress(session: nox.Session) -> None:
 def compat(session: nox.Session, redis_py: str) -> None:
     """The differential test (anypool vs redis.asyncio) against each supported redis-py major."""
     session.install("-e", ".[test]", f"redis=={redis_py}.*")
-    session.run("pytest", "tests/test_differential.py", "tests/test_errors.py", *session.posargs)
+    session.run(
+        "pytest", "tests/test_differential.py", "tests/test_errors.py", "tests/test_config.py",
+        *session.posargs,
+    )  # fmt: skip
 
 
 @nox.session

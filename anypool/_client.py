@@ -3,8 +3,8 @@
 Every command method (``get``, ``hset``, ``zrange``...) comes from redis-py's command mixins,
 which build the arguments and call ``self.execute_command``.  Here that borrows a connection
 from the pool, runs the command, returns the connection, and applies redis-py's reply callback
-for the protocol in use, so results have exactly the shapes redis-py returns when it is given
-the same ``protocol=``.
+chosen as redis-py chooses it (from ``protocol=``, ``legacy_responses=`` and the RESP version the
+connection speaks), so results have exactly the shapes redis-py returns for the same arguments.
 
 Commands that change a connection's state (SELECT, AUTH, WATCH, SUBSCRIBE...) would change a
 random pooled connection; they are refused on the pool with a message saying what to use
@@ -162,7 +162,10 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         self._config = config
         self._factory = ConnectionFactory(config)
         self._pool: Pool[Connection] = Pool(self._factory, pool_config)
-        self._callbacks = {2: response_callbacks(2), 3: response_callbacks(3)}
+        self._callbacks = {
+            wire: response_callbacks(config.protocol, wire, config.legacy_responses)
+            for wire in (2, 3)
+        }
         self._pubsub: _pubsub.Hub | None = None
         self._life = "new"  # "open" inside `async with` (or open()), then "closed"
         self._owner = Owner(pool_config.name or "RedisPool", lambda: self)  # open()/aclose()

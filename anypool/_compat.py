@@ -21,18 +21,36 @@ from redis.commands.core import AsyncCoreCommands
 from redis.exceptions import RedisError, ResponseError
 from redis.lock import Lock as _RedisLock
 
-try:  # redis-py 8 moved the callback tables
-    from redis._parsers.response_callbacks import (
-        _RedisCallbacks,
-        _RedisCallbacksRESP2,
-        _RedisCallbacksRESP3,
-    )
-except ImportError:  # redis-py 5, 6, 7
+try:  # redis-py 8: the tables moved, and a selector picks one per (protocol, legacy_responses)
+    from redis._parsers.response_callbacks import get_response_callbacks as _get_callbacks
+
+    HAS_LEGACY_RESPONSES_OPTION = True
+
+    def _select_callbacks(protocol: int | None, wire: int, legacy: bool) -> dict[str, Any]:
+        # The selector takes what the user asked for; over a RESP2 wire redis-py's client
+        # would have been asked for 2, whatever this one was asked for.
+        asked = protocol if wire == 3 else 2
+        return dict(_get_callbacks(user_protocol=asked, legacy_responses=legacy))
+
+except ImportError:  # redis-py 5, 6, 7: one table per protocol, the legacy shapes only
     from redis._parsers.helpers import (  # type: ignore[attr-defined,unused-ignore]
         _RedisCallbacks,
         _RedisCallbacksRESP2,
         _RedisCallbacksRESP3,
     )
+
+    HAS_LEGACY_RESPONSES_OPTION = False
+
+    def _select_callbacks(protocol: int | None, wire: int, legacy: bool) -> dict[str, Any]:
+        if not legacy:  # RedisConfig refuses it first
+            raise ValueError(
+                f"legacy_responses=False needs redis-py 8 or later; redis-py "
+                f"{redis.__version__} is installed"
+            )
+        table = dict(_RedisCallbacks)
+        table.update(_RedisCallbacksRESP3 if wire == 3 else _RedisCallbacksRESP2)
+        return table
+
 
 __all__ = [
     "EMPTY_RESPONSE",
@@ -41,6 +59,9 @@ __all__ = [
     "LOCK_RELEASE_SCRIPT",
     "NEVER_DECODE",
     "REDIS_PY_VERSION",
+    "REDIS_PY_VERSION_TEXT",
+    "DEFAULT_WIRE_PROTOCOL",
+    "HAS_LEGACY_RESPONSES_OPTION",
     "AsyncCoreCommands",
     "Encoder",
     "annotate_pipeline_error",
@@ -60,6 +81,15 @@ LOCK_REACQUIRE_SCRIPT: str = _RedisLock.LUA_REACQUIRE_SCRIPT
 REDIS_PY_VERSION: tuple[int, ...] = tuple(
     int(part) for part in redis.__version__.split(".")[:2] if part.isdigit()
 )
+
+REDIS_PY_VERSION_TEXT: str = redis.__version__
+
+# HAS_LEGACY_RESPONSES_OPTION (above): whether the installed redis-py has ``legacy_responses=``
+# (redis-py 8 and later).
+
+DEFAULT_WIRE_PROTOCOL: int = 3 if HAS_LEGACY_RESPONSES_OPTION else 2
+"""The RESP version the installed redis-py speaks when it is given no ``protocol``: redis-py 8
+sends ``HELLO 3`` (and shapes RESP3 replies as RESP2 ones); redis-py 5-7 speak RESP2."""
 
 
 def server_error(message: str | bytes) -> RedisError:
@@ -85,15 +115,25 @@ def server_error(message: str | bytes) -> RedisError:
     return error
 
 
-def response_callbacks(protocol: int) -> dict[str, Callback]:
-    """redis-py's reply callbacks for an explicit ``protocol`` (2 or 3), keyed by upper-case name.
+def response_callbacks(
+    protocol: int | None, wire: int, legacy_responses: bool = True
+) -> dict[str, Callback]:
+    """redis-py's reply callbacks, keyed by upper-case command name.
 
-    These are the tables redis-py's own client uses when it is given ``protocol=2`` or
-    ``protocol=3``, so replies have exactly the shapes redis-py users get with that protocol.
-    (redis-py 8's default, RESP3 with RESP2-shaped results, has no counterpart before 8.)
+    These are the tables redis-py's own client picks for the same ``protocol=`` and
+    ``legacy_responses=`` arguments, so replies have exactly the shapes redis-py users get.
+
+    Args:
+        protocol: what the user asked for: None (redis-py's default), 2 or 3.
+        wire: the RESP version the connection actually speaks (2 after a fallback from a
+            server without ``HELLO``).  The table always matches the wire: a RESP2 connection
+            gets the table redis-py uses when given ``protocol=2`` and the same
+            ``legacy_responses`` (its unified shapes when that is False, which do not depend
+            on the protocol; its legacy RESP2 shapes otherwise).
+        legacy_responses: redis-py 8's option; False selects its unified shapes.  Must be True
+            on redis-py 5-7, which have only the legacy shapes.
     """
-    table: dict[str, Callback] = dict(_RedisCallbacks)
-    table.update(_RedisCallbacksRESP3 if protocol == 3 else _RedisCallbacksRESP2)
+    table = _select_callbacks(protocol, wire, legacy_responses)
     return {name.upper(): callback for name, callback in table.items()}
 
 

@@ -32,6 +32,7 @@ from ssl import SSLContext, TLSVersion, VerifyFlags  # the class has a field nam
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote
 
+from ._compat import DEFAULT_WIRE_PROTOCOL, HAS_LEGACY_RESPONSES_OPTION, REDIS_PY_VERSION_TEXT
 from ._errors import ConfigError
 
 __all__ = ["BackoffPolicy", "BreakerPolicy", "PoolConfig", "RedisConfig", "split_url"]
@@ -194,7 +195,14 @@ class RedisConfig:
         socket_keepalive_options: TCP keepalive socket options to set instead of anypool's
             (idle 60 s, interval 10 s, 3 probes), e.g. ``{socket.TCP_KEEPIDLE: 30}``.
         client_name: name given with ``CLIENT SETNAME`` (visible in ``CLIENT LIST``).
-        protocol: 3 (RESP3, the default; falls back to 2 on servers without ``HELLO``) or 2.
+        protocol: None (the default: as the installed redis-py given no ``protocol``, which
+            is RESP3 with RESP2-shaped results on redis-py 8, RESP2 on redis-py 5-7), 2 (RESP2)
+            or 3 (RESP3, with redis-py's RESP3 shapes).  When RESP3 is wanted and the server
+            has no ``HELLO`` (Redis < 6), the connection speaks RESP2, with the shapes
+            redis-py gives over RESP2 (see docs/protocol.md).
+        legacy_responses: redis-py 8's option: True (the default) keeps redis-py's historical
+            result shapes; False selects its unified shapes, the same over RESP2 and RESP3.
+            False needs redis-py 8 or later.
         decode_responses: decode replies to ``str`` with ``encoding``.
         encoding: codec used to encode ``str`` arguments and decode replies.
         encoding_errors: codec error handler (``"strict"``, ``"replace"``...).
@@ -232,7 +240,8 @@ class RedisConfig:
     # Compared by identity-or-equality like any field, but not hashed: a provider need not be
     # hashable (a dataclass with eq).
     credential_provider: Any = dataclasses.field(default=None, hash=False)
-    protocol: int = 3
+    protocol: int | None = None
+    legacy_responses: bool = True
     decode_responses: bool = False
     encoding: str = "utf-8"
     encoding_errors: str = "strict"
@@ -276,8 +285,20 @@ class RedisConfig:
                     "credential_provider", type(provider).__name__,
                     "cannot be combined with username/password: the provider gives them",
                 )  # fmt: skip
-        if type(self.protocol) is not int or self.protocol not in (2, 3):
-            raise _fail("protocol", self.protocol, "must be 2 (RESP2) or 3 (RESP3)")
+        if self.protocol is not None and (
+            type(self.protocol) is not int or self.protocol not in (2, 3)
+        ):
+            raise _fail(
+                "protocol", self.protocol,
+                "must be 2 (RESP2), 3 (RESP3), or None for redis-py's default",
+            )  # fmt: skip
+        _check_bool("legacy_responses", self.legacy_responses)
+        if not self.legacy_responses and not HAS_LEGACY_RESPONSES_OPTION:
+            raise _fail(
+                "legacy_responses", self.legacy_responses,
+                f"needs redis-py 8 or later (redis-py {REDIS_PY_VERSION_TEXT} is installed, "
+                "which has only the legacy shapes): upgrade redis-py, or leave it True",
+            )  # fmt: skip
         _check_bool("decode_responses", self.decode_responses)
         try:
             codecs.lookup(self.encoding)
@@ -360,6 +381,12 @@ class RedisConfig:
             return self.unix_socket_path
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def wire_protocol(self) -> int:
+        """The RESP version a connection asks the server for: ``protocol``, or when that is
+        None the one the installed redis-py speaks by default (3 on redis-py 8, 2 on 5-7)."""
+        return DEFAULT_WIRE_PROTOCOL if self.protocol is None else self.protocol
 
     def replace(self, **changes: Any) -> RedisConfig:
         """Return a copy with ``changes`` applied (and validated)."""

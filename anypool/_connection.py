@@ -107,7 +107,7 @@ class Connection:
         # unless the connection is closed.
         self._owed = 0
         self._closed_by: str | None = None  # why the connection was closed, once it is
-        self.protocol = config.protocol
+        self.protocol = config.wire_protocol
         self.server_version: str | None = None
         self.client_id: int | None = None
         self.created_at = self.last_used_at = time.monotonic()
@@ -148,9 +148,10 @@ class Connection:
         Asking the ``credential_provider`` (if any), TCP connect, TLS and the handshake together
         must finish within ``connect_timeout``.  The handshake is one round trip:
         ``HELLO 3 AUTH .. SETNAME ..``, ``CLIENT SETINFO LIB-NAME/LIB-VER`` and ``SELECT`` in one
-        write (``AUTH``, ``CLIENT SETNAME``... with ``protocol=2``).  A server without ``HELLO``
-        (Redis < 6) gets the RESP2 form in a second round trip; one without ``CLIENT SETINFO``
-        (< 7.2) answers it with an error, which is ignored.
+        write (``AUTH``, ``CLIENT SETNAME``... when RESP2 is wanted: ``protocol=2``, or no
+        ``protocol`` with redis-py 5-7).  A server without ``HELLO`` (Redis < 6) gets the RESP2
+        form in a second round trip; one without ``CLIENT SETINFO`` (< 7.2) answers it with an
+        error, which is ignored.
 
         Cancellation: a cancelled or failed connect closes the socket before returning; nothing
         is left open.
@@ -202,7 +203,7 @@ class Connection:
             setup.append(("CLIENT", "SETINFO", "LIB-VER", config.lib_version))
         if config.db:
             setup.append(("SELECT", config.db))
-        if config.protocol != 2:
+        if self.protocol != 2:  # the wire this config asks for (see RedisConfig.wire_protocol)
             hello: list[Arg] = ["HELLO", 3]
             if password is not None or username is not None:
                 hello += ["AUTH", username or "default", password or ""]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any
 
 import pytest
+import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -134,6 +136,8 @@ def test_bad_url_message_never_shows_the_password() -> None:
         ({"ssl": True, "unix_socket_path": "/s"}, "ssl"),
         ({"unix_socket_path": ""}, "unix_socket_path"),
         ({"protocol": 1}, "protocol"),
+        ({"protocol": "3"}, "protocol"),
+        ({"legacy_responses": "no"}, "legacy_responses"),
         ({"encoding_errors": "nope"}, "encoding_errors"),
         ({"max_reply_size": 10}, "max_reply_size"),
         ({"client_name": "has space"}, "client_name"),
@@ -207,14 +211,14 @@ _text = st.text(min_size=1, max_size=12).filter(lambda s: "\x00" not in s)
     username=st.none() | _text,
     password=st.none() | _text,
     ssl=st.booleans(),
-    protocol=st.sampled_from([2, 3]),
+    protocol=st.sampled_from([None, 2, 3]),
     decode=st.booleans(),
     timeout=st.none() | st.floats(0.001, 1e6),
     name=st.none() | st.text("abcxyz-_:0123", min_size=1, max_size=10),
 )
 def test_url_round_trip(
     host: str, port: int, db: int, username: str | None, password: str | None, ssl: bool,
-    protocol: int, decode: bool, timeout: float | None, name: str | None,
+    protocol: int | None, decode: bool, timeout: float | None, name: str | None,
 ) -> None:  # fmt: skip
     config = RedisConfig(
         host=host, port=port, db=db, username=username, password=password, ssl=ssl,
@@ -317,3 +321,42 @@ def test_types_redis_refuses_are_refused_at_configuration() -> None:
         RedisConfig(protocol=3.0)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="client_name"):
         RedisConfig(client_name="café")
+
+
+# --- protocol and legacy_responses: redis-py's defaults ------------------------------------------
+
+REDIS_PY_8 = "legacy_responses" in inspect.signature(redis.asyncio.Redis).parameters
+
+
+def test_no_protocol_means_the_installed_redis_py_s_default() -> None:
+    config = RedisConfig()
+    assert config.protocol is None and config.legacy_responses is True
+    # redis-py 8 speaks RESP3 when given no protocol; redis-py 5-7 speak RESP2
+    assert config.wire_protocol == (3 if REDIS_PY_8 else 2)
+    assert RedisConfig(protocol=2).wire_protocol == 2
+    assert RedisConfig(protocol=3).wire_protocol == 3
+    assert "protocol" not in repr(config) and "protocol" not in config.to_url()
+    assert RedisConfig.from_url("redis://h/0?protocol=3").to_url() == "redis://h:6379/0?protocol=3"
+
+
+@pytest.mark.skipif(not REDIS_PY_8, reason="legacy_responses is redis-py 8's option")
+def test_legacy_responses_in_urls_and_keywords() -> None:
+    config = RedisConfig.from_url("redis://h/0?legacy_responses=false&protocol=2")
+    assert (config.protocol, config.legacy_responses) == (2, False)
+    assert "legacy_responses=False" in repr(config)
+    assert config.to_url() == "redis://h:6379/0?protocol=2&legacy_responses=false"
+    assert RedisConfig.from_url(config.to_url()) == config
+    assert RedisConfig(legacy_responses=False).protocol is None
+
+
+@pytest.mark.skipif(REDIS_PY_8, reason="redis-py 8 has legacy_responses")
+def test_legacy_responses_false_needs_redis_py_8() -> None:
+    for build in (
+        lambda: RedisConfig(legacy_responses=False),
+        lambda: RedisConfig.from_url("redis://h/0?legacy_responses=false"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert info.value.field == "legacy_responses"
+        assert "redis-py 8" in str(info.value) and redis.__version__ in str(info.value)
+    assert RedisConfig(legacy_responses=True).legacy_responses is True

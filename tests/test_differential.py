@@ -1,12 +1,15 @@
 """The same calls through anypool (asyncio and trio) and redis.asyncio.Redis: equal results.
 
 Every call is deterministic (explicit stream ids, no random commands, no clocks).  Each run
-starts from an empty server.  Errors are compared by class and message.  The matrix is RESP2
-and RESP3, decode_responses off and on; nox runs it against each supported redis-py major.
+starts from an empty server.  Errors are compared by class and message.  The matrix is the
+defaults on both sides (no ``protocol``), then every explicit ``protocol`` (None, 2, 3) and, on
+redis-py 8, ``legacy_responses`` (True, False); decode_responses off and on; Redis 6.2 and Valkey
+9.1.  nox runs it against each supported redis-py major (``nox -s compat``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -16,7 +19,7 @@ import pytest
 import redis.asyncio
 
 import anypool
-from anypool.testing import RedisServer
+from anypool.testing import RedisServer, find_valkey_server
 
 Call = Callable[[Any], Awaitable[Any]]
 
@@ -55,6 +58,14 @@ async def _watch_transaction(r: Any) -> Any:
 
     await r.set("d:w", 10)
     return await r.transaction(bump, "d:w")
+
+
+async def _shape_pipeline(r: Any) -> Any:
+    pipe = r.pipeline(transaction=False)
+    pipe.zadd("d:sp", {"a": 1, "b": 2}).zrange("d:sp", 0, -1, withscores=True)
+    pipe.zpopmin("d:sp").xread({"d:nope": "0-0"}).blpop(["d:nope"], timeout=0.05)
+    pipe.hset("d:sp1", "f", "v").hrandfield("d:sp1", 1, withvalues=True).geopos("d:nope", "x")
+    return await pipe.execute()
 
 
 async def _script(r: Any) -> Any:
@@ -234,6 +245,81 @@ def _calls() -> list[tuple[str, Call]]:
             "d:g", longitude=15, latitude=37, radius=200, unit="km", withdist=True, sort="ASC"
         ),
     )
+    # reply shapes that differ between protocols and redis-py majors (issue 11); one-member
+    # sets where the server picks at random, so every answer is deterministic
+    add("shape zadd", lambda r: r.zadd("d:sz", {"a": 1.5, "b": 2, "c": 3.25, "d": 4}))
+    add("shape zadd 2", lambda r: r.zadd("d:sz2", {"a": 1, "x": 7}))
+    add("shape zadd one", lambda r: r.zadd("d:sz1", {"only": 2.5}))
+    add("shape zrange", lambda r: r.zrange("d:sz", 0, -1, withscores=True))
+    add(
+        "shape zrange cast", lambda r: r.zrange("d:sz", 0, 1, withscores=True, score_cast_func=repr)
+    )
+    add("shape zrange empty", lambda r: r.zrange("d:nope", 0, -1, withscores=True))
+    add("shape zrevrange", lambda r: r.zrevrange("d:sz", 0, 1, withscores=True))
+    add("shape zrangebyscore", lambda r: r.zrangebyscore("d:sz", 2, 4, withscores=True))
+    add("shape zrevrangebyscore", lambda r: r.zrevrangebyscore("d:sz", 4, 2, withscores=True))
+    add("shape zunion", lambda r: r.zunion(["d:sz", "d:sz2"], withscores=True))
+    add("shape zunion plain", lambda r: r.zunion(["d:sz", "d:sz2"]))
+    add("shape zinter", lambda r: r.zinter(["d:sz", "d:sz2"], withscores=True))
+    add("shape zdiff", lambda r: r.zdiff(["d:sz", "d:sz2"], withscores=True))
+    add("shape zdiff plain", lambda r: r.zdiff(["d:sz", "d:sz2"]))
+    add("shape zrank withscore", lambda r: r.zrank("d:sz", "b", withscore=True))
+    add("shape zrevrank withscore", lambda r: r.zrevrank("d:sz", "b", withscore=True))
+    add("shape zrandmember", lambda r: r.zrandmember("d:sz1"))
+    add("shape zrandmember count", lambda r: r.zrandmember("d:sz1", 1, withscores=True))
+    add("shape zrandmember repeat", lambda r: r.zrandmember("d:sz1", -2, withscores=True))
+    add("shape zrandmember plain", lambda r: r.zrandmember("d:sz1", -2))
+    add("shape zscan", lambda r: r.zscan("d:sz1", 0))
+    add("shape zpopmin", lambda r: r.zpopmin("d:sz"))
+    add("shape zpopmax count", lambda r: r.zpopmax("d:sz", 2))
+    add("shape zpopmin empty", lambda r: r.zpopmin("d:nope"))
+    add("shape bzpopmin", lambda r: r.bzpopmin(["d:nope", "d:sz2"], timeout=1))
+    add("shape bzpopmax", lambda r: r.bzpopmax(["d:sz2"], timeout=1))
+    add("shape bzpopmin timeout", lambda r: r.bzpopmin(["d:nope"], timeout=0.05))
+    add("shape zadd 3", lambda r: r.zadd("d:sz3", {"p": 1, "q": 2, "r": 3}))
+    add("shape zmpop", lambda r: r.zmpop(2, ["d:nope", "d:sz3"], min=True))
+    add("shape zmpop count", lambda r: r.zmpop(1, ["d:sz3"], max=True, count=5))
+    add("shape zmpop empty", lambda r: r.zmpop(1, ["d:nope"], min=True))
+    add("shape zadd 4", lambda r: r.zadd("d:sz4", {"p": 1, "q": 2}))
+    add("shape bzmpop", lambda r: r.bzmpop(1, 1, ["d:sz4"], max=True, count=2))
+    add("shape hset one", lambda r: r.hset("d:sh1", "only", "v"))
+    add("shape hrandfield", lambda r: r.hrandfield("d:sh1"))
+    add("shape hrandfield count", lambda r: r.hrandfield("d:sh1", 1))
+    add("shape hrandfield values", lambda r: r.hrandfield("d:sh1", 1, withvalues=True))
+    add("shape hrandfield repeat", lambda r: r.hrandfield("d:sh1", -2, withvalues=True))
+    add("shape hrandfield missing", lambda r: r.hrandfield("d:nope", 1, withvalues=True))
+    add("shape rpush", lambda r: r.rpush("d:sl", "a", "b", "c"))
+    add("shape blpop", lambda r: r.blpop(["d:nope", "d:sl"], timeout=1))
+    add("shape brpop", lambda r: r.brpop(["d:sl"], timeout=1))
+    add("shape blpop timeout", lambda r: r.blpop(["d:nope"], timeout=0.05))
+    add("shape xadd", lambda r: r.xadd("d:sx", {"f": "1"}, id="1-0"))
+    add("shape xadd 2", lambda r: r.xadd("d:sx", {"f": "2", "g": "é"}, id="2-0"))
+    add("shape xadd other", lambda r: r.xadd("d:sx2", {"h": "3"}, id="5-0"))
+    add("shape xread", lambda r: r.xread({"d:sx": "0-0", "d:sx2": "0-0"}))
+    add("shape xread count", lambda r: r.xread({"d:sx": "1-0"}, count=1))
+    add("shape xread empty", lambda r: r.xread({"d:sx": "9-0"}))
+    add("shape xread block empty", lambda r: r.xread({"d:sx": "9-0"}, block=50))
+    add("shape xgroup", lambda r: r.xgroup_create("d:sx", "sg", id="0"))
+    add("shape xreadgroup", lambda r: r.xreadgroup("sg", "c", {"d:sx": ">"}))
+    add("shape xreadgroup empty", lambda r: r.xreadgroup("sg", "c", {"d:sx": ">"}))
+    add("shape xreadgroup pending", lambda r: r.xreadgroup("sg", "c", {"d:sx": "0"}))
+    add("shape xreadgroup block", lambda r: r.xreadgroup("sg", "c", {"d:sx": ">"}, block=50))
+    add("shape mset lcs", lambda r: r.mset({"d:lcs1": "ohmytext", "d:lcs2": "mynewtext"}))
+    add("shape lcs", lambda r: r.lcs("d:lcs1", "d:lcs2"))
+    add("shape lcs len", lambda r: r.lcs("d:lcs1", "d:lcs2", len=True))
+    add("shape lcs idx", lambda r: r.lcs("d:lcs1", "d:lcs2", idx=True))
+    add(
+        "shape lcs idx minmatchlen withmatchlen",
+        lambda r: r.lcs("d:lcs1", "d:lcs2", idx=True, minmatchlen=4, withmatchlen=True),
+    )
+    add("shape geoadd", lambda r: r.geoadd("d:sg", [13.361389, 38.115556, "Palermo"]))
+    add("shape geopos", lambda r: r.geopos("d:sg", "Palermo", "nope"))
+    add("shape geopos missing key", lambda r: r.geopos("d:nope", "x"))
+    add("shape geohash", lambda r: r.geohash("d:sg", "Palermo", "nope"))
+    add("shape acl whoami", lambda r: r.acl_whoami())
+    add("shape acl cat", lambda r: r.acl_cat("stream"))
+    add("shape smembers", lambda r: r.smembers("d:nope"))
+    add("shape pipeline", _shape_pipeline)
     # hyperloglog
     add("pfadd", lambda r: r.pfadd("d:hll", "a", "b", "c"))
     add("pfcount", lambda r: r.pfcount("d:hll"))
@@ -315,42 +401,139 @@ async def run_all(client: Any) -> list[Any]:
     return results
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
+# redis-py 8 added legacy_responses=; before it, the only shapes are the legacy ones.
+HAS_LEGACY_RESPONSES = "legacy_responses" in inspect.signature(redis.asyncio.Redis).parameters
+
+
+def _combinations() -> list[Any]:
+    """Defaults to defaults (nothing passed on either side), then every explicit combination of
+    ``protocol`` and, where the installed redis-py has it, ``legacy_responses``."""
+    combos = [pytest.param({}, id="defaults")]
+    for protocol in (None, 2, 3):
+        combos.append(pytest.param({"protocol": protocol}, id=f"protocol={protocol}"))
+        if HAS_LEGACY_RESPONSES:
+            for legacy in (True, False):
+                options = {"protocol": protocol, "legacy_responses": legacy}
+                combos.append(pytest.param(options, id=f"protocol={protocol}-legacy={legacy}"))
+    return combos
+
+
+COMBINATIONS = _combinations()
+
+# redis-py 5 and 6 send "HELLO None" when given protocol=None explicitly, and fail; anypool
+# takes an explicit None as "not given", so there it is compared with redis-py given nothing.
+REDIS_PY_TAKES_PROTOCOL_NONE = int(redis.__version__.split(".")[0]) >= 7
+
+
+def _as_redis_py_takes_them(options: dict[str, Any]) -> dict[str, Any]:
+    if options.get("protocol", 0) is None and not REDIS_PY_TAKES_PROTOCOL_NONE:
+        return {k: v for k, v in options.items() if k != "protocol"}
+    return options
+
+
+@pytest.fixture(scope="module", params=["redis-6.2", "valkey-9.1"])
+def server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """Redis 6.2 (the oldest supported) and Valkey 9.1 (LCS, ZMPOP, ZRANK WITHSCORE...)."""
+    binary = find_valkey_server() if request.param.startswith("valkey") else None
+    with RedisServer(binary=binary) as server:
         yield server
 
 
 def test_the_call_list_is_long_enough() -> None:
-    assert len(CALLS) >= 150
+    assert len(CALLS) >= 220
 
 
-@pytest.mark.parametrize("decode", [False, True], ids=["bytes", "decoded"])
-@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
-def test_anypool_matches_redis_py(server: RedisServer, protocol: int, decode: bool) -> None:
-    async def reference() -> list[Any]:
-        client = redis.asyncio.Redis.from_url(
-            server.url, protocol=protocol, decode_responses=decode
-        )
-        try:
-            return await run_all(client)
-        finally:
-            await client.aclose()
+async def _reference(url: str, options: dict[str, Any]) -> list[Any]:
+    client = redis.asyncio.Redis.from_url(url, **_as_redis_py_takes_them(options))
+    try:
+        return await run_all(client)
+    finally:
+        await client.aclose()
 
-    async def ours() -> list[Any]:
-        async with anypool.RedisPool.from_url(
-            server.url, protocol=protocol, decode_responses=decode, max_size=4
-        ) as client:
-            return await run_all(client)
 
-    expected = anyio.run(reference, backend="asyncio")
+async def _ours(url: str, options: dict[str, Any]) -> list[Any]:
+    async with anypool.RedisPool.from_url(url, max_size=4, **options) as client:
+        return await run_all(client)
+
+
+def _assert_same(expected: list[Any], url: str, options: dict[str, Any]) -> None:
     for backend in ("asyncio", "trio"):
-        got = anyio.run(ours, backend=backend)
+        got = anyio.run(_ours, url, options, backend=backend)
         mismatches = [
             (name, want, have)
             for (name, _), want, have in zip(CALLS, expected, got, strict=True)
             if want != have
         ]
         assert mismatches == [], (
-            f"{backend}: {len(mismatches)} of {len(CALLS)} differ: {mismatches}"
+            f"{backend} {options}: {len(mismatches)} of {len(CALLS)} differ: {mismatches}"
         )
+
+
+@pytest.mark.parametrize("decode", [False, True], ids=["bytes", "decoded"])
+@pytest.mark.parametrize("options", COMBINATIONS)
+def test_anypool_matches_redis_py(
+    server: RedisServer, options: dict[str, Any], decode: bool
+) -> None:
+    """The same arguments (none at all, too) give the same results as redis.asyncio."""
+    options = {**options, "decode_responses": decode}
+    expected = anyio.run(_reference, server.url, options, backend="asyncio")
+    _assert_same(expected, server.url, options)
+
+
+def test_the_differences_are_really_exercised(server: RedisServer) -> None:
+    """The shapes differ between combinations, so equal results above are not vacuous."""
+    results = {
+        str(p.id): anyio.run(_reference, server.url, p.values[0], backend="asyncio")
+        for p in COMBINATIONS
+    }
+    assert results["protocol=2"] != results["protocol=3"]
+    if HAS_LEGACY_RESPONSES:
+        assert results["defaults"] != results["protocol=3"]
+        assert results["protocol=None-legacy=False"] != results["protocol=None-legacy=True"]
+
+
+def test_the_default_speaks_redis_py_s_default_protocol(server: RedisServer) -> None:
+    """With no protocol given, the wire is the one the installed redis-py uses by default."""
+
+    async def resp(client: Any) -> Any:
+        info = await client.client_info()
+        return info.get("resp")
+
+    async def resp_of_redis_py() -> Any:
+        client = redis.asyncio.Redis.from_url(server.url)
+        try:
+            return await resp(client)
+        finally:
+            await client.aclose()
+
+    async def resp_of_ours() -> Any:
+        async with anypool.RedisPool.from_url(server.url) as client:
+            return await resp(client)
+
+    expected = anyio.run(resp_of_redis_py, backend="asyncio")
+    if expected is None:
+        pytest.skip("this server's CLIENT INFO does not show the RESP version")
+    assert str(expected) == ("3" if HAS_LEGACY_RESPONSES else "2")
+    for backend in ("asyncio", "trio"):
+        assert anyio.run(resp_of_ours, backend=backend) == expected
+
+
+@pytest.fixture(scope="module")
+def server_without_hello() -> Iterator[RedisServer]:
+    """A Valkey 9.1 that answers HELLO as Redis 5 did: unknown command."""
+    with RedisServer("--rename-command", "HELLO", "", binary=find_valkey_server()) as server:
+        yield server
+
+
+@pytest.mark.parametrize("decode", [False, True], ids=["bytes", "decoded"])
+@pytest.mark.parametrize("options", COMBINATIONS)
+def test_a_server_without_hello_gives_redis_py_s_resp2_results(
+    server_without_hello: RedisServer, options: dict[str, Any], decode: bool
+) -> None:
+    """Where RESP3 was wanted and the server cannot speak it, the connection speaks RESP2 and
+    the results are redis-py's over RESP2 with the same ``legacy_responses``."""
+    options = {**options, "decode_responses": decode}
+    url = server_without_hello.url
+    as_resp2 = {**options, "protocol": 2}
+    expected = anyio.run(_reference, url, as_resp2, backend="asyncio")
+    _assert_same(expected, url, options)

@@ -395,12 +395,14 @@ class ConnectionStateMachine(RuleBasedStateMachine):
         return self.redis.pool
 
     @initialize(
-        protocol=st.sampled_from([3, 2]),
+        protocol=st.sampled_from([None, 3, 2]),  # None: the installed redis-py's default
         db=st.sampled_from([0, 3]),
         client_name=st.sampled_from([None, "machine"]),
         decode=st.booleans(),
     )
-    def open_pool(self, protocol: int, db: int, client_name: str | None, decode: bool) -> None:
+    def open_pool(
+        self, protocol: int | None, db: int, client_name: str | None, decode: bool
+    ) -> None:
         self.config = RedisConfig.from_url(
             self.server.url,
             protocol=protocol,
@@ -1012,7 +1014,7 @@ class ConnectionStateMachine(RuleBasedStateMachine):
             "sub": "0",
             "psub": "0",
         }
-        optional = {"watch": "0", "resp": str(config.protocol), "ssub": "0"}
+        optional = {"watch": "0", "resp": str(config.wire_protocol), "ssub": "0"}
         problems: list[str] = []
         baseline = self.factory.baseline[id(connection)]
         for field in ("lib-name", "lib-ver", "capa"):
@@ -1033,7 +1035,7 @@ class ConnectionStateMachine(RuleBasedStateMachine):
             for field, value in optional.items()
             if field in info and info[field] != value
         ]
-        if connection.protocol != config.protocol:
+        if connection.protocol != config.wire_protocol:
             problems.append(f"{where}: speaks RESP{connection.protocol}")
         # RESP version and tracking, functionally: the reply is a map only in RESP3
         tracking = await connection.execute("CLIENT", "TRACKINGINFO", timeout=PROBE_TIMEOUT)
@@ -1041,7 +1043,7 @@ class ConnectionStateMachine(RuleBasedStateMachine):
             shape, tracking = 2, dict(zip(tracking[::2], tracking[1::2], strict=True))
         else:
             shape = 3 if isinstance(tracking, dict) else 0
-        if shape != config.protocol:
+        if shape != config.wire_protocol:
             problems.append(f"{where}: CLIENT TRACKINGINFO came back as RESP{shape}")
         tracking_flags = {_text(k): v for k, v in tracking.items()}.get("flags")
         if [_text(f) for f in tracking_flags or ()] != ["off"]:
