@@ -22,6 +22,7 @@ from ._errors import ConnectionError as ConnectionError
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import ConnectTimeout as ConnectTimeout
 from ._errors import InvalidArgument as InvalidArgument
+from ._errors import MessagesLost as MessagesLost
 from ._errors import PoolClosed as PoolClosed
 from ._errors import PoolError as PoolError
 from ._errors import PoolExhausted as PoolExhausted
@@ -38,6 +39,7 @@ from ._pool import Pool as Pool
 from ._pool import ResourceFactory as ResourceFactory
 from ._pubsub import Listener as Listener
 from ._pubsub import Message as Message
+from ._pubsub import PubSub as PubSub
 from ._pubsub import Reconnected as Reconnected
 from ._pubsub import RestartPolicy as RestartPolicy
 from ._pubsub import Subscription as Subscription
@@ -66,6 +68,7 @@ __all__ = [
     "Listener",
     "Lock",
     "Message",
+    "MessagesLost",
     "Pipeline",
     "Pool",
     "PoolClosed",
@@ -76,6 +79,7 @@ __all__ = [
     "PoolTimeout",
     "PoolUnavailable",
     "ProtocolError",
+    "PubSub",
     "Reconnected",
     "RedisConfig",
     "RedisConnection",

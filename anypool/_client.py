@@ -339,6 +339,29 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
             block_timeout=block_timeout,
         )  # fmt: skip
 
+    def pubsub(
+        self, ignore_subscribe_messages: bool = False, *,
+        on_gap: Literal["raise", "message"] | Callable[[_pubsub.Reconnected], Any] = "raise",
+        buffer: int = 1000, policy: _pubsub.Policy = "block", block_timeout: float = 5.0,
+        shard_hint: Any = None,
+    ) -> _pubsub.PubSub:  # fmt: skip
+        """redis-py's ``PubSub`` object (``p = redis.pubsub(); await p.subscribe("news")``),
+        on this pool's supervised subscriptions: reconnected when the connection breaks, with
+        the gap reported as ``on_gap`` says (by default ``get_message()`` raises
+        :class:`MessagesLost` once).  See :class:`anypool.PubSub` and docs/pubsub.md.
+
+        Args:
+            ignore_subscribe_messages: drop (un)subscribe acknowledgements, as redis-py.
+            on_gap: ``"raise"``, ``"message"`` or a callable (see :class:`anypool.PubSub`).
+            buffer, policy, block_timeout: the subscription's backpressure (see
+                :meth:`subscribe`).
+            shard_hint: accepted for redis-py's signature; unused.
+        """
+        return _pubsub.PubSub(
+            self._hub(), ignore_subscribe_messages=ignore_subscribe_messages, on_gap=on_gap,
+            buffer=buffer, policy=policy, block_timeout=block_timeout,
+        )  # fmt: skip
+
     async def start_listener(
         self,
         handler: Callable[[_pubsub.Event], Awaitable[Any] | Any],

@@ -181,6 +181,15 @@ class Subscription:
             return self._take()
         raise TimeoutError(f"no message within {timeout}s")
 
+    def take_buffered(self) -> list[Event]:
+        """Take every event buffered now, without waiting; for a consumer that interleaves
+        them with its own items in order (redis-py's PubSub API).  A stop or end stays for
+        the next :meth:`get`."""
+        taken = []
+        while self._items:
+            taken.append(self._take())
+        return taken
+
     @property
     def buffered(self) -> int:
         """Events waiting to be consumed (messages and gap events)."""
