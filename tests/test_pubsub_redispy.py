@@ -439,3 +439,80 @@ async def test_aclose_unsubscribes_and_allows_reuse(redis_server: RedisServer) -
         assert (await p.get_message(timeout=10))["data"] == 1  # type: ignore[index]
         await p.reset()
         assert client.pubsub_statistics()["subscriptions"] == 0
+
+
+SHARDED: list[Op] = [
+    ("ssubscribe", ["s:a", "s:b"]),
+    ("subscribe", ["s:plain"]),  # the sharded count is separate
+    ("publish", "s:plain", "p"),
+    ("get", 10),
+    ("get", 10),
+    ("get", 10),
+    ("get", 10),
+    ("sunsubscribe", ["s:a"]),
+    ("get", 10),
+    ("state",),
+]
+
+
+async def test_sharded_same_dicts_as_redis_py(
+    valkey_server: RedisServer, protocol: int, decode: bool
+) -> None:
+    url = valkey_server.url
+
+    def redispy() -> list[Any]:
+        async def main() -> list[Any]:
+            client = redis.asyncio.Redis.from_url(url, protocol=protocol, decode_responses=decode)
+            try:
+                async with client.pubsub() as p:
+                    out = await play(client, p, SHARDED)
+                    await client.spublish("s:b", "sharded")
+                    out.append(await p.get_message(timeout=10))
+                    out.append(sorted(p.shard_channels))
+                    return out
+            finally:
+                await client.aclose()
+
+        return asyncio.run(main())
+
+    with anyio.fail_after(60):
+        expected = await anyio.to_thread.run_sync(redispy)
+        async with RedisPool.from_url(url, protocol=protocol, decode_responses=decode) as client:
+            async with client.pubsub() as p:
+                got = await play(client, p, SHARDED)
+                await client.spublish("s:b", "sharded")
+                got.append(await p.get_message(timeout=10))
+                got.append(sorted(p.shard_channels))
+    assert got == expected
+    assert got[-2]["type"] == "smessage"
+
+
+async def test_a_refused_subscribe_raises_there_and_changes_nothing(
+    redis_server: RedisServer,
+) -> None:
+    async with RedisPool.from_url(redis_server.url) as client, client.pubsub() as p:
+        await p.subscribe("f:a")
+        with pytest.raises(anypool.ResponseError, match=r"(?i)ssubscribe"):
+            await p.ssubscribe("f:sharded")  # Redis 6.2 has no sharded pub/sub
+        assert p.shard_channels == {} and sorted(p.channels) == [b"f:a"]
+        await client.publish("f:a", "still")
+        assert (await p.get_message(timeout=10))["type"] == "subscribe"  # type: ignore[index]
+        assert (await p.get_message(timeout=10))["data"] == b"still"  # type: ignore[index]
+
+
+async def test_falling_behind_is_a_gap_then_delivery_goes_on(redis_server: RedisServer) -> None:
+    async with (
+        RedisPool.from_url(redis_server.url) as client,
+        client.pubsub(ignore_subscribe_messages=True, policy="error", buffer=2) as p,
+    ):
+        await p.subscribe("s:slow")
+        for i in range(5):
+            await client.publish("s:slow", i)
+        await p.ping()  # all five were read by now: two buffered, then the stop
+        assert await p.get_message(timeout=10) is None  # the ack
+        assert [(await p.get_message(timeout=10))["data"] for _ in range(2)] == [b"0", b"1"]  # type: ignore[index]
+        with pytest.raises(MessagesLost, match="SlowConsumer"):
+            await p.get_message(timeout=10)
+        assert (await p.get_message(timeout=10))["type"] == "pong"  # type: ignore[index]
+        await client.publish("s:slow", "after")
+        assert (await p.get_message(timeout=10))["data"] == b"after"  # type: ignore[index]

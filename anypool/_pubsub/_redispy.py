@@ -300,6 +300,9 @@ class PubSub:
         sub = self._sub
         if sub is not None:
             self._queue.extend(sub.take_buffered())
+            if sub.stopped:  # it fell behind before these replies: its gap comes first
+                sub.resume()
+                self._queue.extend(sub.take_buffered())
         self._queue.extend(replies)
         if self._waiting is not None:  # a get_message() waits on the subscription: wake it
             self._waiting.cancel()

@@ -195,6 +195,12 @@ class Subscription:
         """Events waiting to be consumed (messages and gap events)."""
         return len(self._items)
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :class:`SlowConsumer` stopped delivery (after the buffered events);
+        :meth:`resume` starts it again."""
+        return self._stopped_at is not None and isinstance(self._end, SlowConsumer)
+
     def resume(self) -> None:
         """After :class:`SlowConsumer`: deliver again.  A :class:`Reconnected` event comes
         first, covering the time delivery was stopped (the messages dropped meanwhile are
