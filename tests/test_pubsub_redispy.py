@@ -516,3 +516,25 @@ async def test_falling_behind_is_a_gap_then_delivery_goes_on(redis_server: Redis
         assert (await p.get_message(timeout=10))["type"] == "pong"  # type: ignore[index]
         await client.publish("s:slow", "after")
         assert (await p.get_message(timeout=10))["data"] == b"after"  # type: ignore[index]
+
+
+def test_the_docs_example_runs(redis_server: RedisServer) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "docs" / "examples" / "pubsub_redispy.py"
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "REDIS_URL": redis_server.url},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "{'type': 'subscribe', 'pattern': None, 'channel': 'news', 'data': 1}",
+        "{'type': 'psubscribe', 'pattern': None, 'channel': 'audit:*', 'data': 2}",
+        "{'type': 'message', 'pattern': None, 'channel': 'news', 'data': 'hello'}",
+        "audit: ada",
+        "None",
+    ]
