@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -345,12 +345,6 @@ async def test_cancelled_subscribe_leaves_nothing(own_server: RedisServer) -> No
                 await anyio.sleep(0.01)
 
 
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
 async def _restart(client: RedisPool, server: RedisServer) -> None:
     server.kill()
     server.restart()
@@ -364,17 +358,17 @@ async def _restart(client: RedisPool, server: RedisServer) -> None:
             await anyio.sleep(0.05)
 
 
-async def test_reconnect_raises_messages_lost_once_then_goes_on(server: RedisServer) -> None:
+async def test_reconnect_raises_messages_lost_once_then_goes_on(own_server: RedisServer) -> None:
     backoff = anypool.BackoffPolicy(0.05, 0.2, 0.1)
     async with (
-        RedisPool.from_url(server.url, reconnect_backoff=backoff) as client,
+        RedisPool.from_url(own_server.url, reconnect_backoff=backoff) as client,
         client.pubsub(ignore_subscribe_messages=True) as p,
     ):
         await p.subscribe("r:a")
         await client.publish("r:a", "before")
         assert await p.get_message(timeout=10) is None  # the ack, ignored
         assert (await p.get_message(timeout=10))["data"] == b"before"  # type: ignore[index]
-        await _restart(client, server)
+        await _restart(client, own_server)
         with pytest.raises(MessagesLost) as caught:
             await p.get_message(timeout=10)
         assert isinstance(caught.value.gap, Reconnected)
@@ -384,16 +378,16 @@ async def test_reconnect_raises_messages_lost_once_then_goes_on(server: RedisSer
         assert p.subscribed
 
 
-async def test_reconnect_as_a_message_and_as_a_callback(server: RedisServer) -> None:
+async def test_reconnect_as_a_message_and_as_a_callback(own_server: RedisServer) -> None:
     backoff = anypool.BackoffPolicy(0.05, 0.2, 0.1)
     gaps: list[Reconnected] = []
-    async with RedisPool.from_url(server.url, reconnect_backoff=backoff) as client:
+    async with RedisPool.from_url(own_server.url, reconnect_backoff=backoff) as client:
         as_message = client.pubsub(ignore_subscribe_messages=True, on_gap="message")
         as_callback = client.pubsub(ignore_subscribe_messages=True, on_gap=gaps.append)
         for p in (as_message, as_callback):
             await p.subscribe("r:a")
             assert await p.get_message(timeout=10) is None
-        await _restart(client, server)
+        await _restart(client, own_server)
         gap = await as_message.get_message(timeout=10)
         assert gap is not None and gap["type"] == "reconnected"
         assert isinstance(gap["data"], Reconnected)
@@ -405,18 +399,18 @@ async def test_reconnect_as_a_message_and_as_a_callback(server: RedisServer) -> 
             await p.aclose()
 
 
-async def test_run_passes_a_gap_to_the_exception_handler(server: RedisServer) -> None:
+async def test_run_passes_a_gap_to_the_exception_handler(own_server: RedisServer) -> None:
     backoff = anypool.BackoffPolicy(0.05, 0.2, 0.1)
     errors: list[BaseException] = []
     handled: list[Any] = []
     async with (
-        RedisPool.from_url(server.url, reconnect_backoff=backoff) as client,
+        RedisPool.from_url(own_server.url, reconnect_backoff=backoff) as client,
         client.pubsub() as p,
     ):
         await p.subscribe(**{"r:a": handled.append})
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: p.run(exception_handler=lambda e, _: errors.append(e)))
-            await _restart(client, server)
+            await _restart(client, own_server)
             await client.publish("r:a", "after")
             with anyio.fail_after(30):
                 while not handled:
