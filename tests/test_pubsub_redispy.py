@@ -13,6 +13,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import redis.asyncio
+import redis.exceptions
 
 import anypool
 from anypool import MessagesLost, PubSub, Reconnected, RedisPool
@@ -252,7 +253,7 @@ async def test_handlers_and_run_match_redis_py(
 async def test_run_refuses_a_channel_without_handler(redis_server: RedisServer) -> None:
     async with RedisPool.from_url(redis_server.url) as client, client.pubsub() as p:
         await p.subscribe("nohandler")
-        with pytest.raises(anypool.AnyPoolError, match="no handler registered"):
+        with pytest.raises(redis.exceptions.PubSubError, match="no handler registered"):
             await p.run()
 
 

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.lowlevel
+from redis.exceptions import PubSubError
 
-from .._errors import InvalidArgument, MessagesLost, SlowConsumer, TimeoutError
+from .._errors import AnyPoolError, InvalidArgument, MessagesLost, SlowConsumer, TimeoutError
 from ._subscription import Message, Policy, Reconnected, Subscription
 
 if TYPE_CHECKING:
@@ -159,7 +160,8 @@ class PubSub:
             ``connect_timeout``.  InvalidArgument: a name that is not str/bytes/number.
 
         Cancellation: a subscribe cancelled before the acknowledgement is undone (no ack is
-        delivered, ``channels`` is unchanged).
+        delivered, ``channels`` is unchanged); one that subscribed nothing new is
+        acknowledged all the same.
         """
         await self._subscribe("channel", args, kwargs)
 
@@ -233,16 +235,18 @@ class PubSub:
         if not wanted:
             raise InvalidArgument(f"{_ACK[kind, True]}() needs at least one name")
         sub = await self._attach()
+        if await self._hub.add(sub, kind, list(wanted)):
+            self._subscribed(kind, wanted)
+            return
+        # Subscribed on the connection already, so nothing was sent and the subscription
+        # stands whatever happens next.  A PING puts every message that came before this call
+        # into the buffer, ahead of the acknowledgement.
         try:
-            if not await self._hub.add(sub, kind, list(wanted)):
-                # Subscribed already, so nothing was sent: a PING puts every message that
-                # came before this call into the buffer, ahead of the acknowledgement.
-                await self._hub.ping(sub)
-        except BaseException:
-            if sub.names[kind].issuperset(wanted) and all(k in self._server[kind] for k in wanted):
-                self._subscribed(kind, wanted)  # it was a no-op: acknowledge it all the same
-            raise
-        self._subscribed(kind, wanted)
+            await self._hub.ping(sub)
+        except AnyPoolError:
+            pass  # the connection broke (its gap is reported) or the pool closed (reads say so)
+        finally:
+            self._subscribed(kind, wanted)
 
     def _subscribed(self, kind: Kind, wanted: dict[Any, Handler | None]) -> None:
         """Acknowledged: record it and queue the acks (synchronous, so nothing splits it)."""
@@ -356,20 +360,18 @@ class PubSub:
     ) -> None:
         """Pass every message to its handler until cancelled (as redis-py's ``run()``).
 
-        Every channel and pattern needs a handler.  An error (including :class:`MessagesLost`
-        for a gap, unless ``on_gap`` is a callable) goes to ``exception_handler(error,
-        pubsub)``, awaited if it returns an awaitable; without one, it is raised.  With
-        ``on_gap="message"`` a gap is raised here too, since ``run()`` drops what
-        ``get_message()`` returns.
+        Every channel and pattern needs a handler (redis-py's ``PubSubError`` otherwise).
+        An error (including :class:`MessagesLost` for a gap, unless ``on_gap`` is a callable)
+        goes to ``exception_handler(error, pubsub)``, awaited if it returns an awaitable;
+        without one, it is raised.  With ``on_gap="message"`` a gap is raised here too,
+        since ``run()`` drops what ``get_message()`` returns.
 
         Cancellation: the way to stop it; nothing is lost (what was not handled stays).
         """
-        from .._errors import AnyPoolError
-
         for kind in ("channel", "pattern"):
             for name, handler in self._handlers(kind).items():
                 if handler is None:
-                    raise AnyPoolError(
+                    raise PubSubError(
                         f"{kind.capitalize()}: {name!r} has no handler registered; run() "
                         "passes every message to a handler (subscribe(**{name: handler}))"
                     )
