@@ -533,3 +533,35 @@ def test_the_docs_example_runs(redis_server: RedisServer) -> None:
         "audit: ada",
         "None",
     ]
+
+
+async def test_a_ping_cut_off_by_a_broken_connection_raises_connection_lost(
+    own_server: RedisServer,
+) -> None:
+    """The hub answers a PING that the broken connection will never answer (it used to be
+    forgotten, so ping() waited for connect_timeout and raised TimeoutError)."""
+    backoff = anypool.BackoffPolicy(0.05, 0.2, 0.1)
+    async with (
+        RedisPool.from_url(own_server.url, reconnect_backoff=backoff, connect_timeout=60) as client,
+        client.pubsub(ignore_subscribe_messages=True) as p,
+    ):
+        await p.subscribe("c:a")
+        lost: list[BaseException] = []
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+
+                async def pinger() -> None:
+                    with pytest.raises(anypool.ConnectionLost) as caught:
+                        await p.ping()
+                    lost.append(caught.value)
+
+                own_server.pause()  # the PING is sent (or queued) and never answered
+                tg.start_soon(pinger)
+                await anyio.wait_all_tasks_blocked()
+                own_server.restart()
+        assert len(lost) == 1
+        assert await p.get_message(timeout=10) is None  # the subscribe ack
+        with pytest.raises(MessagesLost):
+            await p.get_message(timeout=10)
+        await client.publish("c:a", "after")
+        assert (await p.get_message(timeout=10))["data"] == b"after"  # type: ignore[index]
