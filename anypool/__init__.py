@@ -24,6 +24,7 @@ from ._errors import ConnectionError as ConnectionError
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import ConnectTimeout as ConnectTimeout
 from ._errors import InvalidArgument as InvalidArgument
+from ._errors import MessagesLost as MessagesLost
 from ._errors import PoolClosed as PoolClosed
 from ._errors import PoolError as PoolError
 from ._errors import PoolExhausted as PoolExhausted
@@ -40,6 +41,7 @@ from ._pool import Pool as Pool
 from ._pool import ResourceFactory as ResourceFactory
 from ._pubsub import Listener as Listener
 from ._pubsub import Message as Message
+from ._pubsub import PubSub as PubSub
 from ._pubsub import Reconnected as Reconnected
 from ._pubsub import RestartPolicy as RestartPolicy
 from ._pubsub import Subscription as Subscription
@@ -72,6 +74,7 @@ __all__ = [
     "Listener",
     "Lock",
     "Message",
+    "MessagesLost",
     "Pipeline",
     "Pool",
     "PoolClosed",
@@ -82,6 +85,7 @@ __all__ = [
     "PoolTimeout",
     "PoolUnavailable",
     "ProtocolError",
+    "PubSub",
     "Reconnected",
     "RedisConfig",
     "RedisConnection",

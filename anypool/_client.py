@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Literal, TypeVar
+from types import SimpleNamespace
+from typing import Any, Literal, TypeVar, overload
 
 import anyio
 from anyio import AsyncContextManagerMixin
@@ -58,6 +61,7 @@ from ._stats import Health, PoolStatistics
 __all__ = ["Lock", "Pipeline", "RedisConnection", "RedisPool", "Script"]
 
 T = TypeVar("T")
+logger = logging.getLogger("anypool.lock")
 
 
 def _pop_options(options: dict[str, Any]) -> None:
@@ -359,6 +363,21 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
                     if watch_delay:
                         await anyio.sleep(watch_delay)
 
+    @overload
+    def lock(
+        self, name: str, timeout: float | None = None, sleep: float = 0.1,
+        blocking: bool = True, blocking_timeout: float | None = None,
+        lock_class: None = None, thread_local: bool = True, raise_on_release_error: bool = True,
+    ) -> Lock: ...  # fmt: skip
+
+    @overload
+    def lock(
+        self, name: str, timeout: float | None = None, sleep: float = 0.1,
+        blocking: bool = True, blocking_timeout: float | None = None, *,
+        lock_class: Callable[..., T], thread_local: bool = True,
+        raise_on_release_error: bool = True,
+    ) -> T: ...  # fmt: skip
+
     def lock(
         self,
         name: str,
@@ -366,10 +385,21 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         sleep: float = 0.1,
         blocking: bool = True,
         blocking_timeout: float | None = None,
-    ) -> Lock:
-        """A distributed lock on key ``name`` that works on trio and asyncio (see :class:`Lock`)."""
-        return Lock(self, name, timeout=timeout, sleep=sleep, blocking=blocking,
-                    blocking_timeout=blocking_timeout)  # fmt: skip
+        lock_class: Callable[..., Any] | None = None,
+        thread_local: bool = True,
+        raise_on_release_error: bool = True,
+    ) -> Any:
+        """A distributed lock on key ``name`` that works on trio and asyncio (see :class:`Lock`).
+
+        The arguments are redis-py's ``Redis.lock()``'s.  ``lock_class`` is called as redis-py
+        calls it (``lock_class(self, name, timeout=..., sleep=..., blocking=...,
+        blocking_timeout=..., thread_local=..., raise_on_release_error=...)``), so a subclass
+        of :class:`Lock` or redis-py's own ``redis.asyncio.lock.Lock`` (asyncio only) works.
+        """
+        cls = Lock if lock_class is None else lock_class
+        return cls(self, name, timeout=timeout, sleep=sleep, blocking=blocking,
+                   blocking_timeout=blocking_timeout, thread_local=thread_local,
+                   raise_on_release_error=raise_on_release_error)  # fmt: skip
 
     # --- pub/sub ------------------------------------------------------------------------------
 
@@ -428,6 +458,29 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         return _pubsub.subscription(
             self._hub(), "shard", channels, buffer=buffer, policy=policy,
             block_timeout=block_timeout,
+        )  # fmt: skip
+
+    def pubsub(
+        self, ignore_subscribe_messages: bool = False, *,
+        on_gap: Literal["raise", "message"] | Callable[[_pubsub.Reconnected], Any] = "raise",
+        buffer: int = 1000, policy: _pubsub.Policy = "block", block_timeout: float = 5.0,
+        shard_hint: Any = None,
+    ) -> _pubsub.PubSub:  # fmt: skip
+        """redis-py's ``PubSub`` object (``p = redis.pubsub(); await p.subscribe("news")``),
+        on this pool's supervised subscriptions: reconnected when the connection breaks, with
+        the gap reported as ``on_gap`` says (by default ``get_message()`` raises
+        :class:`MessagesLost` once).  See :class:`anypool.PubSub` and docs/pubsub.md.
+
+        Args:
+            ignore_subscribe_messages: drop (un)subscribe acknowledgements, as redis-py.
+            on_gap: ``"raise"``, ``"message"`` or a callable (see :class:`anypool.PubSub`).
+            buffer, policy, block_timeout: the subscription's backpressure (see
+                :meth:`subscribe`).
+            shard_hint: accepted for redis-py's signature; unused.
+        """
+        return _pubsub.PubSub(
+            self._hub(), ignore_subscribe_messages=ignore_subscribe_messages, on_gap=on_gap,
+            buffer=buffer, policy=policy, block_timeout=block_timeout,
         )  # fmt: skip
 
     async def start_listener(
@@ -601,6 +654,11 @@ class Pipeline(_Commands):
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def watching(self) -> bool:
+        """Whether a WATCH is in effect (from :meth:`watch` until execute/unwatch/reset)."""
+        return self._watching
+
     def __bool__(self) -> bool:
         return True
 
@@ -663,6 +721,18 @@ class Pipeline(_Commands):
         if self._queue:
             raise RedisErrorInPipeline("commands without an initial WATCH were already queued")
         self._explicit_multi = True
+
+    async def discard(self) -> None:
+        """DISCARD, exactly as redis-py's ``Pipeline.discard()``: while WATCHing before MULTI it
+        runs at once (the server answers "DISCARD without MULTI"); otherwise it is queued, so
+        a transaction's :meth:`execute` then fails with ResponseError ("EXEC without MULTI")
+        and runs none of the commands queued before it.  To drop queued commands without an
+        error, use :meth:`reset`.
+        """
+        if self._runs_at_once():
+            await self._immediate(("DISCARD",), {})
+        else:
+            self._queue.append((("DISCARD",), {}))
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send the queued commands and return their parsed replies, in order.
@@ -761,11 +831,16 @@ class Pipeline(_Commands):
         self, connection: Connection, queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         raise_on_error: bool,
     ) -> list[Any]:  # fmt: skip
-        commands: list[Sequence[Any]] = [("MULTI",), *(wire_args(a) for a, _ in queue), ("EXEC",)]
-        decode = [True, *(NEVER_DECODE not in o for _, o in queue), True]
+        # A command with nothing to act on (mget([])) is not sent, as in redis-py: its
+        # EMPTY_RESPONSE takes its place in the results.
+        sent = [(a, o) for a, o in queue if EMPTY_RESPONSE not in o]
+        commands: list[Sequence[Any]] = [("MULTI",), *(wire_args(a) for a, _ in sent), ("EXEC",)]
+        decode = [True, *(NEVER_DECODE not in o for _, o in sent), True]
         replies = await connection.execute_many(commands, decode=decode)
         self._watching = False  # the server ran EXEC, which ends a WATCH whatever it returns
         multi_reply, queued, exec_reply = replies[0], replies[1:-1], replies[-1]
+        if len(sent) != len(queue):
+            queued, exec_reply = _with_empty_responses(queue, queued, exec_reply)
         if isinstance(multi_reply, Exception):  # e.g. LOADING: nothing was queued
             raise multi_reply
         # Errors while queueing (wrong arity, unknown command) abort the whole transaction.
@@ -807,6 +882,10 @@ class Pipeline(_Commands):
             annotate_pipeline_error(error, i + 1, queue[i][0])
             raise error
 
+    async def aclose(self) -> None:
+        """redis-py's other name for :meth:`reset`."""
+        await self.reset()
+
     async def reset(self) -> None:  # type: ignore[override]  # as redis-py's Pipeline
         """Drop queued commands and return a held connection (closed if still WATCHing)."""
         self._queue = []
@@ -818,6 +897,25 @@ class Pipeline(_Commands):
             finally:
                 await self._client._pool.release(lease)
         self._watching = self._explicit_multi = False
+
+
+def _with_empty_responses(
+    queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], queued: list[Any], exec_reply: Any
+) -> tuple[list[Any], Any]:
+    """Put back, in the places of the commands that were not sent, a QUEUED acknowledgement
+    and their EMPTY_RESPONSE in EXEC's reply."""
+    acks = iter(queued)
+    replies = iter(exec_reply) if isinstance(exec_reply, list) else None
+    full_queued, full_exec = [], []
+    for _, options in queue:
+        if EMPTY_RESPONSE in options:
+            full_queued.append(b"QUEUED")
+            full_exec.append(options[EMPTY_RESPONSE])
+        else:
+            full_queued.append(next(acks))
+            if replies is not None:
+                full_exec.append(next(replies))
+    return full_queued, (full_exec if replies is not None else exec_reply)
 
 
 def _str(value: Any) -> str:
@@ -866,6 +964,10 @@ class Lock:
         sleep: seconds between attempts while the lock is held by someone else.
         blocking: wait for the lock (default) rather than fail at once.
         blocking_timeout: most seconds to wait (None: forever).
+        thread_local: keep the token in thread-local storage (redis-py's default), so a
+            thread other than the one that acquired cannot release; False shares it.
+        raise_on_release_error: leaving ``async with`` raises LockError when the lock was
+            already released or expired (default); False logs a warning instead.
     """
 
     def __init__(
@@ -877,14 +979,20 @@ class Lock:
         sleep: float = 0.1,
         blocking: bool = True,
         blocking_timeout: float | None = None,
+        thread_local: bool = True,
+        raise_on_release_error: bool = True,
     ) -> None:
         self.client = client
+        self.redis = client  # redis-py's name
         self.name = name
         self.timeout = timeout
         self.sleep = sleep
         self.blocking = blocking
         self.blocking_timeout = blocking_timeout
-        self.token: bytes | None = None
+        self.thread_local = bool(thread_local)
+        self.local: Any = threading.local() if self.thread_local else SimpleNamespace()
+        self.local.token = None
+        self.raise_on_release_error = raise_on_release_error
         self._release = client.register_script(LOCK_RELEASE_SCRIPT)
         self._extend = client.register_script(LOCK_EXTEND_SCRIPT)
         self._reacquire = client.register_script(LOCK_REACQUIRE_SCRIPT)
@@ -895,7 +1003,24 @@ class Lock:
         raise LockError(f"could not acquire lock {self.name!r} within {self.blocking_timeout}s")
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.release()
+        try:
+            await self.release()
+        except LockError:
+            if self.raise_on_release_error:
+                raise
+            logger.warning(
+                "lock %r was already released or no longer owned on leaving its block", self.name
+            )
+
+    @property
+    def token(self) -> bytes | None:
+        """The token this holder set (None: not held); thread-local with ``thread_local``."""
+        token: bytes | None = getattr(self.local, "token", None)
+        return token
+
+    @token.setter
+    def token(self, value: bytes | None) -> None:
+        self.local.token = value
 
     async def acquire(
         self,
@@ -916,7 +1041,8 @@ class Lock:
         if token is None:
             token = uuid.uuid4().hex.encode()
         elif isinstance(token, str):
-            token = token.encode()
+            config = self.client.config
+            token = token.encode(config.encoding, config.encoding_errors)
         deadline = None if blocking_timeout is None else anyio.current_time() + blocking_timeout
         milliseconds = None if self.timeout is None else int(self.timeout * 1000)
         while True:

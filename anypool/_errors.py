@@ -37,6 +37,7 @@ __all__ = [
     "ConnectionError",
     "ConnectionLost",
     "InvalidArgument",
+    "MessagesLost",
     "PoolClosed",
     "PoolError",
     "PoolExhausted",
@@ -60,6 +61,20 @@ class AnyPoolError(_r.RedisError):
 
 class ConnectionError(AnyPoolError, _r.ConnectionError):
     """The connection could not be established, or it broke.  The cause is chained."""
+
+
+class MessagesLost(ConnectionError):
+    """Pub/sub delivery was interrupted and has resumed (redis-py's PubSub API): messages
+    published in the gap may be lost.  The subscription is already restored; the next call
+    delivers what was published after the gap.
+
+    Attributes:
+        gap: the :class:`anypool.Reconnected` event (``gap_start``, ``gap_end``, ``error``).
+    """
+
+    def __init__(self, message: str, gap: Any) -> None:
+        super().__init__(message)
+        self.gap = gap
 
 
 class ConnectError(ConnectionError):

@@ -714,7 +714,8 @@ Arg = str | bytes | bytearray | memoryview | int | float
 class Packer:
     """Encodes commands as RESP arrays of bulk strings.
 
-    Arguments may be ``str`` (encoded with ``encoding``), ``bytes``, ``bytearray``,
+    Arguments may be ``str`` (encoded with ``encoding``; the first, the command's name, always
+    as UTF-8, as redis-py does), ``bytes``, ``bytearray``,
     ``memoryview``, ``int`` (``IntEnum`` packs its value) or ``float`` (packed as ``repr()``, as
     redis-py does).  Anything else, including ``bool`` and ``None``, raises
     :class:`~anypool.InvalidArgument` naming the position and the type, since silently packing
@@ -763,7 +764,8 @@ class Packer:
             if isinstance(arg, bytes | bytearray):
                 data = arg
             elif isinstance(arg, str):
-                data = arg.encode(encoding, errors)
+                # The command's name is ASCII whatever the arguments' encoding (as redis-py).
+                data = arg.encode() if position == 0 else arg.encode(encoding, errors)
             elif isinstance(arg, bool) or not isinstance(arg, int | float | memoryview):
                 raise InvalidArgument(
                     f"argument {position} of {_command_name(args)!r} is of type "

@@ -111,10 +111,11 @@ def command_words(args: tuple[Any, ...]) -> tuple[str, str]:
 
 def wire_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """redis-py's mixins pass some commands as one string ("CLIENT SETNAME"); like redis-py's
-    packer, send the words of the first argument separately."""
+    packer, send the words of the first argument separately, as UTF-8 whatever the arguments'
+    encoding (they are the command's name)."""
     first = args[0]
     if isinstance(first, str) and " " in first:
-        return (*first.split(), *args[1:])
+        return (*first.encode().split(), *args[1:])
     if isinstance(first, bytes) and b" " in first:
         return (*first.split(), *args[1:])
     return args

@@ -4,13 +4,15 @@ task group.
 * ``_wire``: subscribed mode on the wire, without I/O (frames, and the commands they answer);
 * ``_subscription``: the events, and a subscription's buffer with its backpressure policy;
 * ``_hub``: subscriber connections, their reader and writer, reconnection and gaps;
-* ``_listener``: supervised listeners (a handler per event, restarted within a budget).
+* ``_listener``: supervised listeners (a handler per event, restarted within a budget);
+* ``_redispy``: redis-py's PubSub API (message dicts, handlers, ``run()``) over a subscription.
 """
 
 from ._hub import Hub as Hub
 from ._hub import subscription as subscription
 from ._listener import Listener as Listener
 from ._listener import RestartPolicy as RestartPolicy
+from ._redispy import PubSub as PubSub
 from ._subscription import Event as Event
 from ._subscription import Message as Message
 from ._subscription import Policy as Policy
@@ -18,6 +20,6 @@ from ._subscription import Reconnected as Reconnected
 from ._subscription import Subscription as Subscription
 
 __all__ = [
-    "Event", "Hub", "Listener", "Message", "Policy", "Reconnected", "RestartPolicy",
+    "Event", "Hub", "Listener", "Message", "Policy", "PubSub", "Reconnected", "RestartPolicy",
     "Subscription", "subscription",
 ]  # fmt: skip

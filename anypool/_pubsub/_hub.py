@@ -44,6 +44,7 @@ from .._config import BackoffPolicy, RedisConfig
 from .._connection import Connection
 from .._errors import (
     AnyPoolError,
+    ConnectionLost,
     InvalidArgument,
     PoolClosed,
     ProtocolError,
@@ -218,8 +219,11 @@ class Hub:
             raise RuntimeError("this subscription was left; subscribe again from the pool")
         return connection
 
-    async def add(self, sub: Subscription, kind: Kind, names: Iterable[Any]) -> None:
+    async def add(self, sub: Subscription, kind: Kind, names: Iterable[Any]) -> bool:
         """Subscribe ``sub`` to more names; returns once the server acknowledged them.
+
+        Returns whether it waited for the server (False: every name was subscribed on the
+        connection already, so nothing was sent).
 
         Raises:
             ResponseError: the server refused (e.g. SSUBSCRIBE on a server without it).
@@ -234,7 +238,7 @@ class Hub:
         added = [key for key in dict.fromkeys(keys) if key not in sub.names[kind]]
         send = connection.route(sub, kind, added)
         if not send:  # already subscribed on this connection (by another subscription)
-            return
+            return False
         waiter = _Waiter()
         connection.request(kind, True, send, [waiter.complete])
         try:
@@ -246,12 +250,35 @@ class Hub:
                 )
             if waiter.error is not None:
                 raise waiter.error
+            return True
         except BaseException as exc:
             # Refused: the server subscribed to nothing.  Otherwise it may have: tell it.
             self.remove(
                 sub, kind, added, tell_server=not isinstance(exc, ResponseError), leaving=True
             )
             raise
+
+    async def ping(self, sub: Subscription) -> None:
+        """PING on ``sub``'s connection; returns once the server answered, so every message
+        published before this call has been read (and is in ``sub``'s buffer).
+
+        Raises:
+            TimeoutError: no answer within ``connect_timeout``.
+            ConnectionLost: the connection broke first (a gap event follows).
+            PoolClosed: the pool closed first.
+
+        Cancellation: nothing to undo (the answer, when it comes, is ignored).
+        """
+        connection = self._attached(sub)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        waiter = _Waiter()
+        connection.ping([waiter.complete])
+        with anyio.move_on_after(self.ack_timeout):
+            await waiter.event.wait()
+        if not waiter.event.is_set():
+            raise TimeoutError(f"PING was not answered within {self.ack_timeout}s")
+        if waiter.error is not None:
+            raise waiter.error
 
     def remove(
         self,
@@ -401,6 +428,16 @@ class SubscriberConnection:
         self._outbox.append((Sent(kind, subscribe, keys, done), (command, *keys)))
         self._wake_writer()
 
+    def ping(self, done: list[Completion]) -> None:
+        """Queue a PING for the writer; ``done`` is called with its answer (ConnectionLost if
+        the connection breaks first)."""
+        if self._closed:
+            for callback in done:
+                callback(PoolClosed(f"{self.hub.name}: the pub/sub connection was closed"))
+            return
+        self._outbox.append((Sent(None, False, (), done), ("PING",)))
+        self._wake_writer()
+
     def leave(self, sub: Subscription) -> None:
         """``sub`` (unrouted already) is no longer on this connection."""
         self.subscriptions.discard(sub)
@@ -489,12 +526,16 @@ class SubscriberConnection:
             gap_start = self._gap[0]
         self._gap, self._gap_owed = (gap_start, error), set(self.subscriptions)
         # Whoever waited for an answer on the old socket waits for the resubscription instead.
-        waiting = [cb for sent in self._book.take_all() if sent.subscribe for cb in sent.done]
-        waiting += [cb for sent, _ in self._outbox if sent.subscribe for cb in sent.done]
+        unanswered = self._book.take_all() + [sent for sent, _ in self._outbox]
+        waiting = [cb for sent in unanswered if sent.subscribe for cb in sent.done]
+        # A PING sent on the old socket is answered by nothing: its caller learns of the break.
+        pings = [sent for sent in unanswered if sent.kind is None]
         waiting.append(lambda _error: self._report_gap(list(self._gap_owed)))
         self._outbox = []
         self.confirmed.clear()
         self._draining.clear()  # what was in flight is inside the gap
+        for sent in pings:
+            sent.complete(ConnectionLost(f"the connection broke before PING was answered: {error}"))
         requests = [(kind, list(routes)) for kind, routes in self.routes.items() if routes]
         for index, (kind, keys) in enumerate(requests):
             last = index == len(requests) - 1

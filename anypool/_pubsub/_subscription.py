@@ -181,10 +181,25 @@ class Subscription:
             return self._take()
         raise TimeoutError(f"no message within {timeout}s")
 
+    def take_buffered(self) -> list[Event]:
+        """Take every event buffered now, without waiting; for a consumer that interleaves
+        them with its own items in order (redis-py's PubSub API).  A stop or end stays for
+        the next :meth:`get`."""
+        taken = []
+        while self._items:
+            taken.append(self._take())
+        return taken
+
     @property
     def buffered(self) -> int:
         """Events waiting to be consumed (messages and gap events)."""
         return len(self._items)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :class:`SlowConsumer` stopped delivery (after the buffered events);
+        :meth:`resume` starts it again."""
+        return self._stopped_at is not None and isinstance(self._end, SlowConsumer)
 
     def resume(self) -> None:
         """After :class:`SlowConsumer`: deliver again.  A :class:`Reconnected` event comes

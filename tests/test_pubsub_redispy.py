@@ -1,0 +1,567 @@
+"""redis-py's PubSub API (``redis.pubsub()``): the same operations through redis.asyncio and
+anypool on the same server give the same message dicts (RESP2 and RESP3, decoded or not); and
+what anypool adds: reconnection with the gap reported, and cancellation that loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import redis.asyncio
+import redis.exceptions
+
+import anypool
+from anypool import MessagesLost, PubSub, Reconnected, RedisPool
+from anypool.testing import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+Op = tuple[Any, ...]
+
+
+def _state(p: Any) -> tuple[Any, ...]:
+    return (sorted(p.channels), sorted(p.patterns), p.subscribed)
+
+
+KNOWN_TYPES = {
+    "message", "pmessage", "smessage", "subscribe", "psubscribe", "ssubscribe", "unsubscribe",
+    "punsubscribe", "sunsubscribe", "pong",
+}  # fmt: skip
+
+
+def _pong_fix(message: Any, ping_data: Any) -> Any:
+    """redis-py bug (an intended difference, docs/pubsub.md): a pong that arrives as a plain
+    str (RESP3, or a connection no longer subscribed, with decode_responses) is indexed letter
+    by letter into ``{'type': 'P', 'channel': 'O', 'data': 'N'}``.  anypool gives the pong
+    dict it gives everywhere else; map redis-py's to that, nothing more."""
+    if isinstance(message, dict) and message["type"] not in KNOWN_TYPES:
+        return {"type": "pong", "pattern": None, "channel": None, "data": ping_data}
+    return message
+
+
+async def play(client: Any, p: Any, ops: list[Op]) -> list[Any]:
+    """Run ``ops`` on a PubSub ``p`` of ``client``; what each returned or observed."""
+    out: list[Any] = []
+    ping_data: Any = None
+    for op in ops:
+        name, *args = op
+        if name == "ping":
+            ping_data = args[0][0] if args[0] else ""
+            if not client.get_encoder().decode_responses:
+                ping_data = ping_data.encode()
+        if name == "publish":
+            await client.publish(*args)
+        elif name == "get":  # one get_message(); a None is recorded too
+            out.append(await p.get_message(timeout=args[0], **(args[1] if args[1:] else {})))
+        elif name == "drain":  # after a ping: everything up to and including the pong
+            for _ in range(50):
+                message = _pong_fix(
+                    await p.get_message(timeout=10, **(args[0] if args else {})), ping_data
+                )
+                out.append(message)
+                if message is not None and message["type"] == "pong":
+                    break
+            else:
+                raise AssertionError(f"no pong: {out}")
+        elif name == "listen":
+            out.append([m async for m in p.listen()])
+        elif name == "state":
+            out.append(_state(p))
+        else:
+            out.append(await getattr(p, name)(*args[0], **(args[1] if args[1:] else {})))
+    return out
+
+
+def redispy_run(url: str, protocol: int, decode: bool, ops: list[Op], **kw: Any) -> list[Any]:
+    """Play ``ops`` with redis.asyncio, in a thread with its own asyncio loop (so the anypool
+    side can run on trio)."""
+
+    async def main() -> list[Any]:
+        client = redis.asyncio.Redis.from_url(url, protocol=protocol, decode_responses=decode)
+        try:
+            async with client.pubsub(**kw) as p:
+                return await play(client, p, ops)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+async def anypool_run(url: str, protocol: int, decode: bool, ops: list[Op], **kw: Any) -> Any:
+    async with RedisPool.from_url(url, protocol=protocol, decode_responses=decode) as client:
+        async with client.pubsub(**kw) as p:
+            return await play(client, p, ops)
+
+
+SCENARIOS: dict[str, tuple[list[Op], dict[str, Any]]] = {
+    "channels-patterns-counts": (
+        [
+            ("state",),
+            ("subscribe", ["d:a", "d:b"]),
+            ("state",),
+            ("publish", "d:a", "x"),
+            ("publish", "d:b", b"\x00y"),
+            ("psubscribe", ["d:p*"]),
+            ("publish", "d:pa", "z"),
+            ("subscribe", ["d:a"]),  # again: acknowledged again, same count
+            ("ping", []),
+            ("drain",),
+            ("unsubscribe", ["d:a", "d:never"]),
+            ("state",),  # d:a stays until its acknowledgement is read (redis-py's rule)
+            ("publish", "d:b", "w"),
+            ("ping", ["fence"]),
+            ("drain",),
+            ("state",),
+            ("punsubscribe", []),
+            ("unsubscribe", []),
+            ("unsubscribe", []),  # nothing left: one ack with channel None
+            ("ping", []),
+            ("drain",),
+            ("state",),
+        ],
+        {},
+    ),
+    "ignore-subscribe-messages-argument": (
+        [
+            ("subscribe", ["i:a"]),
+            ("publish", "i:a", "1"),
+            ("get", 10, {"ignore_subscribe_messages": True}),  # the ack: None
+            ("get", 10, {"ignore_subscribe_messages": True}),
+            ("unsubscribe", ["i:a"]),
+            ("get", 10, {"ignore_subscribe_messages": True}),  # the unsubscribe ack: None
+            ("state",),
+        ],
+        {},
+    ),
+    "ignore-subscribe-messages-constructor": (
+        [
+            ("subscribe", ["c:a"]),
+            ("psubscribe", ["c:*"]),
+            ("publish", "c:a", "1"),
+            ("get", 10),  # the acknowledgements: None (each call consumes one)
+            ("get", 10),
+            ("get", 10),
+            ("get", 10),
+        ],
+        {"ignore_subscribe_messages": True},
+    ),
+    "listen-until-unsubscribed": (
+        [
+            ("subscribe", ["l:a", "l:b"]),
+            ("publish", "l:a", "1"),
+            ("get", 10),
+            ("get", 10),
+            ("get", 10),
+            ("unsubscribe", ["l:a"]),
+            ("unsubscribe", ["l:b"]),
+            ("listen",),
+            ("state",),
+        ],
+        {},
+    ),
+}
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def protocol(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+@pytest.fixture(params=[False, True], ids=["bytes", "decoded"])
+def decode(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+async def test_same_dicts_as_redis_py(
+    redis_server: RedisServer, protocol: int, decode: bool, scenario: str
+) -> None:
+    ops, kw = SCENARIOS[scenario]
+    url = redis_server.url
+    with anyio.fail_after(60):
+        expected = await anyio.to_thread.run_sync(
+            lambda: redispy_run(url, protocol, decode, ops, **kw)
+        )
+        got = await anypool_run(url, protocol, decode, ops, **kw)
+    assert got == expected
+    assert any(isinstance(x, dict) for x in got) or any(isinstance(x, list) for x in got)
+
+
+async def test_handlers_and_run_match_redis_py(
+    redis_server: RedisServer, protocol: int, decode: bool
+) -> None:
+    """Handlers get the message dict instead of get_message(); run() passes every message to
+    its handler and stops when cancelled."""
+
+    async def scenario(client: Any, calls: list[Any], sleep: Callable[[], Any]) -> list[Any]:
+        p = client.pubsub()
+        out: list[Any] = []
+        await p.subscribe(**{"h:a": calls.append})
+        await p.psubscribe(**{"h:p*": calls.append})
+        out.append(await p.get_message(timeout=10))  # acks are still returned
+        out.append(await p.get_message(timeout=10))
+        await client.publish("h:a", "1")
+        out.append(await p.get_message(timeout=10))  # went to the handler: None
+        await client.publish("h:pq", "2")
+        await client.publish("h:a", "3")
+        # run() until both were handled, then cancel it
+        return out, p  # type: ignore[return-value]
+
+    def redispy_side() -> tuple[list[Any], list[Any]]:
+        async def main() -> tuple[list[Any], list[Any]]:
+            client = redis.asyncio.Redis.from_url(
+                redis_server.url, protocol=protocol, decode_responses=decode
+            )
+            calls: list[Any] = []
+            out, p = await scenario(client, calls, asyncio.sleep)  # type: ignore[misc]
+            task = asyncio.create_task(p.run(poll_timeout=0.05))
+            for _ in range(1000):
+                if len(calls) >= 3:
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await p.aclose()
+            await client.aclose()
+            return out, calls
+
+        return asyncio.run(main())
+
+    with anyio.fail_after(60):
+        expected = await anyio.to_thread.run_sync(redispy_side)
+        async with RedisPool.from_url(
+            redis_server.url, protocol=protocol, decode_responses=decode
+        ) as client:
+            calls: list[Any] = []
+            out, p = await scenario(client, calls, anyio.sleep)  # type: ignore[misc]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: p.run(poll_timeout=0.05))
+                while len(calls) < 3:
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+            await p.aclose()
+    assert (out, calls) == expected
+    assert len(calls) == 3
+
+
+async def test_run_refuses_a_channel_without_handler(redis_server: RedisServer) -> None:
+    async with RedisPool.from_url(redis_server.url) as client, client.pubsub() as p:
+        await p.subscribe("nohandler")
+        with pytest.raises(redis.exceptions.PubSubError, match="no handler registered"):
+            await p.run()
+
+
+async def test_get_message_before_subscribing_says_what_to_do(redis_server: RedisServer) -> None:
+    async with RedisPool.from_url(redis_server.url) as client:
+        p = client.pubsub()
+        with pytest.raises(RuntimeError, match="did you forget to call subscribe"):
+            await p.get_message()
+        with pytest.raises(ValueError, match="on_gap"):
+            client.pubsub(on_gap="ignore")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="policy"):
+            client.pubsub(policy="lossy")  # type: ignore[arg-type]
+
+
+async def test_timeouts_zero_none_and_positive(redis_server: RedisServer) -> None:
+    async with RedisPool.from_url(redis_server.url) as client, client.pubsub() as p:
+        await p.subscribe("t:a")
+        assert (await p.get_message(timeout=0))["type"] == "subscribe"  # type: ignore[index]
+        assert await p.get_message(timeout=0) is None  # nothing buffered: at once
+        assert await p.get_message(timeout=0.01) is None  # waits, then None
+        got: list[Any] = []
+        async with anyio.create_task_group() as tg:
+
+            async def wait_forever() -> None:
+                got.append(await p.get_message(timeout=None))
+
+            tg.start_soon(wait_forever)
+            await client.publish("t:a", "late")
+        assert got == [{"type": "message", "pattern": None, "channel": b"t:a", "data": b"late"}]
+
+
+async def test_cancelled_get_message_loses_nothing(redis_server: RedisServer) -> None:
+    async with RedisPool.from_url(redis_server.url) as client, client.pubsub() as p:
+        await p.subscribe("x:a")
+        for attempt in range(20):  # cancel waiting readers over and over, then read it all
+            with anyio.move_on_after(0):
+                await p.get_message(timeout=None)
+            await client.publish("x:a", str(attempt))
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await p.get_message(timeout=None)
+        received = []
+        await p.ping()
+        while True:
+            message = await p.get_message(timeout=10)
+            assert message is not None
+            if message["type"] == "pong":
+                break
+            received.append(message["data"])
+        assert received == [1, *(str(i).encode() for i in range(20))]  # the ack, then all
+
+
+async def test_subscribe_from_another_task_wakes_a_waiting_reader(
+    redis_server: RedisServer,
+) -> None:
+    async with RedisPool.from_url(redis_server.url) as client, client.pubsub() as p:
+        await p.subscribe("w:a")
+        assert (await p.get_message(timeout=10))["channel"] == b"w:a"  # type: ignore[index]
+        got: list[Any] = []
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+
+                async def reader() -> None:
+                    got.append(await p.get_message(timeout=None))
+
+                tg.start_soon(reader)
+                while p._waiting is None:  # the reader waits on the subscription itself
+                    await anyio.lowlevel.checkpoint()
+                await p.subscribe("w:b")
+        assert got == [{"type": "subscribe", "pattern": None, "channel": b"w:b", "data": 2}]
+
+
+async def test_cancelled_subscribe_leaves_nothing(own_server: RedisServer) -> None:
+    async with RedisPool.from_url(own_server.url) as client, client.pubsub() as p:
+        await p.subscribe("k:a")
+        own_server.pause()  # the acknowledgement cannot come
+        try:
+            with anyio.move_on_after(0.2) as scope:
+                await p.subscribe("k:b")
+            assert scope.cancelled_caught
+        finally:
+            own_server.resume()
+        assert sorted(p.channels) == [b"k:a"]
+        assert (await p.get_message(timeout=10))["channel"] == b"k:a"  # type: ignore[index]
+        await p.ping()
+        assert (await p.get_message(timeout=10))["type"] == "pong"  # type: ignore[index]
+        # the server was told: k:b has no subscriber
+        with anyio.fail_after(30):
+            while (await client.pubsub_numsub("k:b"))[0][1] != 0:
+                await anyio.sleep(0.01)
+
+
+async def _restart(client: RedisPool, server: RedisServer) -> None:
+    server.kill()
+    server.restart()
+    with anyio.fail_after(30):
+        while True:
+            try:
+                if (await client.pubsub_numsub("r:a"))[0][1] == 1:
+                    return
+            except anypool.ConnectionError:
+                pass
+            await anyio.sleep(0.05)
+
+
+async def test_reconnect_raises_messages_lost_once_then_goes_on(own_server: RedisServer) -> None:
+    backoff = anypool.BackoffPolicy(0.05, 0.2, 0.1)
+    async with (
+        RedisPool.from_url(own_server.url, reconnect_backoff=backoff) as client,
+        client.pubsub(ignore_subscribe_messages=True) as p,
+    ):
+        await p.subscribe("r:a")
+        await client.publish("r:a", "before")
+        assert await p.get_message(timeout=10) is None  # the ack, ignored
+        assert (await p.get_message(timeout=10))["data"] == b"before"  # type: ignore[index]
+        await _restart(client, own_server)
+        with pytest.raises(MessagesLost) as caught:
+            await p.get_message(timeout=10)
+        assert isinstance(caught.value.gap, Reconnected)
+        assert isinstance(caught.value, anypool.ConnectionError)
+        await client.publish("r:a", "after")
+        assert (await p.get_message(timeout=10))["data"] == b"after"  # type: ignore[index]
+        assert p.subscribed
+
+
+async def test_reconnect_as_a_message_and_as_a_callback(own_server: RedisServer) -> None:
+    backoff = anypool.BackoffPolicy(0.05, 0.2, 0.1)
+    gaps: list[Reconnected] = []
+    async with RedisPool.from_url(own_server.url, reconnect_backoff=backoff) as client:
+        as_message = client.pubsub(ignore_subscribe_messages=True, on_gap="message")
+        as_callback = client.pubsub(ignore_subscribe_messages=True, on_gap=gaps.append)
+        for p in (as_message, as_callback):
+            await p.subscribe("r:a")
+            assert await p.get_message(timeout=10) is None
+        await _restart(client, own_server)
+        gap = await as_message.get_message(timeout=10)
+        assert gap is not None and gap["type"] == "reconnected"
+        assert isinstance(gap["data"], Reconnected)
+        assert await as_callback.get_message(timeout=10) is None  # went to the callback
+        assert len(gaps) == 1
+        await client.publish("r:a", "after")
+        for p in (as_message, as_callback):
+            assert (await p.get_message(timeout=10))["data"] == b"after"  # type: ignore[index]
+            await p.aclose()
+
+
+async def test_run_passes_a_gap_to_the_exception_handler(own_server: RedisServer) -> None:
+    backoff = anypool.BackoffPolicy(0.05, 0.2, 0.1)
+    errors: list[BaseException] = []
+    handled: list[Any] = []
+    async with (
+        RedisPool.from_url(own_server.url, reconnect_backoff=backoff) as client,
+        client.pubsub() as p,
+    ):
+        await p.subscribe(**{"r:a": handled.append})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: p.run(exception_handler=lambda e, _: errors.append(e)))
+            await _restart(client, own_server)
+            await client.publish("r:a", "after")
+            with anyio.fail_after(30):
+                while not handled:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert [type(e) for e in errors] == [MessagesLost]
+    assert [m["data"] for m in handled] == [b"after"]
+
+
+async def test_aclose_unsubscribes_and_allows_reuse(redis_server: RedisServer) -> None:
+    async with RedisPool.from_url(redis_server.url) as client:
+        p: PubSub = client.pubsub()
+        await p.subscribe("z:a")
+        await p.aclose()
+        assert not p.subscribed and p.channels == {}
+        with anyio.fail_after(30):
+            while (await client.pubsub_numsub("z:a"))[0][1] != 0:
+                await anyio.sleep(0.01)
+        await p.subscribe("z:b")  # usable again, as in redis-py
+        assert (await p.get_message(timeout=10))["data"] == 1  # type: ignore[index]
+        await p.reset()
+        assert client.pubsub_statistics()["subscriptions"] == 0
+
+
+SHARDED: list[Op] = [
+    ("ssubscribe", ["s:a", "s:b"]),
+    ("subscribe", ["s:plain"]),  # the sharded count is separate
+    ("publish", "s:plain", "p"),
+    ("get", 10),
+    ("get", 10),
+    ("get", 10),
+    ("get", 10),
+    ("sunsubscribe", ["s:a"]),
+    ("get", 10),
+    ("state",),
+]
+
+
+async def test_sharded_same_dicts_as_redis_py(
+    valkey_server: RedisServer, protocol: int, decode: bool
+) -> None:
+    url = valkey_server.url
+
+    def redispy() -> list[Any]:
+        async def main() -> list[Any]:
+            client = redis.asyncio.Redis.from_url(url, protocol=protocol, decode_responses=decode)
+            try:
+                async with client.pubsub() as p:
+                    out = await play(client, p, SHARDED)
+                    await client.spublish("s:b", "sharded")
+                    out.append(await p.get_message(timeout=10))
+                    out.append(sorted(p.shard_channels))
+                    return out
+            finally:
+                await client.aclose()
+
+        return asyncio.run(main())
+
+    with anyio.fail_after(60):
+        expected = await anyio.to_thread.run_sync(redispy)
+        async with RedisPool.from_url(url, protocol=protocol, decode_responses=decode) as client:
+            async with client.pubsub() as p:
+                got = await play(client, p, SHARDED)
+                await client.spublish("s:b", "sharded")
+                got.append(await p.get_message(timeout=10))
+                got.append(sorted(p.shard_channels))
+    assert got == expected
+    assert got[-2]["type"] == "smessage"
+
+
+async def test_a_refused_subscribe_raises_there_and_changes_nothing(
+    redis_server: RedisServer,
+) -> None:
+    async with RedisPool.from_url(redis_server.url) as client, client.pubsub() as p:
+        await p.subscribe("f:a")
+        with pytest.raises(anypool.ResponseError, match=r"(?i)ssubscribe"):
+            await p.ssubscribe("f:sharded")  # Redis 6.2 has no sharded pub/sub
+        assert p.shard_channels == {} and sorted(p.channels) == [b"f:a"]
+        await client.publish("f:a", "still")
+        assert (await p.get_message(timeout=10))["type"] == "subscribe"  # type: ignore[index]
+        assert (await p.get_message(timeout=10))["data"] == b"still"  # type: ignore[index]
+
+
+async def test_falling_behind_is_a_gap_then_delivery_goes_on(redis_server: RedisServer) -> None:
+    async with (
+        RedisPool.from_url(redis_server.url) as client,
+        client.pubsub(ignore_subscribe_messages=True, policy="error", buffer=2) as p,
+    ):
+        await p.subscribe("s:slow")
+        for i in range(5):
+            await client.publish("s:slow", i)
+        await p.ping()  # all five were read by now: two buffered, then the stop
+        assert await p.get_message(timeout=10) is None  # the ack
+        assert [(await p.get_message(timeout=10))["data"] for _ in range(2)] == [b"0", b"1"]  # type: ignore[index]
+        with pytest.raises(MessagesLost, match="SlowConsumer"):
+            await p.get_message(timeout=10)
+        assert (await p.get_message(timeout=10))["type"] == "pong"  # type: ignore[index]
+        await client.publish("s:slow", "after")
+        assert (await p.get_message(timeout=10))["data"] == b"after"  # type: ignore[index]
+
+
+def test_the_docs_example_runs(redis_server: RedisServer) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "docs" / "examples" / "pubsub_redispy.py"
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "REDIS_URL": redis_server.url},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "{'type': 'subscribe', 'pattern': None, 'channel': 'news', 'data': 1}",
+        "{'type': 'psubscribe', 'pattern': None, 'channel': 'audit:*', 'data': 2}",
+        "{'type': 'message', 'pattern': None, 'channel': 'news', 'data': 'hello'}",
+        "audit: ada",
+        "None",
+    ]
+
+
+async def test_a_ping_cut_off_by_a_broken_connection_raises_connection_lost(
+    own_server: RedisServer,
+) -> None:
+    """The hub answers a PING that the broken connection will never answer (it used to be
+    forgotten, so ping() waited for connect_timeout and raised TimeoutError)."""
+    backoff = anypool.BackoffPolicy(0.05, 0.2, 0.1)
+    async with (
+        RedisPool.from_url(own_server.url, reconnect_backoff=backoff, connect_timeout=60) as client,
+        client.pubsub(ignore_subscribe_messages=True) as p,
+    ):
+        await p.subscribe("c:a")
+        lost: list[BaseException] = []
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+
+                async def pinger() -> None:
+                    with pytest.raises(anypool.ConnectionLost) as caught:
+                        await p.ping()
+                    lost.append(caught.value)
+
+                own_server.pause()  # the PING is sent (or queued) and never answered
+                tg.start_soon(pinger)
+                await anyio.wait_all_tasks_blocked()
+                own_server.restart()
+        assert len(lost) == 1
+        assert await p.get_message(timeout=10) is None  # the subscribe ack
+        with pytest.raises(MessagesLost):
+            await p.get_message(timeout=10)
+        await client.publish("c:a", "after")
+        assert (await p.get_message(timeout=10))["data"] == b"after"  # type: ignore[index]
