@@ -18,6 +18,8 @@ import redis.asyncio
 import anypool
 from anypool.testing import RedisServer
 
+from .backends import BACKENDS, HAVE_UVLOOP, UVLOOP, run
+
 Call = Callable[[Any], Awaitable[Any]]
 
 
@@ -344,8 +346,10 @@ def test_anypool_matches_redis_py(server: RedisServer, protocol: int, decode: bo
             return await run_all(client)
 
     expected = anyio.run(reference, backend="asyncio")
-    for backend in ("asyncio", "trio"):
-        got = anyio.run(ours, backend=backend)
+    for backend in BACKENDS:  # uvloop's where installed
+        if backend == UVLOOP and not HAVE_UVLOOP:
+            continue
+        got = run(ours, backend=backend)
         mismatches = [
             (name, want, have)
             for (name, _), want, have in zip(CALLS, expected, got, strict=True)
