@@ -233,13 +233,27 @@ async def _bench_coredis(url: str, seconds: float, concurrency: Sequence[int], a
         return await _workloads(client, seconds, concurrency, pipeline, advance)
 
 
-PEERS: list[tuple[str, Any, Backend]] = [
+# "uvloop" is asyncio on uvloop's event loop (what uvicorn runs when uvloop is installed).
+BenchBackend = Literal["asyncio", "trio", "uvloop"]
+
+PEERS: list[tuple[str, Any, BenchBackend]] = [
     ("anypool", _bench_anypool, "asyncio"),
     ("anypool", _bench_anypool, "trio"),
+    ("anypool", _bench_anypool, "uvloop"),
     ("redis.asyncio", _bench_redis_py, "asyncio"),
+    ("redis.asyncio", _bench_redis_py, "uvloop"),
     ("coredis", _bench_coredis, "asyncio"),
     ("coredis", _bench_coredis, "trio"),
 ]
+
+
+def _bench_backends() -> list[str]:
+    """Every backend ``bench`` runs by default: uvloop's too where it is installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return ["asyncio", "trio"]
+    return ["asyncio", "trio", "uvloop"]
 
 
 def run_benchmark(
@@ -250,12 +264,17 @@ def run_benchmark(
     table: dict[str, dict[str, float]] = {}
     notes: list[str] = []
     for name, bench, backend in PEERS:
-        if name == "anypool" and backend not in backends:
+        # peers run on asyncio and trio whatever --backend says; on uvloop only when asked for
+        if backend not in backends and (name == "anypool" or backend == "uvloop"):
             continue
         label = f"{name} ({backend})"
         advance = progress(label)
+        options = {"use_uvloop": True} if backend == "uvloop" else {}
         try:
-            table[label] = anyio.run(bench, url, seconds, concurrency, advance, backend=backend)
+            table[label] = anyio.run(
+                bench, url, seconds, concurrency, advance,
+                backend="asyncio" if backend == "uvloop" else backend, backend_options=options,
+            )  # fmt: skip
         except ImportError as exc:
             notes.append(f"{label} skipped: {exc.name or exc} is not installed")
         except Exception as exc:  # a peer that fails is reported, not fatal
@@ -273,7 +292,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CommandError(f"--concurrency must list positive integers, not {args.concurrency!r}")
     if not (math.isfinite(args.duration) and args.duration > 0):
         raise CommandError(f"--duration must be a positive number of seconds, not {args.duration}")
-    backends = [args.backend] if args.backend else ["asyncio", "trio"]
+    backends = [args.backend] if args.backend else _bench_backends()
     server = None
     url = args.url
     if url is None:
@@ -476,7 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="anypool vs redis.asyncio and coredis")
     bench.add_argument("--url", help="server to use (default: an embedded one)")
-    bench.add_argument("--backend", choices=["trio", "asyncio"], help="only this backend")
+    bench.add_argument(
+        "--backend",
+        choices=["trio", "asyncio", "uvloop"],
+        help="only this backend (uvloop: asyncio on uvloop's event loop)",
+    )
     bench.add_argument("--concurrency", default="1,16,64,256", help="task counts, comma-separated")
     bench.add_argument("--duration", type=float, default=2.0, help="seconds per workload")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
