@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, asynccontextmanager, contextmanag
 import anyio
 import pytest
 import redis.exceptions
+import sniffio
 
 import anypool
 from anypool import RedisConfig
@@ -521,13 +522,15 @@ async def test_every_transport_retires_on_unsolicited_bytes_and_on_close(
             await victim.execute("PING")
 
 
-async def test_the_uvloop_backend_runs_on_uvloop(anyio_backend: object) -> None:
-    """The asyncio+uvloop id really runs uvloop's loop (else it would test asyncio twice)."""
-    if isinstance(anyio_backend, tuple):
-        loop = asyncio.get_running_loop()
-        assert type(loop).__module__.startswith("uvloop"), type(loop)
-    elif anyio_backend == "asyncio":
-        assert not type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+async def test_each_backend_id_runs_its_own_loop(request: pytest.FixtureRequest) -> None:
+    """asyncio+uvloop really runs uvloop's loop (else it would test asyncio twice), asyncio
+    runs asyncio's own, trio runs trio."""
+    backend_id = request.node.callspec.id
+    loop_kind = "trio"
+    if sniffio.current_async_library() == "asyncio":
+        module = type(asyncio.get_running_loop()).__module__
+        loop_kind = "asyncio+uvloop" if module.startswith("uvloop") else "asyncio"
+    assert loop_kind == backend_id
 
 
 class StandInSocket:
