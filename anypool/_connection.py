@@ -28,7 +28,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 
 import anyio
 import anyio.abc
@@ -120,13 +120,12 @@ class Connection:
         # rotations when it connected or last re-authenticated).
         self.auth_generation = 0
         # Looked up once: anyio builds its attribute table on every extra() call, and
-        # looks_alive() runs on every acquire from idle.  asyncio hands out a TransportSocket,
-        # which hides recv(); peeking does not disturb the transport, so keep the socket it wraps.
+        # looks_alive() runs on every acquire from idle.
         try:
             raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
         except anyio.TypedAttributeLookupError:  # pragma: no cover - every stream we open has one
             raw = None
-        self._raw_socket: socket.socket | None = getattr(raw, "_sock", raw)
+        self._kernel_quiet = _kernel_probe(raw)
         # Bytes can also wait above the kernel, where a peek cannot see them: in the asyncio
         # Protocol transport's buffer (it reads as soon as data arrives), or decrypted but
         # unread inside TLS.  Either means the connection is not idle-clean.
@@ -539,18 +538,8 @@ class Connection:
         """
         if not self.is_reusable:
             return False
-        sock = self._raw_socket
-        if sock is None:  # pragma: no cover - every stream we open has one
-            return True
-        try:
-            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True  # open, and nothing waiting
-        except OSError:
-            return False
-        # Nothing may arrive on an idle connection: not even TLS records, whose post-handshake
-        # tickets were read by the handshake's round trip.  Empty: the server closed it.
-        return False
+        kernel_quiet = self._kernel_quiet
+        return kernel_quiet is None or kernel_quiet()
 
     async def aclose(self) -> None:
         """Close the connection now, without waiting on the server.
@@ -797,8 +786,8 @@ class _StreamProtocol(asyncio.Protocol):
         self.read_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport's methods without subclassing it.
+        self.transport = cast("asyncio.Transport", transport)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -852,24 +841,37 @@ class _AsyncioStream(anyio.abc.ByteStream):
     *aborts* the transport: bytes of a half-sent command are dropped, never flushed later.
     """
 
-    def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, protocol: _StreamProtocol, sock: socket.socket
+    ) -> None:
         self._transport = transport
         self._protocol = protocol
+        # The connected socket, made here and handed to the event loop, which owns it from
+        # then on (it closes it, or uvloop detaches it, when the transport closes).  Kept for
+        # what the transport does not offer: a peek at the kernel (looks_alive), socket options.
+        # The transports' own get_extra_info("socket") refuses recv() (asyncio's
+        # TransportSocket, uvloop's PseudoSocket).
+        self._socket = sock
         self._closed = False
 
     @classmethod
     async def connect(cls, config: RedisConfig) -> _AsyncioStream:
+        """Connect on the running loop: asyncio's own, uvloop, or any loop with the standard
+        ``create_connection(sock=)`` / ``create_unix_connection(sock=)``.
+
+        Cancellation or failure closes the socket.
+        """
         loop = asyncio.get_running_loop()
-        if config.unix_socket_path is not None:
-            transport, protocol = await loop.create_unix_connection(
-                _StreamProtocol, config.unix_socket_path
-            )
-        else:
-            transport, protocol = await loop.create_connection(
-                _StreamProtocol, config.host, config.port
-            )
-        assert isinstance(transport, asyncio.Transport)
-        return cls(transport, protocol)
+        sock = await _connect_socket(loop, config)
+        try:
+            if sock.family == socket.AF_UNIX:
+                transport, protocol = await loop.create_unix_connection(_StreamProtocol, sock=sock)
+            else:
+                transport, protocol = await loop.create_connection(_StreamProtocol, sock=sock)
+        except BaseException:
+            sock.close()  # no-op if the loop already closed or detached it
+            raise
+        return cls(transport, protocol, sock)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         protocol = self._protocol
@@ -939,11 +941,43 @@ class _AsyncioStream(anyio.abc.ByteStream):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        transport = self._transport
+        sock = self._socket
         return {
-            anyio.abc.SocketAttribute.raw_socket: lambda: transport.get_extra_info("socket"),
-            anyio.abc.SocketAttribute.family: lambda: transport.get_extra_info("socket").family,
+            anyio.abc.SocketAttribute.raw_socket: lambda: sock,
+            anyio.abc.SocketAttribute.family: lambda: sock.family,
         }
+
+
+async def _connect_socket(loop: asyncio.AbstractEventLoop, config: RedisConfig) -> socket.socket:
+    """A non-blocking socket connected to the configured address, for the caller to own.
+
+    A host name is resolved on the loop and its addresses are tried in order, as
+    ``loop.create_connection(host, port)`` does; the first failure is raised when all fail.
+    Cancellation or failure closes every socket made here.
+    """
+    targets: list[tuple[int, int, int, Any]]
+    if config.unix_socket_path is not None:
+        targets = [(socket.AF_UNIX, socket.SOCK_STREAM, 0, config.unix_socket_path)]
+    else:
+        infos = await loop.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)
+        targets = [(family, kind, proto, address) for family, kind, proto, _, address in infos]
+    errors: list[OSError] = []
+    for family, kind, proto, address in targets:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if not errors:  # pragma: no cover - getaddrinfo raises rather than return nothing
+        raise OSError(f"no address found for {config.host!r}")
+    raise errors[0]
 
 
 def _anyio_buffer_check(stream: anyio.abc.ByteStream) -> Callable[[], bool] | None:
@@ -961,6 +995,50 @@ def _anyio_buffer_check(stream: anyio.abc.ByteStream) -> Callable[[], bool] | No
     if not isinstance(queue, deque):
         return None
     return lambda: bool(queue) or bool(getattr(protocol, "is_at_eof", False))
+
+
+def _kernel_probe(raw: object) -> Callable[[], bool] | None:
+    """A check that the socket under a stream is open and the kernel holds no byte for it.
+
+    One non-blocking ``recv(MSG_PEEK)``: it consumes nothing, so it never disturbs the event
+    loop reading the same socket.  A stream may hand out a real :class:`socket.socket` (trio,
+    anyio's UNIX streams, our asyncio Protocol stream), peeked directly; or a stand-in that
+    refuses ``recv()``: asyncio's ``TransportSocket`` and uvloop's ``PseudoSocket``.  For those,
+    each check wraps the descriptor in a socket object for the one peek and *detaches* it after,
+    so the descriptor stays the event loop's; a ``fileno()`` of -1 means the loop closed it.
+    """
+    if isinstance(raw, socket.socket):
+        return functools.partial(_nothing_to_read, raw)
+    if raw is None:  # pragma: no cover - every stream we open has one
+        return None
+    fileno: Callable[[], int] = getattr(raw, "fileno")  # noqa: B009 - duck-typed socket
+    family = int(getattr(raw, "family"))  # noqa: B009
+    kind = int(getattr(raw, "type"))  # noqa: B009
+    proto = int(getattr(raw, "proto"))  # noqa: B009
+
+    def probe() -> bool:
+        fd = fileno()
+        if fd < 0:
+            return False  # the event loop has closed the socket
+        view = socket.socket(family, kind, proto, fd)
+        try:
+            return _nothing_to_read(view)
+        finally:
+            view.detach()  # the descriptor still belongs to the event loop
+
+    return probe
+
+
+def _nothing_to_read(sock: socket.socket) -> bool:
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True  # open, and nothing waiting
+    except OSError:
+        return False
+    # Nothing may arrive on an idle connection: not even TLS records, whose post-handshake
+    # tickets were read by the handshake's round trip.  Empty: the server closed it.
+    return False
 
 
 def _tune_socket(stream: anyio.abc.ByteStream, config: RedisConfig) -> None:

@@ -1,4 +1,4 @@
-"""Cost of an uncontended acquire + release, against anyio's CapacityLimiter, on both backends.
+"""Cost of an uncontended acquire + release, against anyio's CapacityLimiter, on each backend.
 
     python benchmarks/pool.py
 
@@ -11,6 +11,7 @@ is bookkeeping.  Not a test: compare the ratios printed in one run.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anyio
 
@@ -59,11 +60,23 @@ async def measure() -> dict[str, float]:
     return results
 
 
+# (label, anyio backend, its options): uvloop is asyncio on uvloop's event loop
+BACKENDS: list[tuple[str, str, dict[str, Any]]] = [
+    ("asyncio", "asyncio", {}),
+    ("trio", "trio", {}),
+    ("uvloop", "asyncio", {"use_uvloop": True}),
+]
+
+
 def main() -> None:
-    for backend in ("asyncio", "trio"):
-        results = anyio.run(measure, backend=backend)
+    for label, backend, options in BACKENDS:
+        try:
+            results = anyio.run(measure, backend=backend, backend_options=options)
+        except ImportError as exc:  # uvloop is optional (and does not exist on Windows)
+            print(f"--- {label} skipped: {exc.name or exc} is not installed")
+            continue
         base = results["CapacityLimiter acquire+release"]
-        print(f"--- {backend}")
+        print(f"--- {label}")
         for name, seconds in results.items():
             print(f"{name:34s} {seconds * 1e6:7.2f} us   x{seconds / base:5.2f}")
 

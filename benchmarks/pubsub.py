@@ -3,9 +3,10 @@
     python benchmarks/pubsub.py [--url redis://...] [--messages 50000] [--pin]
 
 Publishes ``--messages`` messages in pipelines of 500 and times until the subscriber has
-received the last one.  anypool (asyncio, trio) against redis.asyncio's PubSub and coredis
-(asyncio, trio) on the same server; prints messages/s and ratios.  Bounded in count; each
-client gets 60 s at most.
+received the last one.  anypool (asyncio, trio, uvloop) against redis.asyncio's PubSub
+(asyncio, uvloop) and coredis (asyncio, trio) on the same server; prints messages/s and ratios.
+uvloop is asyncio on uvloop's event loop; without uvloop installed its rows fail and say so.
+Bounded in count; each client gets 60 s at most.
 """
 
 from __future__ import annotations
@@ -135,13 +136,21 @@ def main() -> None:
         for name, fn, backend in [
             ("anypool", bench_anypool, "asyncio"),
             ("anypool", bench_anypool, "trio"),
+            ("anypool", bench_anypool, "uvloop"),
             ("redis.asyncio", bench_redis_py, "asyncio"),
+            ("redis.asyncio", bench_redis_py, "uvloop"),
             ("coredis", bench_coredis, "asyncio"),
             ("coredis", bench_coredis, "trio"),
         ]:
             label = f"{name} ({backend})"
+            # uvloop: asyncio on uvloop's event loop (what uvicorn runs when it is installed)
+            uvloop = backend == "uvloop"
             try:
-                results[label] = anyio.run(fn, url, options.messages, backend=backend)
+                results[label] = anyio.run(
+                    fn, url, options.messages,
+                    backend="asyncio" if uvloop else backend,
+                    backend_options={"use_uvloop": True} if uvloop else {},
+                )  # fmt: skip
             except Exception as exc:  # a peer that fails on a backend is reported, not fatal
                 print(f"({label} failed: {type(exc).__name__}: {exc})")
         for label, rate in results.items():

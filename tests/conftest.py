@@ -1,4 +1,5 @@
-"""Shared fixtures: both anyio backends, and a real redis-server for the whole session."""
+"""Shared fixtures: the anyio backends (asyncio, asyncio+uvloop, trio), and a real redis-server
+for the whole session."""
 
 from __future__ import annotations
 
@@ -11,15 +12,20 @@ from hypothesis import settings
 from anypool import RedisConfig
 from anypool.testing import RedisServer, find_valkey_server
 
+from .backends import BACKEND_PARAMS
+
 settings.register_profile("ci", deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Every async test runs once on asyncio and once on trio."""
-    return str(request.param)
+@pytest.fixture(params=BACKEND_PARAMS)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """Every async test runs on asyncio, on asyncio with uvloop's event loop, and on trio.
+
+    The value is what anyio's pytest plugin takes: a backend name, or (name, options).
+    """
+    return request.param
 
 
 @pytest.fixture(scope="session")
@@ -49,5 +55,16 @@ def own_server() -> Iterator[RedisServer]:
 
 
 def open_fds() -> int:
-    """Open file descriptors of this process (Linux), to catch leaked sockets."""
-    return len(os.listdir("/proc/self/fd"))
+    """Open sockets of this process (Linux), to catch leaked ones.
+
+    Only sockets count: an event loop may open other descriptors of its own once, lazily
+    (uvloop's libuv opens /dev/null on its first connection).
+    """
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:  # closed while listing (the listing's own descriptor, for one)
+            pass
+    return count

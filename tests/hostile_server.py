@@ -685,7 +685,12 @@ class HostileServer:
         if then == "close":
             raise _Closed
         if then == "rst":
-            connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError, ValueError):
+                # ValueError/OSError: the socket is already closed (the client reset it first;
+                # uvloop then closes its side at once), so there is nothing left to reset
+                connection.sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
             raise _Closed
         if then == "hang":
             connection.hanging = True

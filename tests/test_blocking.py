@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -10,10 +11,17 @@ import anypool
 from anypool import BlockingRedisPool
 from anypool.testing import RedisServer
 
+from .backends import backend_name, backend_options, backend_params
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+
+def on(backend: str) -> dict[str, Any]:
+    """BlockingRedisPool's keywords for a backend id."""
+    return {"backend": backend_name(backend), "backend_options": backend_options(backend)}
+
+
+@pytest.mark.parametrize("backend", backend_params())
 def test_commands_pipelines_connections_locks(redis_server: RedisServer, backend: str) -> None:
-    with BlockingRedisPool.from_url(redis_server.url, backend=backend, max_size=4) as redis:
+    with BlockingRedisPool.from_url(redis_server.url, **on(backend), max_size=4) as redis:
         assert redis.set(f"b:{backend}", "v") is True
         assert redis.get(f"b:{backend}") == b"v"
         with redis.pipeline() as pipe:
@@ -70,14 +78,14 @@ def test_many_threads_share_one_pool(redis_server: RedisServer) -> None:
         assert stats.pool_size <= 4
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.timeout(60)
 def test_closing_leaves_blocks_that_were_never_left(
     redis_server: RedisServer, backend: str
 ) -> None:
     """Found by the adversarial review: an acquire() or subscribe() block never left kept a
     task in the portal waiting for its exit, and closing the pool hung forever."""
-    redis = BlockingRedisPool.from_url(redis_server.url, backend=backend, close_timeout=1)
+    redis = BlockingRedisPool.from_url(redis_server.url, **on(backend), close_timeout=1)
     with redis:
         conn = redis.acquire().__enter__()
         assert conn.ping() is True

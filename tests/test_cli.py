@@ -16,6 +16,8 @@ from anypool import RedisPool
 from anypool._cli import build_parser, main
 from anypool.testing import RedisServer
 
+from .backends import needs_uvloop
+
 
 @pytest.fixture(scope="module")
 def secured() -> RedisServer:
@@ -140,6 +142,24 @@ def test_bench_writes_json_and_prints_ratios(
         "sequential GET", "1 tasks GET", "4 tasks GET", "100x100 pipeline (cmds/s)",
     }  # fmt: skip
     assert all(v > 0 for v in data["results"]["anypool (asyncio)"].values())
+
+
+@needs_uvloop
+def test_bench_has_uvloop_rows(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--backend uvloop: anypool and redis.asyncio on uvloop's event loop, beside asyncio."""
+    target = tmp_path / "bench.json"
+    code, out, _ = run(
+        capsys, "bench", "--duration", "0.05", "--concurrency", "2", "--backend", "uvloop",
+        "--json", str(target),
+    )  # fmt: skip
+    assert code == 0
+    assert "anypool (uvloop) vs redis.asyncio (uvloop): sequential GET x" in out
+    results = json.loads(target.read_text())["results"]
+    assert {"anypool (uvloop)", "redis.asyncio (uvloop)", "redis.asyncio (asyncio)"} <= set(results)
+    assert "anypool (asyncio)" not in results  # only the backend asked for
+    for label in ("anypool (uvloop)", "redis.asyncio (uvloop)"):
+        assert set(results[label]) == {"sequential GET", "2 tasks GET", "100x100 pipeline (cmds/s)"}
+        assert all(v > 0 for v in results[label].values())
 
 
 @pytest.mark.parametrize("value", ["0,4", ",", "a,b", "-1"])

@@ -3,6 +3,8 @@ hazard that could hand a caller someone else's reply or leak a socket."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -11,10 +13,11 @@ from contextlib import AbstractContextManager, asynccontextmanager, contextmanag
 import anyio
 import pytest
 import redis.exceptions
+import sniffio
 
 import anypool
 from anypool import RedisConfig
-from anypool._connection import Connection
+from anypool._connection import Connection, _kernel_probe
 from anypool.testing import RedisServer
 
 from .conftest import open_fds
@@ -472,7 +475,7 @@ async def test_repr_hides_password(config: RedisConfig) -> None:
 
 
 async def test_every_transport_can_see_bytes_it_already_read(
-    config: RedisConfig, monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+    config: RedisConfig, monkeypatch: pytest.MonkeyPatch, anyio_backend_name: str
 ) -> None:
     """Issue 10, defect 2: unsolicited bytes can wait above the kernel socket, in a transport's
     own buffer; each transport must let the connection see them.  (anyio's asyncio stream is
@@ -484,7 +487,83 @@ async def test_every_transport_can_see_bytes_it_already_read(
         else:
             monkeypatch.delenv("ANYPOOL_TRANSPORT", raising=False)
         async with connected(tcp) as conn:
-            if anyio_backend == "asyncio":
+            if anyio_backend_name == "asyncio":
                 assert conn._readable_now is not None, transport
             assert conn.looks_alive()
             assert conn.is_reusable
+
+
+@pytest.mark.parametrize("transport", ["default", "anyio"])
+@pytest.mark.parametrize("address", ["tcp", "unix"])
+async def test_every_transport_retires_on_unsolicited_bytes_and_on_close(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, transport: str, address: str
+) -> None:
+    """On every loop (uvloop's included) and transport, an idle connection that receives bytes
+    nobody asked for, or is closed by the server, stops looking alive."""
+    if transport == "anyio":
+        monkeypatch.setenv("ANYPOOL_TRANSPORT", "anyio")
+    else:
+        monkeypatch.delenv("ANYPOOL_TRANSPORT", raising=False)
+    config = RedisConfig.from_url(redis_server.url, connect_timeout=5.0)
+    if address == "unix":
+        config = config.replace(unix_socket_path=redis_server.unix_socket_path)
+    key = f"stray:{transport}:{address}"
+    async with connected(config) as victim, connected(config) as other:
+        await victim.execute("CLIENT", "TRACKING", "on")
+        await victim.execute("GET", key)  # tracked: a change to it is pushed to the victim
+        assert victim.looks_alive()
+        await other.execute("SET", key, "changed")  # the push: bytes on an idle connection
+        with anyio.fail_after(10):
+            while victim.looks_alive():
+                await anyio.sleep(0.001)
+    async with connected(config) as victim, connected(config) as killer:
+        assert victim.looks_alive()
+        await killer.execute("CLIENT", "KILL", "ID", victim.client_id)
+        with anyio.fail_after(10):
+            while victim.looks_alive():
+                await anyio.sleep(0.001)
+        with pytest.raises(anypool.ConnectionLost):
+            await victim.execute("PING")
+
+
+async def test_each_backend_id_runs_its_own_loop(request: pytest.FixtureRequest) -> None:
+    """asyncio+uvloop really runs uvloop's loop (else it would test asyncio twice), asyncio
+    runs asyncio's own, trio runs trio."""
+    backend_id = request.node.callspec.id
+    loop_kind = "trio"
+    if sniffio.current_async_library() == "asyncio":
+        module = type(asyncio.get_running_loop()).__module__
+        loop_kind = "asyncio+uvloop" if module.startswith("uvloop") else "asyncio"
+    assert loop_kind == backend_id
+
+
+class StandInSocket:
+    """What asyncio's TransportSocket and uvloop's PseudoSocket offer: no recv()."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.family, self.type, self.proto = sock.family, sock.type, sock.proto
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+@pytest.mark.parametrize("real", [True, False], ids=["socket", "stand-in"])
+def test_kernel_probe_peeks_without_taking_the_socket(real: bool) -> None:
+    """looks_alive's kernel peek, on a real socket and through a stand-in that refuses recv():
+    it sees bytes and a close, consumes nothing, and never closes the descriptor."""
+    mine, peer = socket.socketpair()
+    with mine, peer:
+        mine.setblocking(False)
+        probe = _kernel_probe(mine if real else StandInSocket(mine))
+        assert probe is not None
+        assert probe()  # open, nothing waiting
+        peer.send(b"+stray\r\n")
+        assert not probe()
+        assert mine.recv(100) == b"+stray\r\n"  # peeked, not consumed
+        assert probe()
+        fd = mine.fileno()
+        os.fstat(fd)  # still open: the stand-in's descriptor was detached, not closed
+        peer.shutdown(socket.SHUT_WR)
+        assert not probe()  # end of stream
+    assert not probe()  # closed: fileno() is -1

@@ -21,6 +21,8 @@ import redis.asyncio
 import anypool
 from anypool.testing import RedisServer, find_valkey_server
 
+from .backends import BACKENDS, HAVE_UVLOOP, UVLOOP, run
+
 Call = Callable[[Any], Awaitable[Any]]
 
 
@@ -457,8 +459,10 @@ async def _ours(url: str, options: dict[str, Any]) -> list[Any]:
 
 
 def _assert_same(expected: list[Any], url: str, options: dict[str, Any]) -> None:
-    for backend in ("asyncio", "trio"):
-        got = anyio.run(_ours, url, options, backend=backend)
+    for backend in BACKENDS:  # uvloop's where installed
+        if backend == UVLOOP and not HAVE_UVLOOP:
+            continue
+        got = run(_ours, url, options, backend=backend)
         mismatches = [
             (name, want, have)
             for (name, _), want, have in zip(CALLS, expected, got, strict=True)
@@ -514,8 +518,10 @@ def test_the_default_speaks_redis_py_s_default_protocol(server: RedisServer) -> 
     if expected is None:
         pytest.skip("this server's CLIENT INFO does not show the RESP version")
     assert str(expected) == ("3" if HAS_LEGACY_RESPONSES else "2")
-    for backend in ("asyncio", "trio"):
-        assert anyio.run(resp_of_ours, backend=backend) == expected
+    for backend in BACKENDS:
+        if backend == UVLOOP and not HAVE_UVLOOP:
+            continue
+        assert run(resp_of_ours, backend=backend) == expected
 
 
 @pytest.fixture(scope="module")

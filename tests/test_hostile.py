@@ -70,6 +70,7 @@ import anypool
 from anypool import BackoffPolicy, BreakerPolicy, Message, Reconnected, RedisConfig, RedisPool
 from anypool._resp import HIREDIS_AVAILABLE, NEED_DATA, Push, make_parser
 
+from .backends import UVLOOP, needs_uvloop, run
 from .hostile_server import (
     CHANNEL,
     END,
@@ -94,7 +95,7 @@ from .hostile_server import (
     token,
 )
 
-TRANSPORTS = ["asyncio-protocol", "asyncio-anyio", "trio"]
+TRANSPORTS = ["asyncio-protocol", "asyncio-anyio", "uvloop-protocol", "uvloop-anyio", "trio"]
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "60"))
 PUBSUB_EXAMPLES = int(os.environ.get("HOSTILE_PUBSUB_EXAMPLES", "60"))
 SOCKET_TIMEOUT = 0.15  # a request the server never answers costs this much (>100x a round trip)
@@ -130,7 +131,7 @@ def _hiredis_in_use() -> bool:
 def use_transport(monkeypatch: pytest.MonkeyPatch, transport: str) -> str:
     """Select the byte stream under test; ANYPOOL_TRANSPORT is read at each connect."""
     assert transport in TRANSPORTS
-    if transport == "asyncio-anyio":
+    if transport.endswith("-anyio"):
         monkeypatch.setenv("ANYPOOL_TRANSPORT", "anyio")
     else:
         monkeypatch.delenv("ANYPOOL_TRANSPORT", raising=False)
@@ -148,11 +149,14 @@ def _note(text: str) -> None:
 
 
 def _backend(transport: str) -> str:
-    return "trio" if transport == "trio" else "asyncio"
+    """The backend id (tests/backends.py) a transport runs on."""
+    if transport == "trio":
+        return "trio"
+    return UVLOOP if transport.startswith("uvloop-") else "asyncio"
 
 
 def _expected_stream(transport: str) -> str:
-    return "_AsyncioStream" if transport == "asyncio-protocol" else "SocketStream"
+    return "_AsyncioStream" if transport.endswith("-protocol") else "SocketStream"
 
 
 # --- findings ---------------------------------------------------------------------------------
@@ -687,7 +691,7 @@ async def run_scenario(scenario: Scenario, transport: str) -> Report:
 
 def check_commands(monkeypatch: pytest.MonkeyPatch, transport: str, scenario: Scenario) -> None:
     use_transport(monkeypatch, transport)
-    anyio.run(run_scenario, scenario, transport, backend=_backend(transport)).raise_first()
+    run(run_scenario, scenario, transport, backend=_backend(transport)).raise_first()
 
 
 # One test function per transport rather than pytest parametrization: Hypothesis keys its
@@ -708,6 +712,22 @@ def test_commands_asyncio_protocol(monkeypatch: pytest.MonkeyPatch, scenario: Sc
 @given(scenario=scenarios())
 def test_commands_asyncio_anyio(monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> None:
     check_commands(monkeypatch, "asyncio-anyio", scenario)
+
+
+@needs_uvloop
+@pytest.mark.timeout(600)
+@COMMANDS
+@given(scenario=scenarios())
+def test_commands_uvloop_protocol(monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> None:
+    check_commands(monkeypatch, "uvloop-protocol", scenario)
+
+
+@needs_uvloop
+@pytest.mark.timeout(600)
+@COMMANDS
+@given(scenario=scenarios())
+def test_commands_uvloop_anyio(monkeypatch: pytest.MonkeyPatch, scenario: Scenario) -> None:
+    check_commands(monkeypatch, "uvloop-anyio", scenario)
 
 
 @pytest.mark.timeout(600)
@@ -921,7 +941,7 @@ def check_subscriptions(
     monkeypatch: pytest.MonkeyPatch, transport: str, scenario: PubScenario
 ) -> None:
     use_transport(monkeypatch, transport)
-    anyio.run(run_pub_scenario, scenario, transport, backend=_backend(transport)).raise_first()
+    run(run_pub_scenario, scenario, transport, backend=_backend(transport)).raise_first()
 
 
 SUBSCRIPTIONS = settings(HYPOTHESIS, max_examples=PUBSUB_EXAMPLES)
@@ -939,6 +959,22 @@ def test_pubsub_asyncio_protocol(monkeypatch: pytest.MonkeyPatch, scenario: PubS
 @given(scenario=pub_scenarios())
 def test_pubsub_asyncio_anyio(monkeypatch: pytest.MonkeyPatch, scenario: PubScenario) -> None:
     check_subscriptions(monkeypatch, "asyncio-anyio", scenario)
+
+
+@needs_uvloop
+@pytest.mark.timeout(600)
+@SUBSCRIPTIONS
+@given(scenario=pub_scenarios())
+def test_pubsub_uvloop_protocol(monkeypatch: pytest.MonkeyPatch, scenario: PubScenario) -> None:
+    check_subscriptions(monkeypatch, "uvloop-protocol", scenario)
+
+
+@needs_uvloop
+@pytest.mark.timeout(600)
+@SUBSCRIPTIONS
+@given(scenario=pub_scenarios())
+def test_pubsub_uvloop_anyio(monkeypatch: pytest.MonkeyPatch, scenario: PubScenario) -> None:
+    check_subscriptions(monkeypatch, "uvloop-anyio", scenario)
 
 
 @pytest.mark.timeout(600)

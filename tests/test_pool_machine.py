@@ -40,6 +40,7 @@ from anypool import _health as health
 from anypool._connection import Connection, ConnectionFactory
 from anypool.testing import RedisServer
 
+from .backends import UVLOOP, backend_name, backend_options, backend_params, needs_uvloop
 from .fakes import FakeFactory, FakeResource
 
 # What a factory's create() may raise in these machines (fake refusal, or a real one).
@@ -234,7 +235,9 @@ class PoolMachine(RuleBasedStateMachine):
         self.driver.factory.gate = self.maintenance.gate
         self._exit = contextlib.ExitStack()
         self.portal = self._exit.enter_context(
-            anyio.from_thread.start_blocking_portal(self.backend)
+            anyio.from_thread.start_blocking_portal(
+                backend_name(self.backend), backend_options(self.backend)
+            )
         )
         self.pool: Pool[Any] = Pool(
             self.driver.factory,
@@ -572,11 +575,16 @@ class FakeAsyncio(PoolMachine):
     backend = "asyncio"
 
 
+class FakeUvloop(PoolMachine):
+    backend = UVLOOP
+
+
 class FakeTrio(PoolMachine):
     backend = "trio"
 
 
 TestFakePoolAsyncio = fake_settings(FakeAsyncio).TestCase
+TestFakePoolUvloop = needs_uvloop(fake_settings(FakeUvloop).TestCase)
 TestFakePoolTrio = fake_settings(FakeTrio).TestCase
 
 
@@ -594,7 +602,7 @@ redis_settings = settings(
 )
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_pool_machine_over_real_redis(backend: str, machine_server: RedisServer) -> None:
     class RealRedis(PoolMachine):
         pass

@@ -72,6 +72,8 @@ from anypool._pubsub import _hub
 from anypool._pubsub._subscription import Subscription
 from anypool.testing import RedisServer, find_valkey_server
 
+from .backends import backend_name, backend_options, backend_params
+
 EXAMPLES = int(os.environ.get("PUBSUB_MACHINE_EXAMPLES", "30"))
 STEPS = int(os.environ.get("PUBSUB_MACHINE_STEPS", "40"))
 
@@ -236,7 +238,9 @@ class PubSubMachine(RuleBasedStateMachine):
         super().__init__()
         self._exit = contextlib.ExitStack()
         self.portal = self._exit.enter_context(
-            anyio.from_thread.start_blocking_portal(self.backend)
+            anyio.from_thread.start_blocking_portal(
+                backend_name(self.backend), backend_options(self.backend)
+            )
         )
         if not self.server.running:
             self.server.start()
@@ -1297,7 +1301,7 @@ machine_settings = settings(
 
 
 @pytest.mark.timeout(max(300, EXAMPLES * STEPS))
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("flavour", ["redis", "valkey"])
 @pytest.mark.usefixtures("own_jitter")
 def test_pubsub_machine(backend: str, flavour: str, request: pytest.FixtureRequest) -> None:

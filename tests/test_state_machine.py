@@ -57,6 +57,8 @@ from anypool import CommandNotAllowed, InvalidArgument, RedisConfig, RedisPool
 from anypool._connection import Connection, ConnectionFactory
 from anypool.testing import RedisServer, RedisServerError, find_valkey_server
 
+from .backends import backend_name, backend_options, backend_params
+
 # --- knobs ------------------------------------------------------------------------------------
 
 EXAMPLES = int(os.environ.get("ANYPOOL_STATE_MACHINE_EXAMPLES", "0"))
@@ -380,7 +382,9 @@ class ConnectionStateMachine(RuleBasedStateMachine):
         super().__init__()
         self._exit = contextlib.ExitStack()
         self.portal = self._exit.enter_context(
-            anyio.from_thread.start_blocking_portal(self.backend)
+            anyio.from_thread.start_blocking_portal(
+                backend_name(self.backend), backend_options(self.backend)
+            )
         )
         self.redis: RedisPool | None = None
         # connections the machine knows it left changed: each must be closed, never idle
@@ -1114,13 +1118,13 @@ def _run(backend: str, server: RedisServer, kind: str, machine_settings: setting
     machine_settings(Machine).TestCase("runTest").runTest()
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_connection_state_machine_valkey(backend: str, valkey: RedisServer) -> None:
     """Valkey 9.1: CLIENT INFO shows watch=, resp=, lib-name, lib-ver and capa."""
     _run(backend, valkey, "valkey", _settings(examples=80, steps=40))
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_connection_state_machine_redis62(backend: str, redis62: RedisServer) -> None:
     """Redis 6.2: WATCH and the protocol are probed functionally."""
     _run(backend, redis62, "redis", _settings(examples=30, steps=40))

@@ -9,8 +9,13 @@ import anypool
 
 @asynccontextmanager
 async def lifespan(app: Any) -> AsyncIterator[None]:
-    async with anypool.RedisPool.from_env(max_size=32) as redis:  # REDIS_URL...
-        await redis.pool.wait(timeout=5)  # fail fast if Redis is down
+    # min_size=1: one connection is opened at start and kept open.
+    async with anypool.RedisPool.from_env(min_size=1, max_size=32) as redis:  # REDIS_URL...
+        # Fail fast if Redis is down: pool.wait() returns once min_size connections are open
+        # (with the default min_size=0 it would return at once, proving nothing).  If they
+        # cannot be opened within 5 s it raises PoolTimeout naming the last connect error
+        # ("connection to ... refused"), and the app does not start.
+        await redis.pool.wait(timeout=5)
         app.state.redis = redis
         yield
 

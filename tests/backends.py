@@ -1,0 +1,65 @@
+"""The event loops every Redis-facing test runs on, by id: asyncio, asyncio+uvloop, trio.
+
+Tests that start their own loop (state machines, blocking portals, ``anyio.run``) take an id
+from ``BACKENDS`` and pass ``backend_options(id)`` along with ``backend_name(id)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+
+T = TypeVar("T")
+
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+UVLOOP = "asyncio+uvloop"
+"""The id of asyncio with uvloop's event loop: it contains "asyncio", so ``-k asyncio``
+selects it with plain asyncio (the nox session that reruns asyncio over anyio's streams)."""
+
+BACKENDS = ["asyncio", UVLOOP, "trio"]
+
+_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "asyncio": ("asyncio", {}),
+    UVLOOP: ("asyncio", {"use_uvloop": True}),
+    "trio": ("trio", {}),
+}
+
+needs_uvloop = pytest.mark.skipif(
+    not HAVE_UVLOOP, reason="uvloop is not installed (it does not exist on Windows)"
+)
+
+
+def backend_name(backend: str) -> str:
+    """anyio's name for a backend id: "asyncio" or "trio"."""
+    return _OPTIONS[backend][0]
+
+
+def backend_options(backend: str) -> dict[str, Any]:
+    """anyio's ``backend_options`` for a backend id (a fresh dict)."""
+    return dict(_OPTIONS[backend][1])
+
+
+def run(func: Callable[..., Awaitable[T]], *args: Any, backend: str) -> T:
+    """``anyio.run`` on a backend id."""
+    return anyio.run(
+        func, *args, backend=backend_name(backend), backend_options=backend_options(backend)
+    )
+
+
+def backend_params() -> list[Any]:
+    """``BACKENDS`` as pytest params, uvloop's skipped where it is not installed."""
+    return [pytest.param(b, id=b, marks=[needs_uvloop]) if b == UVLOOP else b for b in BACKENDS]
+
+
+# For the anyio_backend fixture: the values anyio's pytest plugin takes, with the same ids.
+BACKEND_PARAMS = [
+    pytest.param(
+        _OPTIONS[b] if b == UVLOOP else b, id=b, marks=[needs_uvloop] if b == UVLOOP else []
+    )
+    for b in BACKENDS
+]
