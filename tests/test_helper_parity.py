@@ -132,9 +132,9 @@ async def test_anypool_lock_subclass_as_lock_class(redis_server: RedisServer) ->
 
 
 async def test_redis_py_lock_class_on_asyncio(
-    redis_server: RedisServer, anyio_backend: str
+    redis_server: RedisServer, anyio_backend_name: str
 ) -> None:
-    if anyio_backend != "asyncio":
+    if anyio_backend_name != "asyncio":
         pytest.skip("redis-py's Lock sleeps with asyncio")
     async with RedisPool.from_url(redis_server.url) as client:
         lock = client.lock("R", lock_class=redis.asyncio.lock.Lock, timeout=10)
