@@ -5,6 +5,7 @@ credential providers that rotate; opt-in retries that never resend what may have
 from __future__ import annotations
 
 import inspect
+import os
 import socket
 import uuid
 from typing import Any
@@ -342,10 +343,31 @@ async def test_socket_keepalive_options(redis_server: RedisServer) -> None:
     options = {socket.TCP_KEEPIDLE: 17, socket.TCP_KEEPINTVL: 4, socket.TCP_KEEPCNT: 2}
     async with RedisPool(port=redis_server.port, socket_keepalive_options=options) as client:
         async with client.acquire() as conn:
-            sock = conn.connection._raw_socket
-            assert sock is not None
-            for option, value in options.items():
-                assert sock.getsockopt(socket.IPPROTO_TCP, option) == value
+            # The server names our end of the connection; find that socket among our fds
+            # (whatever the transport) and read its options.
+            port = int(str((await conn.client_info())["addr"]).rsplit(":", 1)[1])
+            sock = _own_socket_on_port(port)
+            try:
+                for option, value in options.items():
+                    assert sock.getsockopt(socket.IPPROTO_TCP, option) == value
+            finally:
+                sock.close()
+
+
+def _own_socket_on_port(port: int) -> socket.socket:
+    """A duplicate of this process's TCP socket whose local port is ``port``."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket, or gone
+        try:
+            if sock.family == socket.AF_INET and sock.getsockname()[1] == port:
+                return sock
+        except OSError:
+            pass
+        sock.close()
+    raise AssertionError(f"no socket of ours on local port {port}")
 
 
 @pytest.mark.anyio
