@@ -102,7 +102,8 @@ async def create_redis(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
             raise NotImplementedError(f"the harness has no anypool stand-in for {cls!r}")
         protocol = request.config.getoption("--protocol")
         if "protocol" not in url and kwargs.get("protocol") is None and protocol:
-            kwargs["protocol"] = protocol
+            # redis-py takes the option's string as it is; anypool wants the number.
+            kwargs["protocol"] = int(protocol)
         legacy = request.config.getoption("--legacy-responses")
         if "legacy_responses" not in kwargs and legacy and legacy != "default":
             kwargs["legacy_responses"] = legacy.lower() == "true"

@@ -21,6 +21,7 @@ from anypool.testing import RedisServer, find_valkey_server
 
 DIFFERENCES = Path(__file__).with_name("known_differences.toml")
 SERVERS = ("redis", "valkey")
+PROTOCOLS = ("default", "2", "3")
 CATEGORIES = ("bug", "intended", "in-progress", "harness")
 _PREFIX = "tests/test_asyncio/"
 
@@ -55,15 +56,16 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"anypool harness: {config.getoption('--anypool-server')} {server.version} {server.url}"
 
 
-def load_differences(server: str) -> dict[str, dict[str, Any]]:
-    """The entries of known_differences.toml that apply to ``server``, by test id.
+def load_differences(server: str, protocol: str) -> dict[str, dict[str, Any]]:
+    """The entries of known_differences.toml that apply to ``server`` and ``protocol`` (redis-py's
+    ``--protocol`` option: ``"2"``, ``"3"``, or ``"default"`` when not given), by test id.
 
     A test id is the node id below ``tests/test_asyncio/``; without a ``[parameter]`` it
     covers every parametrization of the test.
     """
     entries: dict[str, dict[str, Any]] = {}
     for entry in tomllib.loads(DIFFERENCES.read_text()).get("difference", []):
-        unknown = set(entry) - {"test", "reason", "category", "servers"}
+        unknown = set(entry) - {"test", "reason", "category", "servers", "protocols"}
         if unknown or not entry.get("test") or not entry.get("reason"):
             raise pytest.UsageError(f"{DIFFERENCES.name}: bad entry {entry!r}")
         if entry.get("category") not in CATEGORIES:
@@ -71,15 +73,19 @@ def load_differences(server: str) -> dict[str, dict[str, Any]]:
         servers = entry.get("servers", list(SERVERS))
         if not set(servers) <= set(SERVERS):
             raise pytest.UsageError(f"{DIFFERENCES.name}: servers must be in {SERVERS}")
-        if entry["test"] in entries and server in servers:
-            raise pytest.UsageError(f"{DIFFERENCES.name}: {entry['test']} listed twice")
-        if server in servers:
+        protocols = entry.get("protocols", list(PROTOCOLS))
+        if not set(protocols) <= set(PROTOCOLS):
+            raise pytest.UsageError(f"{DIFFERENCES.name}: protocols must be in {PROTOCOLS}")
+        if server in servers and protocol in protocols:
+            if entry["test"] in entries:
+                raise pytest.UsageError(f"{DIFFERENCES.name}: {entry['test']} listed twice")
             entries[entry["test"]] = entry
     return entries
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    entries = load_differences(config.getoption("--anypool-server"))
+    protocol = config.getoption("--protocol") or "default"
+    entries = load_differences(config.getoption("--anypool-server"), protocol)
     used: set[str] = set()
     for item in items:
         test_id = item.nodeid.removeprefix(_PREFIX)
