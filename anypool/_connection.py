@@ -222,11 +222,10 @@ class Connection:
             logger.debug("%s does not know HELLO; using RESP2", config.address)
         self.protocol = 2
         followups: list[tuple[Arg, ...]] = []
-        if password is not None:
-            auth: tuple[Arg, ...] = (password,)
-            if username is not None:
-                auth = (username, password)
-            followups.append(("AUTH", *auth))
+        if username is not None:  # with no password: a nopass user (as HELLO's AUTH above)
+            followups.append(("AUTH", username, password or ""))
+        elif password is not None:
+            followups.append(("AUTH", password))
         if config.client_name is not None:
             followups.append(("CLIENT", "SETNAME", config.client_name))
         followups += setup

@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 
@@ -16,7 +17,7 @@ import redis.exceptions
 import sniffio
 
 import anypool
-from anypool import RedisConfig
+from anypool import RedisConfig, RedisPool
 from anypool._connection import Connection, _kernel_probe
 from anypool.testing import RedisServer
 
@@ -567,3 +568,24 @@ def test_kernel_probe_peeks_without_taking_the_socket(real: bool) -> None:
         peer.shutdown(socket.SHUT_WR)
         assert not probe()  # end of stream
     assert not probe()  # closed: fileno() is -1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("protocol", [None, 2, 3])
+async def test_a_username_without_a_password_authenticates_as_that_user(
+    redis_server: RedisServer, protocol: int | None
+) -> None:
+    """A nopass ACL user, on every protocol: RESP2 used to send no AUTH at all, so the
+    connection silently ran as ``default`` (found by redis-py's own test_acl_log)."""
+    user = f"nopass-{uuid.uuid4().hex[:8]}"
+    async with RedisPool.from_url(redis_server.url) as admin:
+        await admin.acl_setuser(
+            user, enabled=True, reset=True, nopass=True, commands=["+@all"], keys=["*"]
+        )
+        try:
+            async with RedisPool.from_url(
+                redis_server.url, username=user, protocol=protocol, decode_responses=True
+            ) as client:
+                assert await client.acl_whoami() == user
+        finally:
+            await admin.acl_deluser(user)
