@@ -268,6 +268,58 @@ async def test_get_message_before_subscribing_says_what_to_do(redis_server: Redi
             client.pubsub(policy="lossy")  # type: ignore[arg-type]
 
 
+async def test_connect_then_run_gets_a_late_subscription(redis_server: RedisServer) -> None:
+    """redis-py's ``connect()``: placed before any subscribe, so reading waits instead of
+    raising, and a ``run()`` started first handles what is subscribed after it."""
+    async with RedisPool.from_url(redis_server.url) as client, client.pubsub() as p:
+        await p.connect()
+        await p.connect()  # a no-op once placed
+        assert await p.get_message(timeout=0) is None  # no RuntimeError: it is connected
+        got: list[Any] = []
+        arrived = anyio.Event()
+
+        def handler(message: dict[str, Any]) -> None:
+            got.append(message)
+            arrived.set()
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(p.run)
+                await p.subscribe(late=handler)  # acknowledged: the server holds it now
+                assert await client.publish("late", "bar") == 1
+                await arrived.wait()
+                tg.cancel_scope.cancel()
+        assert got == [{"type": "message", "pattern": None, "channel": b"late", "data": b"bar"}]
+    closed = RedisPool.from_url(redis_server.url).pubsub()
+    with pytest.raises(anypool.PoolClosed):
+        await closed.connect()
+
+
+async def test_run_reads_through_get_message(redis_server: RedisServer) -> None:
+    """As redis-py's run(): every read goes through get_message(), so an error from a wrapped
+    (or, in redis-py's own tests, patched) get_message() reaches the exception handler."""
+    async with RedisPool.from_url(redis_server.url) as client, client.pubsub() as p:
+        await p.subscribe(r=lambda message: None)
+        errors: list[BaseException] = []
+        failed = anyio.Event()
+
+        async def failing_get_message(**kwargs: Any) -> None:
+            raise ValueError(f"get_message{sorted(kwargs)}")
+
+        def on_error(error: BaseException, pubsub: Any) -> None:
+            assert pubsub is p
+            errors.append(error)
+            failed.set()
+
+        p.get_message = failing_get_message  # type: ignore[method-assign]
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: p.run(exception_handler=on_error))
+                await failed.wait()
+                tg.cancel_scope.cancel()
+        assert str(errors[0]) == "get_message['ignore_subscribe_messages', 'timeout']"
+
+
 async def test_timeouts_zero_none_and_positive(redis_server: RedisServer) -> None:
     async with RedisPool.from_url(redis_server.url) as client, client.pubsub() as p:
         await p.subscribe("t:a")
@@ -400,13 +452,16 @@ async def test_reconnect_as_a_message_and_as_a_callback(own_server: RedisServer)
             await p.aclose()
 
 
-async def test_run_passes_a_gap_to_the_exception_handler(own_server: RedisServer) -> None:
+@pytest.mark.parametrize("on_gap", ["raise", "message"])
+async def test_run_passes_a_gap_to_the_exception_handler(
+    own_server: RedisServer, on_gap: Any
+) -> None:
     backoff = anypool.BackoffPolicy(0.05, 0.2, 0.1)
     errors: list[BaseException] = []
     handled: list[Any] = []
     async with (
         RedisPool.from_url(own_server.url, reconnect_backoff=backoff) as client,
-        client.pubsub() as p,
+        client.pubsub(on_gap=on_gap) as p,
     ):
         await p.subscribe(**{"r:a": handled.append})
         async with anyio.create_task_group() as tg:

@@ -68,6 +68,17 @@ def _flatten(args: tuple[Any, ...]) -> list[Any]:
         return [first, *rest]
 
 
+def _lost(gap: Reconnected) -> MessagesLost:
+    """The error that reports ``gap`` where it is raised (get_message(), listen(), run())."""
+    return MessagesLost(
+        f"pub/sub delivery was interrupted ({gap.error}); messages published between "
+        f"{gap.gap_start:.3f} and {gap.gap_end:.3f} may be lost. The subscriptions are "
+        "restored: the next get_message() goes on (pubsub(on_gap=...) reports gaps "
+        "another way)",
+        gap,
+    )
+
+
 class PubSub:
     """redis-py's asyncio ``PubSub`` (``redis.pubsub()``), on anypool's supervised subscriptions.
 
@@ -144,6 +155,23 @@ class PubSub:
         """Whether any channel, pattern or shard channel is subscribed (an unsubscribe counts
         once its acknowledgement has been read, as in redis-py)."""
         return bool(self.channels or self.patterns or self.shard_channels)
+
+    async def connect(self) -> None:
+        """Make sure this object has its place on a pub/sub connection, before any subscribe
+        (redis-py's ``PubSub.connect()``); a no-op once it has one.
+
+        Afterwards :meth:`get_message` waits (up to its ``timeout``) instead of raising
+        ``RuntimeError`` when nothing is subscribed yet, as in redis-py.  The connection is
+        the pool's shared, supervised one: if it breaks, it is restored by the pool.
+
+        Raises:
+            ConnectionError: no connection could be made (as the pool's commands raise it).
+            PoolClosed: the pool is closed.
+
+        Cancellation: a cancelled connect leaves the object as it was (unplaced); the next
+        call, or the first subscribe, places it.
+        """
+        await self._attach()
 
     # --- subscribing ----------------------------------------------------------------------------
 
@@ -337,7 +365,7 @@ class PubSub:
         item = await self._next(timeout)
         if item is None:
             return None
-        return await self._handle(item, ignore_subscribe_messages, gap_as_message=True)
+        return await self._handle(item, ignore_subscribe_messages)
 
     async def listen(self) -> AsyncIterator[dict[str, Any]]:
         """Yield message dicts while subscribed (as redis-py's ``listen()``).
@@ -347,7 +375,7 @@ class PubSub:
             item = await self._next(None)
             if item is None:  # pragma: no cover - only after aclose() from another task
                 return
-            response = await self._handle(item, False, gap_as_message=True)
+            response = await self._handle(item, False)
             if response is not None:
                 yield response
 
@@ -380,9 +408,13 @@ class PubSub:
         cancelled = anyio.get_cancelled_exc_class()
         while True:
             try:
-                item = await source._next(poll_timeout)
-                if item is not None:
-                    await source._handle(item, True, gap_as_message=False)
+                # Through get_message(), as redis-py's run(): code that wraps or patches it
+                # sees every read.
+                response = await source.get_message(
+                    ignore_subscribe_messages=True, timeout=poll_timeout
+                )
+                if response is not None and response["type"] == "reconnected":
+                    raise _lost(response["data"])  # on_gap="message": run() drops returns
             except cancelled:
                 raise
             except Exception as exc:
@@ -424,10 +456,10 @@ class PubSub:
             # woken by _pump_then (the replies are queued now), or resumed: look again
 
     async def _handle(
-        self, item: dict[str, Any] | Reconnected | Message, ignore: bool, *, gap_as_message: bool
+        self, item: dict[str, Any] | Reconnected | Message, ignore: bool
     ) -> dict[str, Any] | None:
         if isinstance(item, Reconnected):
-            return await self._gap(item, gap_as_message)
+            return await self._gap(item)
         if isinstance(item, Message):
             message = {
                 "type": item.kind, "pattern": item.pattern, "channel": item.channel,
@@ -455,22 +487,16 @@ class PubSub:
             return None
         return item
 
-    async def _gap(self, gap: Reconnected, as_message: bool) -> dict[str, Any] | None:
+    async def _gap(self, gap: Reconnected) -> dict[str, Any] | None:
         on_gap = self.on_gap
         if callable(on_gap):
             result = on_gap(gap)
             if inspect.isawaitable(result):
                 await result
             return None
-        if on_gap == "message" and as_message:
+        if on_gap == "message":
             return {"type": "reconnected", "pattern": None, "channel": None, "data": gap}
-        raise MessagesLost(
-            f"pub/sub delivery was interrupted ({gap.error}); messages published between "
-            f"{gap.gap_start:.3f} and {gap.gap_end:.3f} may be lost. The subscriptions are "
-            "restored: the next get_message() goes on (pubsub(on_gap=...) reports gaps "
-            "another way)",
-            gap,
-        )
+        raise _lost(gap)
 
     # --- closing --------------------------------------------------------------------------------
 
