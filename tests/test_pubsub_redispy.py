@@ -487,8 +487,13 @@ async def test_aclose_unsubscribes_and_allows_reuse(redis_server: RedisServer) -
                 await anyio.sleep(0.01)
         await p.subscribe("z:b")  # usable again, as in redis-py
         assert (await p.get_message(timeout=10))["data"] == 1  # type: ignore[index]
-        await p.reset()
+        with pytest.warns(DeprecationWarning, match=r"reset\(\) is deprecated"):
+            await p.reset()  # redis-py's old names: deprecated as there
         assert client.pubsub_statistics()["subscriptions"] == 0
+        await p.subscribe("z:c")
+        with pytest.warns(DeprecationWarning, match=r"close\(\) is deprecated.*aclose"):
+            await p.close()
+        assert not p.subscribed
 
 
 SHARDED: list[Op] = [

@@ -26,6 +26,7 @@ chooses a message dict or a callback instead.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -68,6 +69,14 @@ def _flatten(args: tuple[Any, ...]) -> list[Any]:
         return [first, *rest]
 
 
+def _deprecated(name: str) -> None:
+    warnings.warn(
+        f"PubSub.{name}() is deprecated (as in redis-py since 5.0.1): use aclose() instead",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 def _lost(gap: Reconnected) -> MessagesLost:
     """The error that reports ``gap`` where it is raised (get_message(), listen(), run())."""
     return MessagesLost(
@@ -85,7 +94,8 @@ class PubSub:
     Existing redis-py code works unchanged: ``subscribe``/``psubscribe``/``ssubscribe`` (names,
     lists of names, ``name=handler`` keywords, redis-py's ``Subscription`` objects), the ``un``
     variants, ``get_message(ignore_subscribe_messages=, timeout=)``, ``listen()``, ``run()``,
-    ``ping()``, ``aclose()`` (and its old names ``reset()``/``close()``), ``async with``, and the
+    ``ping()``, ``connect()``, ``aclose()`` (and its deprecated old names ``reset()`` and
+    ``close()``), ``async with``, and the
     ``channels``, ``patterns``, ``shard_channels`` and ``subscribed`` attributes, with redis-py's
     message dicts (``{'type', 'pattern', 'channel', 'data'}``; acknowledgements carry the
     subscription count as ``data``).
@@ -518,11 +528,15 @@ class PubSub:
         await anyio.lowlevel.checkpoint()
 
     async def reset(self) -> None:
-        """redis-py's old name for :meth:`aclose`."""
+        """redis-py's old name for :meth:`aclose`: deprecated there (since 5.0.1) and here,
+        with the same ``DeprecationWarning``."""
+        _deprecated("reset")
         await self.aclose()
 
     async def close(self) -> None:
-        """redis-py's old name for :meth:`aclose`."""
+        """redis-py's old name for :meth:`aclose`: deprecated there (since 5.0.1) and here,
+        with the same ``DeprecationWarning``."""
+        _deprecated("close")
         await self.aclose()
 
     def __repr__(self) -> str:
