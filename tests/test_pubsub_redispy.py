@@ -290,6 +290,17 @@ async def test_connect_then_run_gets_a_late_subscription(redis_server: RedisServ
                 await arrived.wait()
                 tg.cancel_scope.cancel()
         assert got == [{"type": "message", "pattern": None, "channel": b"late", "data": b"bar"}]
+        await p.aclose()
+        await p.connect()  # placed again, with nothing subscribed
+        # A reconnect loop around connect() and listen() (redis-py's own tests have one) must
+        # stay cancellable once nothing is subscribed: both are checkpoints.
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            for _ in range(100):
+                await p.connect()
+                async for message in p.listen():
+                    raise AssertionError(f"nothing is subscribed, yet {message}")
+        assert scope.cancelled_caught
     closed = RedisPool.from_url(redis_server.url).pubsub()
     with pytest.raises(anypool.PoolClosed):
         await closed.connect()

@@ -179,9 +179,13 @@ class PubSub:
             PoolClosed: the pool is closed.
 
         Cancellation: a cancelled connect leaves the object as it was (unplaced); the next
-        call, or the first subscribe, places it.
+        call, or the first subscribe, places it.  It is always a checkpoint, so a retry loop
+        around it can be cancelled.
         """
-        await self._attach()
+        if self._sub is None:
+            await self._attach()
+        else:
+            await anyio.lowlevel.checkpoint()
 
     # --- subscribing ----------------------------------------------------------------------------
 
@@ -380,7 +384,9 @@ class PubSub:
     async def listen(self) -> AsyncIterator[dict[str, Any]]:
         """Yield message dicts while subscribed (as redis-py's ``listen()``).
 
-        Cancellation: as :meth:`get_message`."""
+        Cancellation: as :meth:`get_message`; it is a checkpoint even when nothing is
+        subscribed (so it ends at once), so a loop around it can be cancelled."""
+        await anyio.lowlevel.checkpoint()
         while self.subscribed:
             item = await self._next(None)
             if item is None:  # pragma: no cover - only after aclose() from another task
