@@ -82,12 +82,14 @@ def test_url_options_as_redis_py_reads_them() -> None:
     assert pool.config.connect_timeout == 1.5
     assert pool.config.lib_name == "app" and pool.config.lib_version is None
     assert pool._retry is not None
-    # a keyword overrides the URL under either name
-    assert RedisPool.from_url("redis://h?max_connections=5", max_size=9).pool.config.max_size == 9
+    # as redis-py's from_url: the URL wins over a keyword, under either name; a keyword fills
+    # in what the URL leaves out
+    assert RedisPool.from_url("redis://h?max_connections=5", max_size=9).pool.config.max_size == 5
     assert (
         RedisPool.from_url("redis://h?max_connections=5", max_connections=9).pool.config.max_size
-        == 9
+        == 5
     )
+    assert RedisPool.from_url("redis://h", max_connections=9).pool.config.max_size == 9
     with pytest.raises(ConfigError, match=r"did you mean 'socket_timeout'\?"):
         RedisPool.from_url("redis://h?sockettimeout=1")
 
@@ -109,7 +111,9 @@ def test_driver_info() -> None:
 async def test_client_setinfo_on_connect(
     valkey_server: RedisServer, redis_server: RedisServer
 ) -> None:
-    async with RedisPool.from_url(valkey_server.url, db=1) as client, client.acquire() as conn:
+    # the URL without a database: the keyword gives it (a URL's /0 would win, as in redis-py)
+    url = valkey_server.url.rsplit("/", 1)[0]
+    async with RedisPool.from_url(url, db=1) as client, client.acquire() as conn:
         info = await conn.client_info()
         assert info["lib-name"] == "anypool" and info["lib-ver"] == anypool.__version__
         assert info["db"] == 1  # SELECT rode in the same write
@@ -123,7 +127,8 @@ async def test_client_setinfo_on_connect(
         assert (info["lib-name"], info["lib-ver"]) == ("", "")
     # Redis 6.2 has no CLIENT SETINFO: ignored quietly, on both protocols
     for protocol in (2, 3):
-        async with RedisPool.from_url(redis_server.url, protocol=protocol, db=2) as client:
+        url = redis_server.url.rsplit("/", 1)[0]
+        async with RedisPool.from_url(url, protocol=protocol, db=2) as client:
             assert await client.ping() is True
             async with client.acquire() as conn:
                 assert (await conn.client_info())["db"] == 2
