@@ -136,6 +136,17 @@ async def test_client_setinfo_on_connect(
                 assert (await conn.client_info())["db"] == 2
 
 
+@pytest.mark.anyio
+async def test_empty_lib_name_and_version_keywords_send_nothing(
+    valkey_server: RedisServer,
+) -> None:
+    """As redis-py: ``lib_name=""``/``lib_version=""`` send no CLIENT SETINFO."""
+    async with RedisPool.from_url(valkey_server.url, lib_name="", lib_version="") as client:
+        async with client.acquire() as conn:
+            info = await conn.client_info()
+        assert (info["lib-name"], info["lib-ver"]) == ("", "")
+
+
 # --- credential providers ---------------------------------------------------------------------
 
 
