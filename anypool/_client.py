@@ -217,9 +217,11 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
             ConfigError: as :class:`RedisPool`, or the URL or an option in it is invalid (no
                 part of a password is shown).
         """
+        pool_config = options.pop("pool_config", None)  # RedisPool's own record, not a keyword
         redis_options, pool_options, client_options = sort_options(options)
         config, url_options = split_url_over(url, redis_options)
-        return cls(config, **{**pool_options, **client_options, **url_options})
+        merged = {**pool_options, **client_options, **url_options}
+        return cls(config, pool_config=pool_config, **merged)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> RedisPool:

@@ -418,6 +418,11 @@ def test_from_url_scheme_and_pool_options_win_as_redis_py() -> None:
     assert pool.pool.config.max_size == 3
     pool = anypool.RedisPool.from_url("redis://h/0?retry_on_timeout=no", retry_on_timeout=True)
     assert pool._retry is None
+    # a PoolConfig record is still taken; the URL's pool options win over it too
+    record = PoolConfig(max_size=7, min_size=1)
+    pool = anypool.RedisPool.from_url("redis://h/0?max_connections=3", pool_config=record)
+    assert (pool.pool.config.max_size, pool.pool.config.min_size) == (3, 1)
+    assert anypool.RedisPool.from_url("redis://h/0", pool_config=record).pool.config.max_size == 7
     # keywords still fill in what the URL leaves out, and are validated
     assert anypool.RedisPool.from_url("redis://h/0", decode_responses=True).config.decode_responses
     with pytest.raises(ConfigError, match="client_name"):
