@@ -16,7 +16,7 @@ from typing import Any
 from ._config import PoolConfig, RedisConfig, suggest
 from ._errors import ConfigError
 
-__all__ = ["CLIENT_OPTIONS", "canonical_name", "connection_kwargs", "sort_options"]
+__all__ = ["CLIENT_OPTIONS", "connection_kwargs", "sort_options"]
 
 # Same setting, another name here.
 _ALIASES = {
@@ -55,11 +55,6 @@ KNOWN = (
     _REDIS_FIELDS | _POOL_FIELDS | CLIENT_OPTIONS | set(_ALIASES) | set(_NO_OPS)
     | set(_ONLY_DEFAULT) | {"maint_notifications_config", "driver_info"}
 )  # fmt: skip
-
-
-def canonical_name(name: str) -> str:
-    """anypool's name for a keyword (``max_connections`` -> ``max_size``)."""
-    return _ALIASES.get(name, name)
 
 
 def sort_options(
