@@ -115,8 +115,6 @@ def _chosen_backends(config: pytest.Config) -> list[str]:
 def _pytest_asyncio_auto(config: pytest.Config) -> bool:
     """Whether pytest-asyncio is loaded in ``auto`` mode (it then runs every async test and
     fixture itself, on asyncio)."""
-    if not config.pluginmanager.hasplugin("asyncio"):
-        return False
     mode = config.getoption("asyncio_mode", None)
     if mode is None:
         try:
