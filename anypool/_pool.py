@@ -315,7 +315,9 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         Does nothing if the pool was never opened or is closed already; a second call made
         while the first runs waits for it.  May be called from any task of the event loop
         that opened the pool.  Calls made meanwhile by other tasks fail with
-        :class:`PoolClosed`; leases they hold are waited for as above.
+        :class:`PoolClosed`; leases they hold are waited for as above.  Called from a task the
+        pool runs (a :meth:`start_task` task), which the close must wait for, it begins the
+        close and returns at once, raising nothing; that task is then cancelled.
 
         Raises:
             BaseExceptionGroup: a background task of the pool failed (as ``async with`` would
