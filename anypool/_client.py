@@ -292,6 +292,9 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         while the first runs waits for it.  May be called from any task of the event loop
         that opened the pool.  Commands other tasks start meanwhile fail with
         :class:`PoolClosed`; commands in flight get up to ``close_timeout`` to finish.
+        Called from a task the pool runs (a listener's handler), which the close must wait
+        for, it begins the close and returns at once, raising nothing; that task is then
+        cancelled.
 
         Raises:
             BaseExceptionGroup: a background task failed (as ``async with`` would raise it;

@@ -174,7 +174,7 @@ class Hub:
     def check_open(self) -> None:
         """Raise PoolClosed, in the pool's own words, unless subscriptions can be made."""
         if self.closed:
-            raise PoolClosed(f"{self.name} is closed")
+            raise self._pool.closed_error(f"{self.name} is closed")
         self._pool.check_open()
 
     async def attach(self, sub: Subscription) -> None:
@@ -321,13 +321,18 @@ class Hub:
                 connection.close()
         end(sub)
 
+    def ended_error(self) -> PoolClosed:
+        """What a subscription ended by the pool's closing raises: after a background
+        failure, it names the failure and chains it."""
+        return self._pool.closed_error(f"{self.name} closed; this subscription has ended")
+
     def close(self) -> None:
         """The pool is closing: end every subscription with PoolClosed, stop every task."""
         self.closed = True
         connections, self.connections = self.connections, []
         for connection in [*connections, *self._starting]:
             for sub in list(connection.subscriptions):
-                end(sub, PoolClosed(f"{self.name} closed; this subscription has ended"))
+                end(sub, self.ended_error())
             connection.close()
 
     def statistics(self) -> dict[str, int]:
@@ -480,7 +485,7 @@ class SubscriberConnection:
             finally:
                 self._closed = True
                 for sub in list(self.subscriptions):  # a safety net: hub.close() does this first
-                    end(sub, PoolClosed(f"{hub.name} closed; this subscription has ended"))
+                    end(sub, hub.ended_error())
 
     async def _serve(self, connection: Connection, gap: tuple[float, str] | None) -> BaseException:
         """Read and write until the socket fails; returns why.  Always closes it."""
