@@ -70,6 +70,7 @@ def tests(session: nox.Session) -> None:
         "pytest", "-k", "asyncio", "tests/test_connection.py", "tests/test_tls.py",
         "tests/test_client.py", "tests/test_pool_redis.py", "tests/test_blocking.py",
         "tests/test_pubsub.py", "tests/test_state_machine.py", "tests/test_pubsub_machine.py",
+        "tests/test_keywords.py", "tests/test_pubsub_redispy.py", "tests/test_helper_parity.py",
         env={"ANYPOOL_TRANSPORT": "anyio"},
     )  # fmt: skip
 
