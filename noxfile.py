@@ -25,6 +25,8 @@ REDIS_FACING = [
     "tests/test_pubsub.py", "tests/test_reliability.py", "tests/test_hostile.py",
     "tests/test_differential.py", "tests/test_docs_examples.py", "tests/test_cli.py",
     "tests/test_state_machine.py", "tests/test_pubsub_machine.py", "tests/test_fastapi_example.py",
+    "tests/test_keywords.py", "tests/test_open_close.py", "tests/test_pubsub_redispy.py",
+    "tests/test_helper_parity.py", "tests/test_plugin.py", "tests/test_pytest_asyncio.py",
 ]  # fmt: skip
 
 SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
