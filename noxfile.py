@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nox
@@ -23,6 +25,8 @@ REDIS_FACING = [
     "tests/test_pubsub.py", "tests/test_reliability.py", "tests/test_hostile.py",
     "tests/test_differential.py", "tests/test_docs_examples.py", "tests/test_cli.py",
     "tests/test_state_machine.py", "tests/test_pubsub_machine.py", "tests/test_fastapi_example.py",
+    "tests/test_keywords.py", "tests/test_open_close.py", "tests/test_pubsub_redispy.py",
+    "tests/test_helper_parity.py", "tests/test_plugin.py", "tests/test_pytest_asyncio.py",
 ]  # fmt: skip
 
 SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
@@ -68,6 +72,7 @@ def tests(session: nox.Session) -> None:
         "pytest", "-k", "asyncio", "tests/test_connection.py", "tests/test_tls.py",
         "tests/test_client.py", "tests/test_pool_redis.py", "tests/test_blocking.py",
         "tests/test_pubsub.py", "tests/test_state_machine.py", "tests/test_pubsub_machine.py",
+        "tests/test_keywords.py", "tests/test_pubsub_redispy.py", "tests/test_helper_parity.py",
         env={"ANYPOOL_TRANSPORT": "anyio"},
     )  # fmt: skip
 
@@ -77,14 +82,27 @@ _OTHERS = _other_interpreters()
 
 @nox.session(python=_OTHERS or False)
 def interpreters(session: nox.Session) -> None:
-    """The test suite on every other supported Python the machine has (pyenv's, for CI).
+    """The whole test suite on every other supported Python the machine has (pyenv's, for
+    CI), while a CPU burner holds one core: the `stress` proof, on every test.
 
     Skipped (not failed) on a machine with one interpreter: `tests` covers that one.
     """
     if not _OTHERS:
         session.skip(f"no Python among {SUPPORTED_PYTHONS} besides this one on PATH")
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    with _busy_core():
+        session.run("pytest", *session.posargs)
+
+
+@contextlib.contextmanager
+def _busy_core() -> Iterator[None]:
+    """A CPU burner beside the tests for the duration of the block."""
+    burner = subprocess.Popen([sys.executable, "-c", _BURNER])
+    try:
+        yield
+    finally:
+        burner.kill()
+        burner.wait()
 
 
 @nox.session
@@ -94,12 +112,8 @@ def stress(session: nox.Session) -> None:
     Tests wait for states, never for "it should be done by now": this session proves it.
     """
     session.install("-e", ".[test]")
-    burner = subprocess.Popen([sys.executable, "-c", _BURNER])
-    try:
+    with _busy_core():
         session.run("pytest", *REDIS_FACING, *session.posargs)
-    finally:
-        burner.kill()
-        burner.wait()
 
 
 @nox.session

@@ -172,6 +172,9 @@ class BlockingRedisPool(_Blocking):
         self._held: set[_Held[Any]] = set()  # acquire()/subscribe() blocks not left yet
         self._held_lock = threading.Lock()
         self._used = False  # opened once already (a pool opens once)
+        # Serializes opening and closing across threads: a second open() waits for the first,
+        # a close() racing an open() runs after it.
+        self._life_lock = threading.Lock()
 
     @classmethod
     def from_url(
@@ -192,27 +195,36 @@ class BlockingRedisPool(_Blocking):
     def open(self) -> None:
         """Open the pool without a ``with`` block (start the helper thread and its event loop,
         open the pool there); close it with :meth:`close`.  ``with`` stays the recommended
-        way.  Calling it again while open does nothing.
+        way.  Thread-safe: calls made from other threads while one opens wait for it and
+        return once the pool is open; calling it again while open does nothing.
 
         Raises:
             RuntimeError: the pool was closed (a pool opens once: make a new one).
             Exception: what opening raised (the pool is then closed, the thread stopped).
         """
-        if self._exit_stack is None:
-            self.__enter__()
+        with self._life_lock:
+            if self._exit_stack is None:
+                self._enter()
 
     def close(self) -> None:
         """Close a pool opened with :meth:`open`, as leaving ``with`` does: leave every
         connection and subscription still held, close the pool, stop the helper thread.
         Does nothing if it is not open.  Callable from any thread but the helper's own.
+        Thread-safe: a close() made while an :meth:`open` runs in another thread waits for it,
+        then closes, so the pool ends closed; a second call does nothing.
 
         Raises:
             BaseExceptionGroup: a background task of the pool failed (what the async pool's
                 ``async with`` would raise).
         """
-        self.__exit__(None, None, None)
+        with self._life_lock:
+            self._exit(None, None, None)
 
     def __enter__(self) -> BlockingRedisPool:
+        with self._life_lock:
+            return self._enter()
+
+    def _enter(self) -> BlockingRedisPool:
         if self._exit_stack is not None:
             raise RuntimeError("this BlockingRedisPool is already open")
         if self._used:
@@ -234,6 +246,15 @@ class BlockingRedisPool(_Blocking):
         return self
 
     def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with self._life_lock:
+            self._exit(exc_type, exc, tb)
+
+    def _exit(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,

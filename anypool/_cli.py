@@ -8,6 +8,7 @@ always shown with the password redacted.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -82,12 +83,10 @@ def run_on(backend: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
     """``anyio.run`` on a backend named as the command line names it ("uvloop": asyncio's
     event loop replaced by uvloop's)."""
     if backend == "uvloop":
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
+        if not _have_uvloop():
             raise CommandError(
                 "--backend uvloop needs uvloop: pip install uvloop (or anypool[uvloop])"
-            ) from None
+            )
         return anyio.run(func, *args, backend="asyncio", backend_options={"use_uvloop": True})
     return anyio.run(func, *args, backend=backend)
 
@@ -265,11 +264,11 @@ PEERS: list[tuple[str, Any, Backend]] = [
 
 def _bench_backends() -> list[str]:
     """Every backend ``bench`` runs by default: uvloop's too where it is installed."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return ["asyncio", "trio"]
-    return ["asyncio", "uvloop", "trio"]
+    return ["asyncio", "uvloop", "trio"] if _have_uvloop() else ["asyncio", "trio"]
+
+
+def _have_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def run_benchmark(

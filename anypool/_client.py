@@ -48,10 +48,10 @@ from ._compat import (
     make_encoder,
     response_callbacks,
 )
-from ._config import PoolConfig, RedisConfig, split_url
+from ._config import PoolConfig, RedisConfig, split_url_over
 from ._connection import Connection, ConnectionFactory
 from ._errors import CommandNotAllowed, ConnectionClosed, ProtocolError
-from ._keywords import canonical_name, sort_options
+from ._keywords import connection_kwargs, sort_options
 from ._owner import Owner
 from ._pool import DEFAULT, Lease, Pool, _Default
 from ._retry import RetryRule, Sent
@@ -70,6 +70,23 @@ def _pop_options(options: dict[str, Any]) -> None:
     options.pop("keys", None)
 
 
+def _watched(value: Any, raised: list[BaseException]) -> Any:
+    """``value``, and if it is a callable option (``score_cast_func``...), one that records in
+    ``raised`` what it raises.  ``float``, redis-py's default cast, is left as it is: redis-py
+    treats it specially, and its failure means a reply of the wrong shape."""
+    if not callable(value) or value is float:
+        return value
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return value(*args, **kwargs)
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    return call
+
+
 class _Commands(AsyncCoreCommands):
     """redis-py's command methods, on top of one ``execute_command`` and the reply callbacks."""
 
@@ -83,6 +100,13 @@ class _Commands(AsyncCoreCommands):
         config = self._config
         return make_encoder(config.encoding, config.encoding_errors, config.decode_responses)
 
+    def get_connection_kwargs(self) -> dict[str, Any]:
+        """redis-py's ``get_connection_kwargs()``: the connection keywords redis-py's
+        ``Redis()`` would hold for this client's config (``decode_responses``, ``host``...;
+        read by redis-py's ``slowlog_get``).  A new dict each call: changing it changes
+        nothing (make a new pool with other options instead)."""
+        return connection_kwargs(self._config)
+
     async def _apply_callback(
         self, protocol: int, name: str, reply: Any, options: dict[str, Any]
     ) -> Any:
@@ -90,16 +114,21 @@ class _Commands(AsyncCoreCommands):
         if callback is None or isinstance(reply, Exception):
             return reply
         _pop_options(options)
+        raised: list[BaseException] = []  # what the caller's callables (score_cast_func) raised
+        options = {key: _watched(value, raised) for key, value in options.items()}
         try:
             result = callback(reply, **options)
             return await result if inspect.isawaitable(result) else result
         except (TypeError, ValueError, AttributeError, IndexError, KeyError) as exc:
+            if any(exc is error for error in raised):
+                raise  # the caller's own callable failed: its exception, as in redis-py
             # redis-py's callback could not read the reply: the server sent a valid reply of
-            # a shape this command never has.  The connection is still in step.
+            # a shape this command never has.  The connection is still in step.  The reply
+            # is described, not shown: it is the caller's data.
+            size = f" of {len(reply)} items" if isinstance(reply, list | tuple | dict) else ""
             raise ProtocolError(
-                f"{name}'s reply could not be read ({type(exc).__name__}: {exc}): the server "
-                f"sent a reply of an unexpected shape, or an option such as a cast function "
-                f"failed; the reply was {reply!r:.80}"
+                f"{name}'s reply could not be read ({type(exc).__name__}): the server sent a "
+                f"reply of an unexpected shape (a {type(reply).__name__}{size})"
             ) from exc
 
     def register_script(self, script: str | bytes) -> Script:  # type: ignore[override]
@@ -178,14 +207,21 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
     def from_url(cls, url: str, **options: Any) -> RedisPool:
         """Build a pool from a ``redis://``, ``rediss://`` or ``unix://`` URL.
 
-        Pool options in the URL (``max_connections``, ``health_check_interval``) configure
-        the pool; keyword ``options`` override the URL.
+        As redis-py's ``from_url``: what the URL says wins over the keyword ``options``
+        (its scheme decides TLS; its host, port, database, user info and query options win
+        over the same settings given as keywords, whatever name they use).  Keywords fill in
+        what the URL leaves out.  Pool options in the URL (``max_connections``,
+        ``health_check_interval``...) configure the pool.
+
+        Raises:
+            ConfigError: as :class:`RedisPool`, or the URL or an option in it is invalid (no
+                part of a password is shown).
         """
-        config, url_options = split_url(url)
-        merged = {**url_options}
-        for name in options:  # a keyword overrides the URL, whatever name it uses
-            merged.pop(canonical_name(name), None)
-        return cls(config, **merged, **options)
+        pool_config = options.pop("pool_config", None)  # RedisPool's own record, not a keyword
+        redis_options, pool_options, client_options = sort_options(options)
+        config, url_options = split_url_over(url, redis_options)
+        merged = {**pool_options, **client_options, **url_options}
+        return cls(config, pool_config=pool_config, **merged)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> RedisPool:
@@ -256,6 +292,9 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         while the first runs waits for it.  May be called from any task of the event loop
         that opened the pool.  Commands other tasks start meanwhile fail with
         :class:`PoolClosed`; commands in flight get up to ``close_timeout`` to finish.
+        Called from a task the pool runs (a listener's handler), which the close must wait
+        for, it begins the close and returns at once, raising nothing; that task is then
+        cancelled.
 
         Raises:
             BaseExceptionGroup: a background task failed (as ``async with`` would raise it;

@@ -35,7 +35,9 @@ from urllib.parse import parse_qsl, quote, unquote
 from ._compat import DEFAULT_WIRE_PROTOCOL, HAS_LEGACY_RESPONSES_OPTION, REDIS_PY_VERSION_TEXT
 from ._errors import ConfigError
 
-__all__ = ["BackoffPolicy", "BreakerPolicy", "PoolConfig", "RedisConfig", "split_url"]
+__all__ = [
+    "BackoffPolicy", "BreakerPolicy", "PoolConfig", "RedisConfig", "split_url", "split_url_over",
+]  # fmt: skip
 
 SslCertReqs = Literal["required", "optional", "none"]
 
@@ -87,13 +89,14 @@ def _check_optional_str(field: str, value: Any) -> str | None:
 
 
 def _check_client_attribute(field: str, value: Any, what: str) -> None:
-    """Names Redis shows in CLIENT LIST (of the ``what``): printable ASCII without spaces."""
+    """Texts Redis shows in CLIENT LIST (``what``: "a client name"...): printable ASCII
+    without spaces."""
     if value is not None and (
         not isinstance(value, str) or not value or not all("!" <= c <= "~" for c in value)
     ):
         raise _fail(
-            field, value, f"a {what} name must be printable ASCII without spaces (Redis "
-            "refuses anything else)",
+            field, value, f"{what} must be printable ASCII without spaces (Redis refuses "
+            "anything else)",
         )  # fmt: skip
 
 
@@ -164,13 +167,15 @@ class RedisConfig:
             A username with no password authenticates with an empty password (``nopass`` users).
         unix_socket_path: connect through this unix socket instead of TCP.
         ssl: use TLS.  The server certificate is verified by default.
-        ssl_ca_certs: CA bundle file used to verify the server (default: the system's).
+        ssl_ca_certs: CA bundle file trusted to verify the server, in addition to the system's
+            CAs (as redis-py).
         ssl_certfile: client certificate file, for servers that require one.
         ssl_keyfile: private key of the client certificate.
         ssl_cert_reqs: ``"required"`` (default), ``"optional"`` or ``"none"`` (no verification).
         ssl_check_hostname: check that the certificate matches ``host`` (default True).
-        ssl_ca_data: CA certificates given as PEM text (or DER bytes) instead of a file.
-        ssl_ca_path: a directory of CA certificates (hashed names, as ``c_rehash`` makes).
+        ssl_ca_data: CA certificates given as PEM text (or DER bytes), also trusted.
+        ssl_ca_path: a directory of CA certificates (hashed names, as ``c_rehash`` makes),
+            also trusted.
         ssl_password: password of an encrypted ``ssl_keyfile``; never shown, like ``password``.
         ssl_min_version: the oldest TLS version accepted (an ``ssl.TLSVersion``; its name or
             number in a URL).
@@ -185,9 +190,10 @@ class RedisConfig:
             that rotates the credentials has live connections re-authenticated.  Not together
             with ``username``/``password``.
         lib_name: library name sent with ``CLIENT SETINFO LIB-NAME`` on connect (default
-            ``"anypool"``); None sends none.  Servers without SETINFO (< 7.2) ignore it.
+            ``"anypool"``); None or ``""`` (read as None, as in redis-py) sends none.  Servers
+            without SETINFO (< 7.2) ignore it.
         lib_version: library version sent with ``CLIENT SETINFO LIB-VER`` (default: anypool's
-            version); None sends none.
+            version); None or ``""`` sends none.
         connect_timeout: seconds allowed for TCP connect, TLS and the Redis handshake together.
         socket_timeout: default seconds allowed for one command; ``None`` waits forever.  A
             command that times out closes its connection (its reply is still owed).
@@ -267,9 +273,12 @@ class RedisConfig:
         set_(self, "socket_timeout", _check_timeout("socket_timeout", self.socket_timeout))
         _check_bool("socket_keepalive", self.socket_keepalive)
         set_(self, "socket_keepalive_options", _keepalive_options(self.socket_keepalive_options))
-        _check_client_attribute("client_name", self.client_name, "client")
-        _check_client_attribute("lib_name", self.lib_name, "library")
-        _check_client_attribute("lib_version", self.lib_version, "library")
+        _check_client_attribute("client_name", self.client_name, "a client name")
+        for name in ("lib_name", "lib_version"):
+            if getattr(self, name) == "":
+                set_(self, name, None)  # as redis-py: an empty value sends no CLIENT SETINFO
+        _check_client_attribute("lib_name", self.lib_name, "a library name")
+        _check_client_attribute("lib_version", self.lib_version, "a library version")
         provider = self.credential_provider
         if provider is not None:
             if not callable(getattr(provider, "get_credentials", None)) and not callable(
@@ -647,11 +656,18 @@ _ALIASES = {"socket_connect_timeout": "connect_timeout"}
 _POOL_OPTIONS = {
     "max_connections": "max_size", "health_check_interval": "health_check_interval",
     "timeout": "timeout", "retry_on_timeout": "retry_on_timeout",
+    "retry_on_error": "retry_on_error",
 }  # fmt: skip
 _POOL_OPTION_KINDS = {
     "max_connections": "int", "health_check_interval": "float | None",
-    "timeout": "float | None", "retry_on_timeout": "bool",
+    "timeout": "float | None", "retry_on_timeout": "to_bool", "retry_on_error": "str",
 }  # fmt: skip
+# Query options redis-py reads with its to_bool: "" leaves them unset, 0/F/FALSE/N/NO (any
+# case) is False, any other text True ("off" too, as in redis-py).
+_TO_BOOL_OPTIONS = frozenset(
+    {"socket_keepalive", "retry_on_timeout", "ssl_check_hostname", "legacy_responses"}
+)
+_FALSE_STRINGS = frozenset({"0", "F", "FALSE", "N", "NO"})
 # Query options redis-py reads that change nothing here (anypool sizes its own reads).
 _IGNORED_OPTIONS = frozenset({"socket_read_size"})
 _CREDENTIAL_OPTIONS = frozenset({"username", "password"})
@@ -703,8 +719,18 @@ def _field_types() -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(RedisConfig)}
 
 
+def to_bool(raw: str) -> bool | None:
+    """redis-py's ``to_bool`` for URL options: None for "" (unset), False for 0, F, FALSE, N
+    or NO in any case, True for any other text."""
+    if raw == "":
+        return None
+    return raw.upper() not in _FALSE_STRINGS
+
+
 def _convert(name: str, raw: str, kind: str) -> Any:
     """Turn the text of one query option into the type its field wants."""
+    if name in _TO_BOOL_OPTIONS:
+        return to_bool(raw)
     if "bool" in kind:
         word = raw.strip().lower()
         if word not in _BOOL_WORDS:
@@ -793,27 +819,47 @@ def split_url(url: str, **overrides: Any) -> tuple[RedisConfig, dict[str, Any]]:
     Returns:
         The connection config, and a dict of the pool and client options found in the query
         string, by the name RedisPool takes them (``max_connections`` becomes ``max_size``,
-        ``health_check_interval=0`` becomes None, ``retry_on_timeout`` stays).
+        ``health_check_interval=0`` becomes None, ``retry_on_timeout`` and
+        ``retry_on_error`` stay).
 
     Raises:
         ConfigError: the URL or one of its options is invalid.  No part of a password is
             ever shown, even when the password broke the URL's syntax.
     """
+    return _split(url, overrides, {})
+
+
+def split_url_over(url: str, defaults: Mapping[str, Any]) -> tuple[RedisConfig, dict[str, Any]]:
+    """As :func:`split_url`, with redis-py's ``from_url`` precedence: ``defaults`` (RedisConfig
+    fields) apply only where the URL says nothing; what the URL says wins (its scheme decides
+    ``ssl``; its host, port, path, user info and options their fields)."""
+    return _split(url, {}, defaults)
+
+
+def _split(
+    url: str, overrides: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> tuple[RedisConfig, dict[str, Any]]:
     if not isinstance(url, str):
         raise _fail("url", url, "must be a string")
     shown = _redact_url(url)
     try:
-        return _parse_url(url, shown, overrides)
+        return _parse_url(url, shown, overrides, defaults)
     except ConfigError as exc:
-        if exc.field in overrides or not (
-            _userinfo_outside_authority(url) or _secret_option_at(url) >= 0
+        if (
+            exc.field in overrides
+            or exc.field in defaults
+            or not _password_may_be_read(url, exc.field)
         ):
             raise  # the message shows no part of a password
-        # A "/", "?" or "#" in the password moved part of it into the path, query or fragment,
-        # where it was read as something else (a port, a db, an option).  Say so, with
-        # nothing from the failed parse: not its message, and no chained exception.
-        known = exc.field in _KNOWN_URL_FIELDS and exc.field != "url"
-        part = f" (while reading {exc.field})" if known else ""
+        # A "/", "?", "#" or "&" in the password moved part of it into the path, query or
+        # fragment, where it was read as something else (a port, a db, an option).  Say so,
+        # with nothing from the failed parse: not its message, and no chained exception.
+        failed = exc.field
+    if failed in _KNOWN_URL_FIELDS and failed != "url":
+        part = f" (while reading {failed})"
+    else:  # an option name that may be password text: only the known name it resembles
+        hint = suggest(failed, _QUERY_OPTIONS | _OBJECT_OPTIONS) if failed != "url" else ""
+        part = f" (an option that is not known{hint})" if hint else ""
     raise _fail(
         "url", shown,
         f"it cannot be read{part}; if the password contains '/', '?', '#', '@' or '&', "
@@ -821,8 +867,27 @@ def split_url(url: str, **overrides: Any) -> tuple[RedisConfig, dict[str, Any]]:
     )  # fmt: skip
 
 
+def _password_may_be_read(url: str, field: str) -> bool:
+    """Whether the option (or URL part) ``field`` that failed may be password text: a
+    password written raw with "/", "?", "#" or "@" moves into the path, query or fragment; a
+    ``?password=`` value with "&" or "#" turns its tail into options or a fragment, so only
+    what comes after it, and only an unknown option name or a fragment."""
+    if _userinfo_outside_authority(url):
+        return True
+    start = _secret_option_at(url)
+    if start < 0:
+        return False
+    if field == "url":
+        return "#" in url[start:]
+    if field in _KNOWN_URL_FIELDS or field in _QUERY_OPTIONS:
+        return False  # a real option failed on its own value, which the error shows
+    # An unknown option named before the secret value (or the secret option itself) was
+    # written by the user, not spilled from the password.
+    return not re.search(r"[?&]" + re.escape(quote(field, safe="")) + r"(=|&|$)", url[:start])
+
+
 def _parse_url(
-    url: str, shown: str, overrides: dict[str, Any]
+    url: str, shown: str, overrides: Mapping[str, Any], defaults: Mapping[str, Any]
 ) -> tuple[RedisConfig, dict[str, Any]]:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
@@ -885,6 +950,8 @@ def _parse_url(
             value = _convert(raw_name, raw_value, _POOL_OPTION_KINDS[raw_name])
             if raw_name == "health_check_interval" and value == 0:
                 value = None  # redis-py: 0 turns the checks off
+            if raw_name in ("retry_on_timeout", "retry_on_error") and value in (None, ""):
+                continue  # as redis-py: an empty value leaves it unset
             pool_options[_POOL_OPTIONS[raw_name]] = value
             continue
         if raw_name in _IGNORED_OPTIONS:
@@ -907,7 +974,7 @@ def _parse_url(
             if name in _OBJECT_OPTIONS:
                 reason = "takes an object, which a URL cannot hold: pass it as a keyword"
             else:
-                hint = suggest(raw_name, _QUERY_OPTIONS)
+                hint = suggest(raw_name, _QUERY_OPTIONS | _OBJECT_OPTIONS)
                 known = ", ".join(sorted(_QUERY_OPTIONS))
                 reason = f"is not a known URL option{hint} (known: {known})"
             raise _fail(raw_name, _REDACTED, reason)
@@ -917,12 +984,15 @@ def _parse_url(
         if name in ("lib_name", "lib_version") and raw_value == "":
             values[name] = None  # as redis-py: an empty name sends no CLIENT SETINFO
             continue
-        values[name] = _convert(raw_name, raw_value, str(types[name]))
+        value = _convert(raw_name, raw_value, str(types[name]))
+        if value is None and name in _TO_BOOL_OPTIONS:
+            continue  # as redis-py: an empty value leaves it unset
+        values[name] = value
 
     for name, value in overrides.items():
         if name not in types:
             raise _fail(name, value, f"is not a RedisConfig field{suggest(name, types)}")
-    values.update(overrides)
+    values = {**defaults, **values, **overrides}
     return RedisConfig(**values), pool_options
 
 

@@ -33,6 +33,7 @@ from typing import Any, Final, NoReturn, cast
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 import redis.exceptions
 from anyio.streams.tls import TLSAttribute, TLSStream
 from redis.credentials import CredentialProvider
@@ -167,13 +168,32 @@ class Connection:
         timeout = config.connect_timeout
         try:
             with anyio.move_on_after(math.inf if timeout is None else timeout):
-                username: str | None = config.username
-                password: str | None = config.password
-                if config.credential_provider is not None:
-                    username, password = await fetch_credentials(config)
+                provider = config.credential_provider
+                credentials = (config.username, config.password)
+                if provider is not None:
+                    credentials = await fetch_credentials(config)
                 stream = await _open_stream(config)
                 connection = cls(config, stream)
-                await connection._handshake(username, password)
+                try:
+                    await connection._handshake(*credentials)
+                except AuthenticationError:
+                    # Rotated between the fetch and the handshake (the server already
+                    # refuses what the provider gave a moment ago): if the provider now gives
+                    # other credentials, one more try with them, within the same deadline.
+                    if provider is None:
+                        raise
+                    fresh = await fetch_credentials(config)
+                    if fresh == credentials:
+                        raise
+                    logger.info(
+                        "%s: the credentials changed while connecting; connecting again",
+                        config.address,
+                    )
+                    await _close_stream(stream)
+                    stream = None
+                    stream = await _open_stream(config)
+                    connection = cls(config, stream)
+                    await connection._handshake(*fresh)
                 if not connection.looks_alive():
                     # Bytes after the handshake's replies answer nothing: they would be read
                     # as the first command's reply.
@@ -683,25 +703,42 @@ async def fetch_credentials(config: RedisConfig) -> tuple[str | None, str]:
     """Ask ``config.credential_provider`` for ``(username, password)``.
 
     ``get_credentials_async()`` is awaited when the provider implements it (redis-py's base
-    class only logs a warning and calls ``get_credentials()``, which is then called directly).
+    class only logs a warning and calls ``get_credentials()``, which is then called directly,
+    in a worker thread).  Either is given at most ``connect_timeout``.
+
+    Cancellation: the provider's coroutine is cancelled; a worker thread is abandoned (it
+    finishes on its own, its result unused).
 
     Raises:
         AuthenticationError: the provider failed, or returned something else than
             ``(password,)`` or ``(username, password)`` strings (no value is shown).
+        ConnectTimeout: the provider gave nothing within ``connect_timeout``.
     """
     provider = config.credential_provider
     kind = type(provider).__name__
-    try:
-        method = getattr(type(provider), "get_credentials_async", None)
-        base = getattr(CredentialProvider, "get_credentials_async", None)  # redis-py >= 5.1
-        if method is not None and method is not base:
-            credentials = await provider.get_credentials_async()
-        else:
-            credentials = provider.get_credentials()
-    except Exception as exc:
-        raise AuthenticationError(
-            f"the credential provider {kind} failed for {config.address}: {type(exc).__name__}"
-        ) from exc
+    timeout = config.connect_timeout
+    credentials: Any = None
+    with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+        try:
+            method = getattr(type(provider), "get_credentials_async", None)
+            base = getattr(CredentialProvider, "get_credentials_async", None)  # redis-py >= 5.1
+            if method is not None and method is not base:
+                credentials = await provider.get_credentials_async()
+            else:
+                # A worker thread: a slow provider (a vault over the network) must not block
+                # the event loop; on cancellation or timeout the thread is abandoned.
+                credentials = await anyio.to_thread.run_sync(
+                    provider.get_credentials, abandon_on_cancel=True
+                )
+        except Exception as exc:
+            raise AuthenticationError(
+                f"the credential provider {kind} failed for {config.address}: {type(exc).__name__}"
+            ) from exc
+    if scope.cancelled_caught:
+        raise ConnectTimeout(
+            f"the credential provider {kind} gave no credentials for {config.address} within "
+            f"connect_timeout ({timeout}s)"
+        )
     if (
         not isinstance(credentials, tuple | list)
         or len(credentials) not in (1, 2)
@@ -1067,9 +1104,12 @@ def _ssl_context(config: RedisConfig) -> ssl.SSLContext:
         given: ssl.SSLContext = config.ssl_context
         return given
     try:
-        context = ssl.create_default_context(
-            cafile=config.ssl_ca_certs, capath=config.ssl_ca_path, cadata=config.ssl_ca_data
-        )
+        # As redis-py: the system's CAs, and the given ones in addition to them.
+        context = ssl.create_default_context()
+        if (config.ssl_ca_certs, config.ssl_ca_path, config.ssl_ca_data) != (None, None, None):
+            context.load_verify_locations(
+                cafile=config.ssl_ca_certs, capath=config.ssl_ca_path, cadata=config.ssl_ca_data
+            )
         if config.ssl_cert_reqs == "none":
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE

@@ -16,7 +16,7 @@ from typing import Any
 from ._config import PoolConfig, RedisConfig, suggest
 from ._errors import ConfigError
 
-__all__ = ["CLIENT_OPTIONS", "canonical_name", "sort_options"]
+__all__ = ["CLIENT_OPTIONS", "connection_kwargs", "sort_options"]
 
 # Same setting, another name here.
 _ALIASES = {
@@ -55,11 +55,6 @@ KNOWN = (
     _REDIS_FIELDS | _POOL_FIELDS | CLIENT_OPTIONS | set(_ALIASES) | set(_NO_OPS)
     | set(_ONLY_DEFAULT) | {"maint_notifications_config", "driver_info"}
 )  # fmt: skip
-
-
-def canonical_name(name: str) -> str:
-    """anypool's name for a keyword (``max_connections`` -> ``max_size``)."""
-    return _ALIASES.get(name, name)
 
 
 def sort_options(
@@ -136,3 +131,41 @@ def _shown(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     return f"<{type(value).__name__}>"
+
+
+_SSL_KWARGS = (
+    "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path",
+    "ssl_check_hostname", "ssl_min_version", "ssl_ciphers", "ssl_password",
+)  # fmt: skip
+
+
+def connection_kwargs(config: RedisConfig) -> dict[str, Any]:
+    """The connection keywords redis-py's ``Redis()`` would hold for ``config`` (what its
+    ``get_connection_kwargs()`` returns), by redis-py's names: ``decode_responses``,
+    ``encoding``, ``socket_connect_timeout``, ``path`` for a unix socket, the ``ssl_*`` options
+    with TLS.  A new dict each call: changing it changes nothing."""
+    kwargs: dict[str, Any] = {
+        "db": config.db, "username": config.username, "password": config.password,
+        "credential_provider": config.credential_provider,
+        "socket_timeout": config.socket_timeout, "encoding": config.encoding,
+        "encoding_errors": config.encoding_errors, "decode_responses": config.decode_responses,
+        "client_name": config.client_name, "lib_name": config.lib_name,
+        "lib_version": config.lib_version, "protocol": config.protocol,
+        "legacy_responses": config.legacy_responses,
+    }  # fmt: skip
+    if config.unix_socket_path is not None:
+        kwargs["path"] = config.unix_socket_path
+        return kwargs
+    kwargs.update(
+        host=config.host, port=config.port, socket_connect_timeout=config.connect_timeout,
+        socket_keepalive=config.socket_keepalive,
+        socket_keepalive_options=(
+            None if config.socket_keepalive_options is None
+            else dict(config.socket_keepalive_options)
+        ),
+    )  # fmt: skip
+    if config.ssl:
+        kwargs.update({name: getattr(config, name) for name in _SSL_KWARGS})
+        kwargs["ssl_include_verify_flags"] = list(config.ssl_include_verify_flags) or None
+        kwargs["ssl_exclude_verify_flags"] = list(config.ssl_exclude_verify_flags) or None
+    return kwargs

@@ -9,6 +9,11 @@ the two.  The structure is kept: what the context manager's exit raises (a faile
 task) is kept and raised by ``aclose()``, and the owner task itself never raises anything but
 a cancellation (a trio system task that raises crashes the whole run).
 
+``aclose()`` called from a task the pool itself runs (a listener handler, a
+``pool.start_task()`` task: a task under the owner task) cannot wait for the close, which waits
+for that very task: it begins the close and returns at once; the task is cancelled as the pool
+closes, and a failure is raised by no one but named by every later call.
+
 When the event loop ends before ``aclose()`` (``asyncio.run()`` and ``anyio.run()`` cancel every
 task left; trio cancels its system tasks), the owner is cancelled: it leaves the context manager
 as ``async with`` would on cancellation, so nothing is left running and nothing hangs, and logs
@@ -67,8 +72,8 @@ class Owner:
     """
 
     __slots__ = (
-        "_done", "_failure", "_loop", "_make", "_name", "_reported", "_started", "_state",
-        "_stop", "_task",
+        "_done", "_failure", "_loop", "_make", "_name", "_reported", "_settled", "_started",
+        "_state", "_stop", "_task", "_task_id",
     )  # fmt: skip
 
     def __init__(self, name: str, make: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
@@ -80,6 +85,8 @@ class Owner:
         self._started: anyio.Event
         self._stop: anyio.Event
         self._done: anyio.Event
+        self._settled: anyio.Event  # the first open() call has returned or raised
+        self._task_id: int | None = None  # anyio's id of the owner task, while it runs
         self._failure: BaseException | None = None
         self._reported = False
 
@@ -91,9 +98,11 @@ class Owner:
     async def open(self) -> None:
         """Enter the context in a new owner task; return once it is entered.
 
-        A second call while open (or opening) waits for the first and returns.  Raises what
-        entering raised; RuntimeError once closed or closing, or from another event loop.  The
-        first call, cancelled, closes the context again before the cancellation propagates.
+        A second call while open (or opening) waits for the first and returns; if the first
+        call was cancelled (and so closed the context), or the context closed meanwhile, it
+        raises RuntimeError saying so.  Raises what entering raised; RuntimeError once closed
+        or closing, or from another event loop.  The first call, cancelled, closes the context
+        again before the cancellation propagates.
         """
         if self._state is _CLOSED or (self._state is not _NEW and self._stop.is_set()):
             raise RuntimeError(
@@ -104,25 +113,42 @@ class Owner:
             self._loop = _current_loop()
             self._state = _OPENING
             self._started, self._stop, self._done = anyio.Event(), anyio.Event(), anyio.Event()
+            self._settled = anyio.Event()
             self._task = _spawn(self._own, f"{self._name} owner")
         else:
             self._check_loop("open")
-        with anyio.CancelScope(shield=True):  # entering does no I/O: it is over at once
-            await self._started.wait()
-        if self._state is _CLOSED:  # entering failed, or the pool closed meanwhile
-            self._raise_failure()
-            raise RuntimeError(f"{self._name} was closed while it opened")
+            # Wait for the first call to settle: cancelled, it closes the context again.
+            await self._settled.wait()
+            if self._state is _CLOSED or self._stop.is_set():
+                self._raise_failure()
+                raise RuntimeError(
+                    f"{self._name} was closed while this open() call waited for another one "
+                    f"(that first open() was cancelled, or aclose() was called): it is closed, "
+                    f"and a pool opens once"
+                )
+            return
         try:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-        except anyio.get_cancelled_exc_class():
-            if first:  # a later call found it open: its cancellation closes nothing
+            with anyio.CancelScope(shield=True):  # entering does no I/O: it is over at once
+                await self._started.wait()
+            if self._state is _CLOSED:  # entering failed, or the pool closed meanwhile
+                self._raise_failure()
+                raise RuntimeError(f"{self._name} was closed while it opened")
+            try:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
                     await self.close()
-            raise
+                raise
+        finally:
+            self._settled.set()
 
     async def close(self) -> None:
         """Leave the context and wait until the owner task has ended; raise what leaving
         raised (once).  Does nothing if never opened; a second call waits for the first.
+
+        Called from a task under the owner task (a task of the pool's own task group), it
+        cannot wait for the close, which waits for that task: it begins the close and returns
+        at once, raising nothing.
 
         Shielded: a cancellation takes effect once the context has been left.
         """
@@ -130,6 +156,8 @@ class Owner:
             return
         self._check_loop("close")
         self._stop.set()
+        if self._called_from_inside():
+            return
         with anyio.CancelScope(shield=True):
             await self._done.wait()
         self._raise_failure()
@@ -140,6 +168,21 @@ class Owner:
         if failure is not None and not self._reported:
             self._reported = True
             raise failure
+
+    def _called_from_inside(self) -> bool:
+        """Whether the running task is the owner task or one of its descendants."""
+        owner = self._task_id
+        if owner is None:
+            return False
+        parents = {task.id: task.parent_id for task in anyio.get_running_tasks()}
+        task: int | None = anyio.get_current_task().id
+        for _ in range(len(parents) + 1):  # bounded: the parent links form a tree
+            if task is None:
+                return False
+            if task == owner:
+                return True
+            task = parents.get(task)
+        return False
 
     def _check_loop(self, what: str) -> None:
         if _current_loop() is not self._loop:
@@ -152,6 +195,7 @@ class Owner:
     async def _own(self) -> None:
         """The owner task: enter, wait for close(), leave; keep what leaving raised."""
         cancelled = anyio.get_cancelled_exc_class()
+        self._task_id = anyio.get_current_task().id
         try:
             async with self._make():
                 self._state = _OPEN
@@ -172,5 +216,6 @@ class Owner:
         finally:
             self._state = _CLOSED
             self._task = None
+            self._task_id = None
             self._started.set()
             self._done.set()

@@ -33,6 +33,7 @@ leased ones to come back, closes the rest, and cancels the maintenance: nothing 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -232,7 +233,10 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         self._counters = _Counters()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._upkeep = _Upkeep(self)
-        self._failure: BaseException | None = None  # what the task group raised on closing
+        # A background task's failure, recorded the moment it is raised (so calls made while
+        # the pool shuts down name it), then what the task group raised on closing.
+        self._failure: BaseException | None = None
+        self._loop: object = None  # the asyncio (uvloop) event loop it was opened in
         self._owner = Owner(self.name, lambda: self)  # for open()/aclose()
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -245,6 +249,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
                 f"`await pool.open()`): make a new one to open again"
             )
         self._limiter = anyio.CapacityLimiter(self._max_size)
+        self._loop = asyncio._get_running_loop()  # None on trio
         self._wake_maintenance = anyio.Event()
         self._maintenance_scope = anyio.CancelScope()
         body_error: BaseException | None = None
@@ -252,7 +257,9 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 self._state = _OPEN
-                task_group.start_soon(self._maintain, name=f"{self.name} maintenance")
+                task_group.start_soon(
+                    self._recording_failure, self._maintain, name=f"{self.name} maintenance"
+                )
                 try:
                     yield self
                 except BaseException as exc:
@@ -308,7 +315,9 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         Does nothing if the pool was never opened or is closed already; a second call made
         while the first runs waits for it.  May be called from any task of the event loop
         that opened the pool.  Calls made meanwhile by other tasks fail with
-        :class:`PoolClosed`; leases they hold are waited for as above.
+        :class:`PoolClosed`; leases they hold are waited for as above.  Called from a task the
+        pool runs (a :meth:`start_task` task), which the close must wait for, it begins the
+        close and returns at once, raising nothing; that task is then cancelled.
 
         Raises:
             BaseExceptionGroup: a background task of the pool failed (as ``async with`` would
@@ -327,6 +336,41 @@ class Pool(Generic[R], AsyncContextManagerMixin):
                 )
             return
         await self._owner.close()
+
+    async def _recording_failure(self, function: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run a task of the pool's task group; record what it raises as the pool's failure."""
+        try:
+            await function()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            self._failure = self._failure or exc
+            raise
+
+    async def _run_started(
+        self,
+        func: Callable[..., Coroutine[Any, Any, Any]],
+        *args: Any,
+        task_status: anyio.abc.TaskStatus[Any],
+    ) -> None:
+        """Run ``func`` for :meth:`start_task`; once started, what it raises is a background
+        failure of the pool (before that, ``start()`` raises it to the caller)."""
+        started = False
+
+        def record_started(value: Any = None) -> None:
+            nonlocal started
+            started = True
+            task_status.started(value)
+
+        status = _TaskStatus(record_started)
+        try:
+            await func(*args, task_status=status)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            if started:
+                self._failure = self._failure or exc
+            raise
 
     async def _maintain(self) -> None:
         with self._maintenance_scope:
@@ -359,19 +403,39 @@ class Pool(Generic[R], AsyncContextManagerMixin):
 
     def check_open(self) -> None:
         """Raise :class:`PoolClosed` (saying whether it is not open yet or closed) unless the
-        pool is open."""
+        pool is open and was opened in the running event loop.
+
+        Raises:
+            PoolClosed: not open; if a background task failed, the message names the failure
+                and the exception chains it.
+            RuntimeError: called from another asyncio event loop than the pool's (its
+                connections belong to that loop: they would wait forever here).
+        """
         if self._state is not _OPEN:
             if self._state is _NEW:
                 raise PoolClosed(
                     f"{self.name} is not open yet: use `async with pool:` (or `await "
                     f"pool.open()` and, at the end, `await pool.aclose()`) first"
                 )
-            failure = self._failure
-            if failure is not None:
-                raise PoolClosed(
-                    f"{self.name} is closed: a background task failed ({failure!r:.200})"
-                ) from failure
-            raise PoolClosed(f"{self.name} is closed")
+            raise self.closed_error(f"{self.name} is closed")
+        loop = self._loop
+        if loop is not None and asyncio._get_running_loop() is not loop:
+            raise RuntimeError(
+                f"{self.name} was opened in another event loop than the one running this call; "
+                f"a pool and its connections belong to the loop that opened it: use it from "
+                f"that loop only (with pytest, mark tests that use anypool's fixtures "
+                f"`@pytest.mark.anyio`, not `@pytest.mark.asyncio`)"
+            )
+
+    def closed_error(self, message: str) -> PoolClosed:
+        """A :class:`PoolClosed` with ``message``; if a background task failed, the message
+        names that failure and the exception chains it (``__cause__``)."""
+        failure = self._failure
+        if failure is None:
+            return PoolClosed(message)
+        error = PoolClosed(f"{message}: a background task failed ({failure!r:.200})")
+        error.__cause__ = failure
+        return error
 
     async def start_task(
         self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None
@@ -390,7 +454,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         """
         self.check_open()
         assert self._task_group is not None
-        return await self._task_group.start(func, *args, name=name)
+        return await self._task_group.start(self._run_started, func, *args, name=name)
 
     # --- acquiring ----------------------------------------------------------------------------
 
@@ -448,7 +512,9 @@ class Pool(Generic[R], AsyncContextManagerMixin):
                 entry = await self._open()
             try:
                 if self._state is not _OPEN:
-                    raise PoolClosed(f"{self.name} closed while a resource was being acquired")
+                    raise self.closed_error(
+                        f"{self.name} closed while a resource was being acquired"
+                    )
                 if waited:
                     # A waiter handed a slot at the instant it was cancelled gives it all back
                     # (on trio the hand-off completes the wait; the cancellation is pending).
@@ -494,7 +560,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         if scope.cancelled_caught:
             counters.requests_errors += 1
             if self._state is not _OPEN:
-                raise PoolClosed(f"{self.name} closed while this task waited for a resource")
+                raise self.closed_error(f"{self.name} closed while this task waited for a resource")
             raise PoolTimeout(
                 f"{self.name}: no resource became free within {timeout}s "
                 f"(max_size={self._max_size}, {len(self._leased)} in use)"
@@ -781,6 +847,18 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             f"<Pool {self.name} {self._state} idle={len(self._idle)} in_use={len(self._leased)}"
             f" opening={self._opening} max={self._max_size} health={self._health.value}>"
         )
+
+
+class _TaskStatus(anyio.abc.TaskStatus[Any]):
+    """Forwards ``started()`` to a callback (see :meth:`Pool._run_started`)."""
+
+    __slots__ = ("_started",)
+
+    def __init__(self, started: Callable[[Any], None]) -> None:
+        self._started = started
+
+    def started(self, value: Any = None) -> None:
+        self._started(value)
 
 
 class _Acquisition(Generic[R]):

@@ -61,7 +61,7 @@ class RetryRule:
     def from_options(
         cls,
         retry: Any = None,
-        retry_on_error: Iterable[type[BaseException]] | None = None,
+        retry_on_error: Iterable[type[BaseException]] | str | None = None,
         retry_on_timeout: bool = False,
         retry_may_have_run: bool = False,
     ) -> RetryRule | None:
@@ -69,6 +69,9 @@ class RetryRule:
 
         ``retry_on_error`` adds error classes to the Retry's own, ``retry_on_timeout=True``
         adds ``TimeoutError``; either one without ``retry`` uses redis-py's default Retry.
+        A non-empty string for ``retry_on_error`` (its URL form, ``?retry_on_error=...``)
+        turns retries on and adds no class, as in redis-py, which does not read the text as
+        class names; an empty one leaves it unset.
 
         Raises:
             ConfigError: a value of the wrong type.
@@ -77,6 +80,9 @@ class RetryRule:
             raise ConfigError("retry_on_timeout", retry_on_timeout, "must be True or False")
         if not isinstance(retry_may_have_run, bool):
             raise ConfigError("retry_may_have_run", retry_may_have_run, "must be True or False")
+        asked = False
+        if isinstance(retry_on_error, str):  # the URL form: on if not empty, no classes
+            asked, retry_on_error = bool(retry_on_error), None
         extra = list(retry_on_error or ())
         for error in extra:
             if not (isinstance(error, type) and issubclass(error, BaseException)):
@@ -86,7 +92,7 @@ class RetryRule:
         if retry_on_timeout:
             extra.append(redis.exceptions.TimeoutError)
         if retry is None:
-            if not extra:
+            if not extra and not asked:
                 if retry_may_have_run:
                     raise ConfigError(
                         "retry_may_have_run", True, "needs retry= (a redis-py Retry object)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 
 import anyio
 import pytest
@@ -379,7 +380,7 @@ async def test_a_reply_of_the_wrong_shape_is_a_protocol_error(
         async with RedisPool(config, max_size=1, health_check_interval=None) as redis:
             name = str(command[0])
             method = {"HGETALL": redis.hgetall, "TIME": redis.time, "INFO": redis.info}.get(name)
-            with pytest.raises(anypool.ProtocolError, match="unexpected shape"):
+            with pytest.raises(anypool.ProtocolError, match="unexpected shape") as error:
                 if name == "ZRANGE":
                     await redis.zrange("z", 0, -1, withscores=True)
                 elif method is not None and len(command) > 1:
@@ -387,6 +388,7 @@ async def test_a_reply_of_the_wrong_shape_is_a_protocol_error(
                 else:
                     assert method is not None
                     await method()
+            assert "abc" not in str(error.value)  # the reply is described, never shown
             assert await redis.ping()
             assert redis.statistics().connections_num == 1
 
@@ -424,3 +426,31 @@ async def test_pipeline_misuse_and_stale_connections_get_clear_errors(url: str) 
         stats = redis.statistics()
         assert (stats.in_use, stats.requests_waiting) == (0, 0)
         assert await redis.eval("return 7", 0) == 7
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_cast_function_s_own_error_propagates(url: str, protocol: int) -> None:
+    """As redis-py: an exception raised by the caller's ``score_cast_func`` reaches the caller
+    unchanged (not a ProtocolError); the connection stays usable, nothing is held."""
+    refusal = ValueError("my cast refuses")
+
+    def cast(value: object) -> float:
+        raise refusal
+
+    async with RedisPool.from_url(url, protocol=protocol, max_size=1) as redis:
+        key = f"cast-{uuid.uuid4().hex}"
+        await redis.zadd(key, {"a": 1.5})
+        try:
+            with pytest.raises(ValueError) as error:
+                await redis.zrange(key, 0, -1, withscores=True, score_cast_func=cast)
+            assert error.value is refusal and not isinstance(error.value, anypool.ProtocolError)
+            with pytest.raises(ValueError) as error:
+                await redis.zrangebyscore(key, 0, 10, withscores=True, score_cast_func=cast)
+            assert error.value is refusal
+            pairs = await redis.zrange(key, 0, -1, withscores=True, score_cast_func=int)
+            assert [tuple(pair) for pair in pairs] == [(b"a", 1)]  # RESP3: lists, as redis-py
+        finally:
+            await redis.delete(key)
+        assert await redis.ping()
+        statistics = redis.statistics()
+        assert statistics.in_use == 0 and statistics.connections_num == 1

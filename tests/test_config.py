@@ -360,3 +360,128 @@ def test_legacy_responses_false_needs_redis_py_8() -> None:
         assert info.value.field == "legacy_responses"
         assert "redis-py 8" in str(info.value) and redis.__version__ in str(info.value)
     assert RedisConfig(legacy_responses=True).legacy_responses is True
+
+
+# --- redis-py's from_url meaning (review 2) ----------------------------------------------------
+
+_PRECEDENCE_CASES = [
+    ("redis://localhost:6379/2", {"db": 3}, "db"),
+    ("redis://:pw@localhost:6379/0", {"password": "other"}, "password"),
+    ("redis://u:p@localhost:6379/0", {"username": "x"}, "username"),
+    ("redis://localhost:6379/0?socket_timeout=1", {"socket_timeout": 2}, "socket_timeout"),
+    ("redis://localhost:6379/0", {"host": "otherhost"}, "host"),
+    ("redis://localhost:6379/0", {"port": 1234}, "port"),
+    ("redis://localhost:6379/0?protocol=2", {"protocol": 3}, "protocol"),
+    ("redis://localhost:6379", {"db": 4}, "db"),  # no path: the keyword fills in
+    ("redis://localhost:6379/0?socket_connect_timeout=1", {"socket_connect_timeout": 2},
+     "socket_connect_timeout"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("url", "keywords", "name"), _PRECEDENCE_CASES)
+def test_from_url_gives_the_url_priority_as_redis_py(
+    url: str, keywords: dict[str, Any], name: str
+) -> None:
+    import anypool
+
+    theirs = redis.asyncio.Redis.from_url(url, **keywords).connection_pool.connection_kwargs
+    field = "connect_timeout" if name == "socket_connect_timeout" else name
+    config = anypool.RedisPool.from_url(url, **keywords).config
+    assert getattr(config, field) == theirs[name]
+
+
+@pytest.mark.anyio
+async def test_from_url_priority_on_a_real_server(redis_server: Any) -> None:
+    """The URL's database wins over ``db=`` (as in redis-py), for both pool classes."""
+    import anyio
+
+    import anypool
+
+    async with anypool.RedisPool.from_url(redis_server.url, db=3) as client:
+        assert (await client.client_info())["db"] == 0
+    async with anypool.RedisPool.from_url(redis_server.url.rsplit("/", 1)[0], db=3) as client:
+        assert (await client.client_info())["db"] == 3
+
+    def blocking() -> int:
+        with anypool.BlockingRedisPool.from_url(redis_server.url, db=3) as client:
+            return int(client.client_info()["db"])
+
+    assert await anyio.to_thread.run_sync(blocking) == 0
+
+
+def test_from_url_scheme_and_pool_options_win_as_redis_py() -> None:
+    import anypool
+
+    assert anypool.RedisPool.from_url("rediss://h/0", ssl=False).config.ssl is True
+    assert anypool.RedisPool.from_url("redis://h/0", ssl=True).config.ssl is False
+    pool = anypool.RedisPool.from_url("redis://h/0?max_connections=3", max_connections=5)
+    assert pool.pool.config.max_size == 3
+    pool = anypool.RedisPool.from_url("redis://h/0?retry_on_timeout=no", retry_on_timeout=True)
+    assert pool._retry is None
+    # a PoolConfig record is still taken; the URL's pool options win over it too
+    record = PoolConfig(max_size=7, min_size=1)
+    pool = anypool.RedisPool.from_url("redis://h/0?max_connections=3", pool_config=record)
+    assert (pool.pool.config.max_size, pool.pool.config.min_size) == (3, 1)
+    assert anypool.RedisPool.from_url("redis://h/0", pool_config=record).pool.config.max_size == 7
+    # keywords still fill in what the URL leaves out, and are validated
+    assert anypool.RedisPool.from_url("redis://h/0", decode_responses=True).config.decode_responses
+    with pytest.raises(ConfigError, match="client_name"):
+        anypool.RedisPool.from_url("redis://:pw@h/0", client_name="a b")
+
+
+@pytest.mark.parametrize("option", ["socket_keepalive", "retry_on_timeout", "ssl_check_hostname"])
+@pytest.mark.parametrize(
+    "word", ["off", "on", "no", "NO", "n", "N", "f", "F", "false", "0", "1", "yes", "y", "x", ""]
+)
+def test_url_booleans_are_read_with_redis_py_to_bool(option: str, word: str) -> None:
+    scheme = "rediss" if option.startswith("ssl") else "redis"
+    url = f"{scheme}://localhost:6379/0?{option}={word}"
+    theirs = redis.asyncio.Redis.from_url(url).connection_pool.connection_kwargs.get(option)
+    config, pool_options = split_url(url)
+    if option == "retry_on_timeout":
+        mine = pool_options.get(option)
+    else:
+        mine = None if word == "" else getattr(config, option)  # "" leaves the default
+        assert word != "" or getattr(config, option) == getattr(RedisConfig(), option)
+    assert mine == theirs
+
+
+def test_url_retry_on_error_is_accepted_as_redis_py() -> None:
+    import anypool
+
+    # redis-py reads the text as no class: a non-empty value turns retries on, "" leaves it
+    pool = anypool.RedisPool.from_url("redis://h/0?retry_on_error=TimeoutError")
+    assert pool._retry is not None
+    assert anypool.RedisPool.from_url("redis://h/0?retry_on_error=")._retry is None
+    assert split_url("redis://h/0?retry_on_error=x")[1] == {"retry_on_error": "x"}
+
+
+def test_empty_lib_name_and_version_send_nothing() -> None:
+    assert RedisConfig(lib_name="").lib_name is None
+    assert RedisConfig(lib_version="").lib_version is None
+    with pytest.raises(ConfigError, match="a library version must be") as error:
+        RedisConfig(lib_version="1 0")
+    assert "library name" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected", "unexpected"),
+    [
+        ("redis://localhost:6379/0?password=pw&client_name=a%20b", "client_name 'a b'",
+         "percent-encode"),
+        ("rediss://localhost/0?ssl_password=pw&ssl_keyfile=/k.pem", "needs ssl_certfile",
+         "percent-encode"),
+        ("redis://localhost/0?credentials_provider=x", "did you mean 'credential_provider'",
+         "percent-encode"),
+        # an unknown option after a raw ?password= may be password text: not shown
+        ("redis://localhost/0?password=ab&cd=1", "percent-encode", "cd"),
+        ("redis://localhost/0?password=ab&credentials_provider=1",
+         "did you mean 'credential_provider'", "ab"),
+    ],
+)  # fmt: skip
+def test_url_errors_name_the_real_problem(url: str, expected: str, unexpected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        RedisConfig.from_url(url)
+    message = str(error.value)
+    assert expected in message and unexpected not in message
+    assert "pw" not in message.replace("password", "")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import socket
+import threading
 import uuid
 from typing import Any
 
@@ -82,12 +84,14 @@ def test_url_options_as_redis_py_reads_them() -> None:
     assert pool.config.connect_timeout == 1.5
     assert pool.config.lib_name == "app" and pool.config.lib_version is None
     assert pool._retry is not None
-    # a keyword overrides the URL under either name
-    assert RedisPool.from_url("redis://h?max_connections=5", max_size=9).pool.config.max_size == 9
+    # as redis-py's from_url: the URL wins over a keyword, under either name; a keyword fills
+    # in what the URL leaves out
+    assert RedisPool.from_url("redis://h?max_connections=5", max_size=9).pool.config.max_size == 5
     assert (
         RedisPool.from_url("redis://h?max_connections=5", max_connections=9).pool.config.max_size
-        == 9
+        == 5
     )
+    assert RedisPool.from_url("redis://h", max_connections=9).pool.config.max_size == 9
     with pytest.raises(ConfigError, match=r"did you mean 'socket_timeout'\?"):
         RedisPool.from_url("redis://h?sockettimeout=1")
 
@@ -109,7 +113,9 @@ def test_driver_info() -> None:
 async def test_client_setinfo_on_connect(
     valkey_server: RedisServer, redis_server: RedisServer
 ) -> None:
-    async with RedisPool.from_url(valkey_server.url, db=1) as client, client.acquire() as conn:
+    # the URL without a database: the keyword gives it (a URL's /0 would win, as in redis-py)
+    url = valkey_server.url.rsplit("/", 1)[0]
+    async with RedisPool.from_url(url, db=1) as client, client.acquire() as conn:
         info = await conn.client_info()
         assert info["lib-name"] == "anypool" and info["lib-ver"] == anypool.__version__
         assert info["db"] == 1  # SELECT rode in the same write
@@ -123,10 +129,22 @@ async def test_client_setinfo_on_connect(
         assert (info["lib-name"], info["lib-ver"]) == ("", "")
     # Redis 6.2 has no CLIENT SETINFO: ignored quietly, on both protocols
     for protocol in (2, 3):
-        async with RedisPool.from_url(redis_server.url, protocol=protocol, db=2) as client:
+        url = redis_server.url.rsplit("/", 1)[0]
+        async with RedisPool.from_url(url, protocol=protocol, db=2) as client:
             assert await client.ping() is True
             async with client.acquire() as conn:
                 assert (await conn.client_info())["db"] == 2
+
+
+@pytest.mark.anyio
+async def test_empty_lib_name_and_version_keywords_send_nothing(
+    valkey_server: RedisServer,
+) -> None:
+    """As redis-py: ``lib_name=""``/``lib_version=""`` send no CLIENT SETINFO."""
+    async with RedisPool.from_url(valkey_server.url, lib_name="", lib_version="") as client:
+        async with client.acquire() as conn:
+            info = await conn.client_info()
+        assert (info["lib-name"], info["lib-ver"]) == ("", "")
 
 
 # --- credential providers ---------------------------------------------------------------------
@@ -400,3 +418,220 @@ async def test_a_rejected_rotation_closes_the_connection_and_shows_no_password(
                        for r in caplog.records)  # fmt: skip
         finally:
             await admin.acl_deluser(user)
+
+
+# --- redis-py's client attributes (review 2) ---------------------------------------------------
+
+
+def _attributes_redis_py_commands_use() -> set[str]:
+    """Every ``self.x`` in the source of redis-py's command mixins that anypool's clients
+    inherit (``slowlog_get`` reads ``self.get_connection_kwargs()``...)."""
+    from anypool._compat import AsyncCoreCommands
+
+    names: set[str] = set()
+    for cls in AsyncCoreCommands.__mro__:
+        if cls.__module__.startswith("redis.commands"):
+            names |= set(re.findall(r"self\.([A-Za-z_]\w*)", inspect.getsource(cls)))
+    return names
+
+
+@pytest.mark.anyio
+async def test_slowlog_get_and_connection_kwargs(redis_server: RedisServer) -> None:
+    """redis-py's ``slowlog_get`` calls ``self.get_connection_kwargs()``: the pool, an acquired
+    connection and a pipeline all have it, with redis-py's keys and values; no other
+    attribute redis-py's command mixins use is missing."""
+    url = redis_server.url
+    expected = redis.asyncio.Redis(
+        host=redis_server.host, port=redis_server.port, decode_responses=True, socket_timeout=9
+    ).get_connection_kwargs()
+    needed = _attributes_redis_py_commands_use()
+    async with RedisPool.from_url(url, decode_responses=True, socket_timeout=9) as client:
+        await client.config_set("slowlog-log-slower-than", 0)
+        try:
+            await client.set("slow-key", "v")
+            entries = await client.slowlog_get()
+            with redis.Redis.from_url(url, decode_responses=True) as sync:
+                theirs = sync.slowlog_get()  # redis-py: the same server, the same options
+            assert entries and theirs
+            assert {type(e["command"]) for e in entries} == {type(e["command"]) for e in theirs}
+            assert len(await client.slowlog_get(1)) == 1
+            async with client.acquire() as conn:
+                assert isinstance(await conn.slowlog_get(1), list)
+                holders: list[Any] = [client, conn]
+                # not in MULTI: redis-py's own transaction fails there (its callback gets the
+                # decoded EXEC reply)
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.slowlog_get(1)
+                    (result,) = await pipe.execute()
+                    assert isinstance(result, list)
+                    holders.append(pipe)
+                    for holder in holders:
+                        assert sorted(a for a in needed if not hasattr(holder, a)) == []
+                        kwargs = holder.get_connection_kwargs()
+                        for key in ("host", "port", "db", "decode_responses", "encoding",
+                                    "encoding_errors", "socket_timeout", "username"):  # fmt: skip
+                            assert kwargs[key] == expected[key], key
+                        kwargs["decode_responses"] = False  # a copy: changes nothing
+                        assert holder.get_connection_kwargs()["decode_responses"] is True
+        finally:
+            await client.config_set("slowlog-log-slower-than", 10000)
+            await client.slowlog_reset()
+        assert client.statistics().in_use == 0
+
+
+# --- credential providers under stress (review 2) ----------------------------------------------
+
+
+class _HangingProvider(RotatingProvider):
+    """Answers until told to hang; then ``get_credentials_async`` never returns (a token
+    endpoint that stopped answering)."""
+
+    def __init__(self, user: str, password: str) -> None:
+        super().__init__(user, password)
+        self.hang = False
+        self.calls = 0
+
+    async def get_credentials_async(self) -> tuple[str, str]:
+        self.calls += 1
+        if self.hang:
+            await anyio.sleep_forever()
+        return self.credentials
+
+
+@pytest.fixture
+async def acl_user(valkey_server: RedisServer) -> Any:
+    """A fresh ACL user on the Valkey server, with an admin client to change it."""
+    tag = uuid.uuid4().hex[:8]
+    user, password = f"u-{tag}", f"p-{tag}"
+    async with RedisPool.from_url(valkey_server.url) as admin:
+        await admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                                commands=["+@all"])  # fmt: skip
+        try:
+            yield admin, user, password
+        finally:
+            await admin.acl_deluser(user)
+
+
+@pytest.mark.anyio
+async def test_a_hanging_provider_during_reauthentication_is_bounded(
+    valkey_server: RedisServer, acl_user: Any
+) -> None:
+    """A streaming provider rotates with a token anypool cannot read, then hangs: the command
+    that finished returns its reply, re-authentication gives up after connect_timeout, the
+    connection is retired, no slot is held; pool.check() is bounded the same way."""
+    _, user, password = acl_user
+    provider = _HangingProvider(user, password)
+    async with RedisPool.from_url(
+        valkey_server.url, credential_provider=provider, connect_timeout=1, max_size=2,
+        health_check_interval=None,
+    ) as client:  # fmt: skip
+        with anyio.fail_after(30):
+            async with client.acquire() as held, client.acquire() as other:
+                held_id, other_id = await held.client_id(), await other.client_id()
+                provider.hang = True
+                await provider.callback(object())  # rotated: nothing readable in the token
+                assert await _whoami(held) == user  # finished: its reply is returned
+            # both came back stale; re-authenticating hung, was cut off, and retired them
+            statistics = client.statistics()
+            assert statistics.in_use == 0 and statistics.pool_size == 0
+            assert provider.calls >= 2
+            provider.hang = False
+            async with client.acquire() as fresh:
+                assert await fresh.client_id() not in (held_id, other_id)
+            # an idle connection checked after a rotation: the same bound
+            provider.hang = True
+            await provider.callback(object())
+            await client.pool.check()
+            statistics = client.statistics()
+            assert statistics.in_use == 0 and statistics.pool_size == 0
+            with pytest.raises(anypool.ConnectTimeout):
+                await client.ping()  # a new connection cannot get credentials either
+            assert client.statistics().in_use == 0
+
+
+class _RotatingMidConnect(RotatingProvider):
+    """Fetched once with the old password; before that fetch returns, the server accepts only
+    the new one and the pool is told: the handshake then carries a stale password."""
+
+    def __init__(self, admin: Any, user: str, old: str, new: str) -> None:
+        super().__init__(user, old)
+        self.admin, self.new = admin, new
+        self.calls = 0
+
+    async def get_credentials_async(self) -> tuple[str, str]:
+        self.calls += 1
+        fetched = self.credentials
+        if self.calls == 1:
+            user, old = fetched
+            await self.admin.acl_setuser(user, enabled=True, passwords=[f"+{self.new}"])
+            await self.rotate(user, self.new)  # the pool is told
+            await self.admin.acl_setuser(user, enabled=True, passwords=[f"-{old}"])
+        return fetched
+
+
+@pytest.mark.anyio
+async def test_rotation_during_connect_does_not_fail_the_command(
+    valkey_server: RedisServer, acl_user: Any
+) -> None:
+    admin, user, password = acl_user
+    provider = _RotatingMidConnect(admin, user, password, password + "-new")
+    async with RedisPool.from_url(
+        valkey_server.url, credential_provider=provider, connect_timeout=10
+    ) as client:
+        with anyio.fail_after(30):
+            assert await client.acl_whoami() in (user, user.encode())
+        assert provider.calls == 2  # fetched again once, after the refused handshake
+        assert client.statistics().in_use == 0
+
+    class Wrong(CredentialProvider):
+        calls = 0
+
+        async def get_credentials_async(self) -> tuple[str, str]:
+            Wrong.calls += 1
+            return (user, "not-the-password")
+
+    async with RedisPool.from_url(
+        valkey_server.url, credential_provider=Wrong(), max_size=1, timeout=5
+    ) as client:
+        with anyio.fail_after(30), pytest.raises(anypool.AuthenticationError):
+            await client.ping()
+        assert Wrong.calls == 2  # unchanged credentials: no second handshake
+        assert client.statistics().in_use == 0
+
+
+@pytest.mark.anyio
+async def test_a_slow_sync_provider_runs_in_a_thread_within_connect_timeout(
+    redis_server: RedisServer,
+) -> None:
+    """A sync ``get_credentials()`` that blocks (a vault over the network) runs in a worker
+    thread: the event loop keeps running, and connect_timeout bounds it."""
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowVault(CredentialProvider):
+        def get_credentials(self) -> tuple[str, str]:
+            entered.set()
+            release.wait(60)
+            return ("default", "")
+
+    outcome: list[BaseException] = []
+
+    async def ping(client: RedisPool) -> None:
+        try:
+            await client.ping()
+        except anypool.AnyPoolError as exc:
+            outcome.append(exc)
+
+    try:
+        async with RedisPool.from_url(
+            redis_server.url, credential_provider=SlowVault(), connect_timeout=1, timeout=10
+        ) as client:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(ping, client)
+                    while not entered.is_set():  # this task runs while the provider blocks
+                        await anyio.sleep(0.01)
+                    assert not release.is_set()
+            assert len(outcome) == 1 and isinstance(outcome[0], anypool.ConnectTimeout)
+            assert client.statistics().in_use == 0 and client.statistics().opening == 0
+    finally:
+        release.set()

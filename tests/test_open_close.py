@@ -7,12 +7,16 @@ facade are then checked against a real server.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import anyio.abc
+import anyio.from_thread
 import pytest
 
 import anypool
@@ -393,3 +397,239 @@ def test_a_redis_pool_left_open_is_closed_when_the_loop_ends(
         anyio.run(main, backend=backend)
     assert redis.statistics().pool_size == 0
     assert any("left-open" in r.getMessage() for r in caplog.records)
+
+
+# --- regressions: aclose() from a pool task, cancelled first open(), failure windows, loops -----
+
+
+async def test_aclose_from_a_task_the_pool_runs_begins_the_close_and_returns() -> None:
+    """It used to wait for the close, which waits for that very task: a deadlock (and on trio
+    a run that never ended)."""
+    factory = FakeFactory()
+    pool = Pool(factory, min_size=1, **QUIET)
+    await pool.open()
+    returned = anyio.Event()
+
+    async def closer(task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        await pool.aclose()  # begins the close; this task is cancelled as the pool closes
+        returned.set()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(30):
+        await pool.wait()
+        await pool.start_task(closer)
+        await returned.wait()
+        await pool.aclose()  # from outside: waits for the close begun above
+    assert not factory.open_resources
+    with pytest.raises(anypool.PoolClosed, match="is closed"):
+        await pool.lease()
+
+
+async def test_aclose_from_a_listener_handler_closes_the_redis_pool(
+    redis_server: RedisServer,
+) -> None:
+    redis = RedisPool.from_url(redis_server.url)
+    await redis.open()
+    returned = anyio.Event()
+
+    async def handler(event: Any) -> None:
+        await redis.aclose()
+        returned.set()
+
+    with anyio.fail_after(30):
+        await redis.start_listener(handler, channels=["open-close-shutdown"])
+        await redis.publish("open-close-shutdown", "shutdown")
+        await returned.wait()
+        await redis.aclose()
+    with pytest.raises(anypool.PoolClosed, match="is closed"):
+        await redis.ping()
+
+
+async def test_a_second_open_fails_when_the_first_was_cancelled_and_closed_the_pool() -> None:
+    factory = FakeFactory()
+    pool = Pool(factory, **QUIET)
+    outcome: list[BaseException | None] = []
+
+    async def second() -> None:
+        try:
+            await pool.open()
+        except RuntimeError as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                tg.start_soon(second)
+                await pool.open()  # the first call, cancelled: it closes the pool again
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], RuntimeError)
+    assert "first open() was cancelled" in str(outcome[0])
+    with pytest.raises(anypool.PoolClosed, match="is closed"):
+        await pool.lease()
+    assert not factory.open_resources
+
+
+async def test_calls_made_while_a_failed_pool_shuts_down_name_the_failure() -> None:
+    """The failure is recorded when it is raised, not when the task group exits: a call made
+    while the shutdown waits for a held lease says why (on trio it said only "is closed")."""
+    factory = FakeFactory()
+    pool = Pool(factory, close_timeout=30, **QUIET)
+    await pool.open()
+
+    async def boom(task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        raise KeyError("boom")
+
+    with anyio.fail_after(30):
+        held = await pool.lease()  # keeps the shutdown waiting, up to close_timeout
+        await pool.start_task(boom)
+        while True:  # the first PoolClosed seen, from inside the shutdown window
+            try:
+                pool.check_open()
+            except anypool.PoolClosed as exc:
+                first = exc
+                break
+            await anyio.sleep(0.01)
+        assert "background task failed" in str(first)
+        assert "KeyError" in str(first)
+        assert first.__cause__ is not None
+        with pytest.raises(anypool.PoolClosed, match="background task failed") as info:
+            await pool.lease()
+        assert info.value.__cause__ is not None
+        await pool.release(held)
+        with pytest.raises(BaseExceptionGroup) as group:
+            await pool.aclose()
+    assert group.group_contains(KeyError)
+    assert not factory.open_resources
+
+
+async def test_a_subscription_ended_by_a_background_failure_names_it(
+    redis_server: RedisServer,
+) -> None:
+    redis = RedisPool.from_url(redis_server.url)
+    await redis.open()
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+
+    async def boom(task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        raise KeyError("boom")
+
+    with anyio.fail_after(30):
+        await pubsub.subscribe("open-close-bgfail")
+        await redis.pool.start_task(boom)
+        with pytest.raises(anypool.PoolClosed, match="background task failed") as info:
+            while True:  # bounded by fail_after: ends with the pool
+                await pubsub.get_message(timeout=None)
+        assert "KeyError" in str(info.value)
+        assert info.value.__cause__ is not None
+        with pytest.raises(BaseExceptionGroup) as group:
+            await redis.aclose()
+    assert group.group_contains(KeyError)
+
+
+@pytest.mark.parametrize(
+    "use_uvloop", [False, True] if importlib.util.find_spec("uvloop") else [False]
+)
+def test_a_call_from_another_asyncio_loop_fails_at_once(
+    use_uvloop: bool, redis_server: RedisServer
+) -> None:
+    """It hung forever, and asyncio.wait_for could not end it."""
+    import asyncio
+
+    def new_loop() -> asyncio.AbstractEventLoop:
+        if use_uvloop:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        return asyncio.new_event_loop()
+
+    redis = RedisPool.from_url(redis_server.url)
+    home, other = new_loop(), new_loop()
+    try:
+        home.run_until_complete(redis.open())
+        assert home.run_until_complete(redis.ping())
+
+        async def from_the_other_loop() -> None:
+            with pytest.raises(RuntimeError, match="another event loop") as info:
+                await asyncio.wait_for(redis.get("open-close-loop"), 30)
+            assert "@pytest.mark.anyio" in str(info.value)
+
+        other.run_until_complete(from_the_other_loop())
+        assert home.run_until_complete(redis.ping())  # the pool is unharmed
+        home.run_until_complete(redis.aclose())
+    finally:
+        other.close()
+        home.close()
+
+
+def test_concurrent_blocking_opens_wait_for_the_first(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They failed with "was closed, and a pool opens once" while the first was opening."""
+    opening, proceed = threading.Event(), threading.Event()
+    real = anyio.from_thread.start_blocking_portal
+
+    @contextlib.contextmanager
+    def slow_portal(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        opening.set()
+        assert proceed.wait(30)
+        with real(*args, **kwargs) as portal:
+            yield portal
+
+    monkeypatch.setattr(anyio.from_thread, "start_blocking_portal", slow_portal)
+    redis = anypool.BlockingRedisPool.from_url(redis_server.url)
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            redis.open()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    threads[0].start()
+    assert opening.wait(30)  # the first open() is in progress
+    for thread in threads[1:]:
+        thread.start()
+    proceed.set()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    try:
+        assert errors == []
+        assert redis.ping()
+    finally:
+        redis.close()
+
+
+def test_a_blocking_close_racing_an_open_leaves_it_closed(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() used to return at once while open() ran, and the pool then stayed open."""
+    opening, proceed = threading.Event(), threading.Event()
+    real = anyio.from_thread.start_blocking_portal
+
+    @contextlib.contextmanager
+    def slow_portal(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        opening.set()
+        assert proceed.wait(30)
+        with real(*args, **kwargs) as portal:
+            yield portal
+
+    monkeypatch.setattr(anyio.from_thread, "start_blocking_portal", slow_portal)
+    redis = anypool.BlockingRedisPool.from_url(redis_server.url)
+    opener = threading.Thread(target=redis.open)
+    opener.start()
+    assert opening.wait(30)  # open() is in progress
+    closer = threading.Thread(target=redis.close)
+    closer.start()
+    proceed.set()
+    opener.join(30)
+    closer.join(30)
+    assert not opener.is_alive() and not closer.is_alive()
+    with pytest.raises(anypool.PoolClosed, match="is closed"):
+        redis.ping()

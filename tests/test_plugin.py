@@ -132,3 +132,88 @@ def test_backend_option_is_checked(example: Path, option: str, message: str) -> 
     else:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "test_counts_visits[asyncio]" in result.stdout
+
+
+def test_scripts_and_functions_are_flushed_between_tests(
+    tmp_path: Path, valkey_server: RedisServer
+) -> None:
+    """A clean database was only FLUSHDB: the script cache and functions leaked between tests."""
+    (tmp_path / "test_clean.py").write_text(
+        "import pytest\n\n"
+        "LIBRARY = (\n"
+        '    "#!lua name=plugintest\\n"\n'
+        "    \"redis.register_function('f', function() return 1 end)\"\n"
+        ")\n\n"
+        "@pytest.mark.anyio\n"
+        "async def test_1_leaves_a_script_and_a_function(anypool_redis):\n"
+        "    await anypool_redis.execute_command('SCRIPT', 'LOAD', 'return 1')\n"
+        "    await anypool_redis.execute_command('FUNCTION', 'LOAD', LIBRARY)\n\n"
+        "@pytest.mark.anyio\n"
+        "async def test_2_finds_neither(anypool_redis):\n"
+        "    sha = 'e0e1f9fabfc9d4800c877a703b823ac0578ff8db'\n"
+        "    assert await anypool_redis.execute_command('SCRIPT', 'EXISTS', sha) == [0]\n"
+        "    assert await anypool_redis.execute_command('FUNCTION', 'LIST') == []\n\n"
+        "def test_3_blocking_leaves_a_script(anypool_blocking_redis):\n"
+        "    anypool_blocking_redis.execute_command('SCRIPT', 'LOAD', 'return 1')\n\n"
+        "def test_4_blocking_finds_none(anypool_blocking_redis):\n"
+        "    sha = 'e0e1f9fabfc9d4800c877a703b823ac0578ff8db'\n"
+        "    assert anypool_blocking_redis.execute_command('SCRIPT', 'EXISTS', sha) == [0]\n"
+    )
+    url = valkey_server.url.rsplit("/", 1)[0] + "/8"  # a database no other test uses
+    result = run_pytest(tmp_path, "--anypool-backends=asyncio,trio", "--anypool-redis-url", url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 passed" in result.stdout
+
+
+PYTEST_ASYNCIO = importlib.util.find_spec("pytest_asyncio") is not None
+ASYNCIO_TEST = (
+    "import pytest, sniffio\n\n"
+    "@pytest.mark.asyncio\n"
+    "async def test_asyncio_marked(anypool_redis):\n"
+    "    assert await anypool_redis.ping()\n"
+)
+
+
+@pytest.mark.skipif(not PYTEST_ASYNCIO, reason="pytest-asyncio is not installed")
+def test_a_test_marked_for_pytest_asyncio_fails_at_once_saying_why(tmp_path: Path) -> None:
+    """It hung: the fixture ran in anyio's loop, the test in pytest-asyncio's."""
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    (tmp_path / "test_marked.py").write_text(ASYNCIO_TEST)
+    result = run_pytest(
+        tmp_path, "-p", "pytest_asyncio.plugin", "-W", "ignore::pytest.PytestDeprecationWarning",
+        "--anypool-backends=asyncio,trio",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "is marked @pytest.mark.asyncio but uses anypool_redis" in result.stdout
+    assert "Mark the test @pytest.mark.anyio instead" in result.stdout
+    assert "2 error" in result.stdout
+
+
+@pytest.mark.skipif(not PYTEST_ASYNCIO, reason="pytest-asyncio is not installed")
+def test_pytest_asyncio_auto_mode_runs_the_tests_once_on_its_loop(tmp_path: Path) -> None:
+    """Under asyncio_mode=auto the fixture's teardown failed (set up and torn down in two
+    tasks), and the trio runs were asyncio runs."""
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    (tmp_path / "test_auto.py").write_text(
+        "import pytest, sniffio\n\n"
+        "@pytest.fixture\n"
+        "async def mine(anypool_redis):\n"
+        "    return anypool_redis\n\n"
+        "async def test_unmarked(anypool_redis, anyio_backend):\n"
+        "    assert sniffio.current_async_library() == 'asyncio' == anyio_backend[0]\n"
+        "    assert await anypool_redis.dbsize() == 0\n"
+        "    await anypool_redis.set('k', 1)\n\n"
+        "@pytest.mark.anyio\n"
+        "async def test_through_a_fixture(mine):\n"
+        "    assert await mine.dbsize() == 0\n"
+        "    await mine.set('k', 1)\n"
+    )
+    result = run_pytest(tmp_path, "-p", "pytest_asyncio.plugin", "--anypool-backends=asyncio,trio")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test_auto.py::test_unmarked[asyncio] PASSED" in result.stdout
+    assert "test_auto.py::test_through_a_fixture[asyncio] PASSED" in result.stdout
+    assert "2 passed" in result.stdout

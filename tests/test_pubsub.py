@@ -602,3 +602,46 @@ async def test_closing_the_pool_ends_waiting_subscribers_at_once(
             await wait_until(lambda: bool(outcome), seconds=5)
         assert outcome == ["PoolClosed"]
         proxy.heal()
+
+
+async def test_unsubscribe_takes_buffered_messages_back(server: RedisServer) -> None:
+    """Review: messages buffered but not consumed when unsubscribe() returned were still
+    delivered (``discarded`` stayed 0), though unsubscribing takes effect at once.  Only the
+    route unsubscribed from loses them: the same messages matched by a pattern stay."""
+    async with RedisPool.from_url(server.url) as redis, redis.subscribe("y", "z") as sub:
+        await sub.psubscribe("y*")
+        with anyio.fail_after(30):
+            for data in ("y0", "y1"):
+                await redis.publish("y", data)
+            await redis.publish("z", "z0")
+            while sub.buffered < 5:  # y0 and y1 twice (channel and pattern), z0
+                await anyio.sleep(0.01)
+            await sub.unsubscribe("y")
+            assert (sub.received, sub.discarded, sub.buffered) == (3, 2, 3)
+            got = [await sub.get(timeout=0) for _ in range(3)]
+        assert got == [
+            Message("pmessage", b"y", b"y0", b"y*"),
+            Message("pmessage", b"y", b"y1", b"y*"),
+            Message("message", b"z", b"z0"),
+        ]
+        with pytest.raises(anypool.TimeoutError):
+            await sub.get(timeout=0)
+
+
+async def test_unsubscribe_frees_room_for_a_waiting_reader(server: RedisServer) -> None:
+    """The messages taken back free the buffer: a reader waiting for room (policy block) goes
+    on at once."""
+    async with (
+        RedisPool.from_url(server.url) as redis,
+        redis.subscribe("f:a", "f:b", buffer=2, block_timeout=60) as sub,
+    ):
+        with anyio.fail_after(30):
+            await redis.publish("f:a", "1")
+            await redis.publish("f:a", "2")  # full
+            await redis.publish("f:b", "3")  # the reader waits for room
+            while redis.pubsub_statistics()["messages"] < 3:
+                await anyio.sleep(0.01)
+            await sub.unsubscribe("f:a")
+            assert await sub.get() == Message("message", b"f:b", b"3")
+        assert (sub.discarded, sub.dropped) == (2, 0)
+        assert redis.pubsub_statistics()["slow_consumers"] == 0

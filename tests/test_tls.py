@@ -201,3 +201,22 @@ def test_ssl_context_excludes_the_other_tls_options(ca_file: str) -> None:
     assert config.ssl_cert_reqs == "none" and config.ssl_ca_path == "/etc/ssl/certs"
     assert RedisConfig(ssl=True, ssl_cert_reqs=ssl.CERT_OPTIONAL).ssl_cert_reqs == "optional"
     assert RedisConfig(ssl=True, ssl_cert_reqs=None).ssl_cert_reqs == "none"  # type: ignore[arg-type]
+
+
+async def test_given_cas_are_trusted_with_the_system_ones(
+    redis_server: RedisServer, ca: trustme.CA, ca_file: str
+) -> None:
+    """As redis-py: ``ssl_ca_certs`` (and ``ssl_ca_data``) add to the system's CAs rather than
+    replace them, and the server signed by the given CA is verified."""
+    from anypool._connection import _ssl_context
+
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    pem = ca.cert_pem.bytes().decode()
+    for options in ({"ssl_ca_certs": ca_file}, {"ssl_ca_data": pem}):
+        config = RedisConfig(ssl=True, host="127.0.0.1", **options)  # type: ignore[arg-type]
+        assert _ssl_context(config).cert_store_stats()["x509_ca"] == system + 1
+    async with tls_proxy(redis_server, ca) as port:
+        config = RedisConfig.from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}")
+        connection = await Connection.connect(config)
+        assert await connection.execute("PING") == b"PONG"
+        await connection.aclose()

@@ -27,11 +27,12 @@ PoolClosed and stops every task.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,7 @@ from ._subscription import (
     Policy,
     Reconnected,
     Subscription,
+    discard_buffered,
     end,
     offer,
     offer_blocking,
@@ -101,6 +103,22 @@ class _Waiter:
             self.event.set()
 
 
+class LeftWhileSubscribing(AnyPoolError, RuntimeError):
+    """Internal: the subscription was left (by another task) while a subscribe waited."""
+
+
+def _threadsafe_call_soon() -> Any:
+    """The running loop's "call this soon" that is safe from any thread and from a finalizer
+    run by the garbage collector in the middle of anything (asyncio and uvloop:
+    ``call_soon_threadsafe``; trio: ``TrioToken.run_sync_soon``)."""
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:
+        import trio  # not on asyncio: anyio runs on trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+
+
 class Hub:
     """The pool's pub/sub: places subscriptions on connections; starts and stops their tasks.
 
@@ -137,9 +155,14 @@ class Hub:
         self.counters = {
             "messages": 0, "connection_failures": 0, "reconnect_failures": 0,
             "resubscribes": 0, "gap_events": 0, "protocol_errors": 0, "slow_consumers": 0,
+            "abandoned": 0,
         }  # fmt: skip
         self.closed = False
         self._placing: anyio.Lock | None = None  # made inside the event loop
+        # Subscribes waiting for their acknowledgement, by subscription (woken by detach).
+        self._adding: dict[Subscription, set[_Waiter]] = {}
+        # Thread- and reentrancy-safe "call this soon on the loop" (for finalizers).
+        self._call_soon: Any = None
 
     # --- names ----------------------------------------------------------------------------------
 
@@ -174,7 +197,7 @@ class Hub:
     def check_open(self) -> None:
         """Raise PoolClosed, in the pool's own words, unless subscriptions can be made."""
         if self.closed:
-            raise PoolClosed(f"{self.name} is closed")
+            raise self._pool.closed_error(f"{self.name} is closed")
         self._pool.check_open()
 
     async def attach(self, sub: Subscription) -> None:
@@ -185,6 +208,8 @@ class Hub:
             ConnectError...: a new connection could not be made.
         """
         self.check_open()
+        if self._call_soon is None:
+            self._call_soon = _threadsafe_call_soon()
         if self._placing is None:
             self._placing = anyio.Lock()
         async with self._placing:
@@ -201,13 +226,14 @@ class Hub:
                     await self._pool.start_task(connection.run, name="anypool pub/sub connection")
                 except Exception:
                     if self.closed:  # stopped by close(), or failed while the pool closed
-                        raise PoolClosed(f"{self.name} closed while subscribing") from None
+                        error = self._pool.closed_error(f"{self.name} closed while subscribing")
+                        raise error from error.__cause__
                     raise
                 finally:
                     self._starting.discard(connection)
                 if self.closed:  # the pool began closing just as it connected
                     connection.close()
-                    raise PoolClosed(f"{self.name} closed while subscribing")
+                    raise self._pool.closed_error(f"{self.name} closed while subscribing")
                 self.connections.append(connection)
             connection.subscriptions.add(sub)
             sub.connection = connection
@@ -241,6 +267,8 @@ class Hub:
             return False
         waiter = _Waiter()
         connection.request(kind, True, send, [waiter.complete])
+        waiting = self._adding.setdefault(sub, set())
+        waiting.add(waiter)
         try:
             with anyio.move_on_after(self.ack_timeout):
                 await waiter.event.wait()
@@ -257,6 +285,10 @@ class Hub:
                 sub, kind, added, tell_server=not isinstance(exc, ResponseError), leaving=True
             )
             raise
+        finally:
+            waiting.discard(waiter)
+            if not waiting and self._adding.get(sub) is waiting:
+                del self._adding[sub]
 
     async def ping(self, sub: Subscription) -> None:
         """PING on ``sub``'s connection; returns once the server answered, so every message
@@ -280,6 +312,23 @@ class Hub:
         if waiter.error is not None:
             raise waiter.error
 
+    def fence(self, sub: Subscription, callback: Completion) -> anyio.Event:
+        """Call ``callback`` (from the reader, synchronously) once every message published
+        before now has been read and routed: with None when the server answered a PING sent
+        now, with ConnectionLost if the connection broke first (what was unread is inside the
+        gap), with PoolClosed if it closed.  Synchronous.
+
+        Returns an event set once that PING is on the wire (or ``callback`` was called), for a
+        caller that must not return before the server can see it (as redis-py's commands)."""
+        sent = anyio.Event()
+
+        def done(error: BaseException | None) -> None:
+            sent.set()
+            callback(error)
+
+        self._attached(sub).ping([done], written=sent.set)
+        return sent
+
     def remove(
         self,
         sub: Subscription,
@@ -291,9 +340,10 @@ class Hub:
     ) -> None:
         """Unsubscribe ``sub`` from names, at once; the server is told in the background.
 
-        Messages for those names that were published before this call but not yet read are
-        not delivered: they are counted in ``sub.discarded`` (unless ``leaving``: a
-        subscription that has ended is owed nothing).
+        Messages for those names that were published before this call and not consumed are
+        not delivered: those buffered and those not yet read off the socket are counted in
+        ``sub.discarded`` (unless ``leaving``: a subscription that has ended, or a caller that
+        has had every message it was owed, is owed nothing more).
         """
         connection = sub.connection
         if connection is None:
@@ -303,10 +353,18 @@ class Hub:
             connection.request(kind, False, gone, [])
         if removed and not leaving:
             connection.drain(sub, kind, removed)
+            discard_buffered(sub, kind, removed)
 
     def detach(self, sub: Subscription) -> None:
         """Leave: unsubscribe everything ``sub`` had and end it; close its connection if it
         was the last one there.  Synchronous: it never waits on the server."""
+        for waiter in self._adding.pop(sub, ()):  # subscribes still waiting: nothing to wait for
+            waiter.complete(
+                LeftWhileSubscribing(
+                    "this subscription was left (by another task) while subscribe() waited for "
+                    "the acknowledgement; nothing was subscribed"
+                )
+            )
         connection = sub.connection
         if connection is not None:
             last = connection.subscriptions == {sub}
@@ -321,13 +379,42 @@ class Hub:
                 connection.close()
         end(sub)
 
+    def ended_error(self) -> PoolClosed:
+        """What a subscription ended by the pool's closing raises: after a background
+        failure, it names the failure and chains it."""
+        return self._pool.closed_error(f"{self.name} closed; this subscription has ended")
+
+    def abandon(self, sub: Subscription) -> None:
+        """What owned ``sub`` was garbage-collected without leaving it: leave it soon, on the
+        event loop.  Safe from a finalizer (any thread, any moment: it only schedules), a
+        no-op once the pool closed or the loop ended; never raises."""
+        try:
+            if not self.closed and self._call_soon is not None:
+                self._call_soon(self._leave_abandoned, sub)
+        except Exception:  # the loop has ended (closed, or the trio run finished)
+            pass
+
+    def _leave_abandoned(self, sub: Subscription) -> None:
+        try:
+            if self.closed or sub.connection is None:
+                return
+            self.counters["abandoned"] += 1
+            logger.warning(
+                "%s: a pub/sub subscription was garbage-collected without aclose(); it has "
+                "left its channels now (close it with aclose() or `async with`)",
+                self.name,
+            )
+            self.detach(sub)
+        except Exception:  # pragma: no cover - a callback of the loop must not raise
+            logger.exception("%s: leaving an abandoned subscription failed", self.name)
+
     def close(self) -> None:
         """The pool is closing: end every subscription with PoolClosed, stop every task."""
         self.closed = True
         connections, self.connections = self.connections, []
         for connection in [*connections, *self._starting]:
             for sub in list(connection.subscriptions):
-                end(sub, PoolClosed(f"{self.name} closed; this subscription has ended"))
+                end(sub, self.ended_error())
             connection.close()
 
     def statistics(self) -> dict[str, int]:
@@ -428,14 +515,16 @@ class SubscriberConnection:
         self._outbox.append((Sent(kind, subscribe, keys, done), (command, *keys)))
         self._wake_writer()
 
-    def ping(self, done: list[Completion]) -> None:
+    def ping(self, done: list[Completion], written: Callable[[], None] | None = None) -> None:
         """Queue a PING for the writer; ``done`` is called with its answer (ConnectionLost if
-        the connection breaks first)."""
+        the connection breaks first), and ``written`` once the writer has sent it."""
         if self._closed:
             for callback in done:
                 callback(PoolClosed(f"{self.hub.name}: the pub/sub connection was closed"))
             return
-        self._outbox.append((Sent(None, False, (), done), ("PING",)))
+        sent = Sent(None, False, (), done)
+        sent.written = written
+        self._outbox.append((sent, ("PING",)))
         self._wake_writer()
 
     def leave(self, sub: Subscription) -> None:
@@ -480,7 +569,7 @@ class SubscriberConnection:
             finally:
                 self._closed = True
                 for sub in list(self.subscriptions):  # a safety net: hub.close() does this first
-                    end(sub, PoolClosed(f"{hub.name} closed; this subscription has ended"))
+                    end(sub, hub.ended_error())
 
     async def _serve(self, connection: Connection, gap: tuple[float, str] | None) -> BaseException:
         """Read and write until the socket fails; returns why.  Always closes it."""
@@ -568,6 +657,10 @@ class SubscriberConnection:
             except AnyPoolError as exc:  # the connection is closed now: the reader sees it
                 self._write_failure = exc
                 return
+            for sent, _ in batch:
+                if sent.written is not None:
+                    written, sent.written = sent.written, None
+                    written()
 
     async def _read(self, connection: Connection) -> None:
         """The only reader: routes messages, answers commands, sends keepalive PINGs."""

@@ -25,8 +25,10 @@ chooses a message dict or a callback instead.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,7 +37,16 @@ import anyio
 import anyio.lowlevel
 from redis.exceptions import PubSubError
 
-from .._errors import AnyPoolError, InvalidArgument, MessagesLost, SlowConsumer, TimeoutError
+from .._errors import (
+    AnyPoolError,
+    ConnectionError,
+    InvalidArgument,
+    MessagesLost,
+    PoolClosed,
+    SlowConsumer,
+    TimeoutError,
+)
+from ._hub import LeftWhileSubscribing
 from ._subscription import Message, Policy, Reconnected, Subscription
 
 if TYPE_CHECKING:
@@ -141,12 +152,17 @@ class PubSub:
         self.on_gap = on_gap
         self._options = {"buffer": buffer, "policy": policy, "block_timeout": block_timeout}
         self._sub: Subscription | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None  # leaves _sub if dropped
+        self._closes = 0  # aclose() calls so far (a call that spans one gives up)
         self._attaching: anyio.Lock | None = None
         # Replies redis-py would read, after the events that preceded them (see _pump).
         self._queue: deque[dict[str, Any] | Message | Reconnected] = deque()
         self._waiting: anyio.CancelScope | None = None  # a get_message() waiting on _sub
         # What the server holds for this object, in order (for the counts in acks).
         self._server: dict[Kind, dict[Any, None]] = {"channel": {}, "pattern": {}, "shard": {}}
+        # Names unsubscribed but still routed until their fence (see _unsubscribe), with the
+        # unsubscribe call they belong to.
+        self._leaving: dict[Kind, dict[Any, object]] = {"channel": {}, "pattern": {}, "shard": {}}
         self.channels: dict[Any, Handler | None] = {}
         self.patterns: dict[Any, Handler | None] = {}
         self.shard_channels: dict[Any, Handler | None] = {}
@@ -216,12 +232,16 @@ class PubSub:
         await self._subscribe("shard", args, kwargs)
 
     async def unsubscribe(self, *args: Any) -> None:
-        """Unsubscribe from channels (all when none are named).  Their messages stop at once;
-        the acknowledgements are read with :meth:`get_message`, and a channel leaves
-        ``channels`` when its acknowledgement is read, as in redis-py.
+        """Unsubscribe from channels (all when none are named), as in redis-py: the messages
+        published before this call are still delivered, then the acknowledgements (read with
+        :meth:`get_message`); nothing published after the server has handled it is.  A channel
+        leaves ``channels`` when its acknowledgement is read.
 
-        Cancellation: only a cancellation before the call starts takes effect; otherwise it
-        completes (it never waits on the server).
+        Returns once the unsubscribe is on the wire (as redis-py), never waiting for the
+        server's answer.
+
+        Cancellation: only a cancellation before the call starts undoes it; later, it only
+        cuts short the wait for the write (the unsubscribe stands).
         """
         await self._unsubscribe("channel", args)
 
@@ -277,18 +297,32 @@ class PubSub:
         if not wanted:
             raise InvalidArgument(f"{_ACK[kind, True]}() needs at least one name")
         sub = await self._attach()
-        if await self._hub.add(sub, kind, list(wanted)):
-            self._subscribed(kind, wanted)
-            return
-        # Subscribed on the connection already, so nothing was sent and the subscription
-        # stands whatever happens next.  A PING puts every message that came before this call
-        # into the buffer, ahead of the acknowledgement.
+        closes = self._closes
+        # Names being unsubscribed are still routed: take them back before their fence
+        # removes them (undone below if this subscribe is not).
+        leaving = self._leaving[kind]
+        taken = {key: leaving.pop(key) for key in wanted if key in leaving}
+        done = False
         try:
-            await self._hub.ping(sub)
-        except AnyPoolError:
-            pass  # the connection broke (its gap is reported) or the pool closed (reads say so)
+            try:
+                sent = await self._hub.add(sub, kind, list(wanted))
+            except LeftWhileSubscribing:
+                raise self._closed_while("subscribe") from None
+            if not sent:
+                # Subscribed on the connection already, so nothing was sent and the
+                # subscription stands whatever happens next.  A PING puts every message that
+                # came before this call into the buffer, ahead of the acknowledgement.
+                with contextlib.suppress(AnyPoolError):  # broke (a gap follows) or closed
+                    await self._hub.ping(sub)
+            if self._closes != closes:
+                raise self._closed_while("subscribe")
+            done = True
         finally:
-            self._subscribed(kind, wanted)
+            if self._closes == closes and taken and not done:
+                # Not subscribed after all: those names go on leaving, at once.
+                self._hub.remove(sub, kind, list(taken), leaving=True)
+            if done:
+                self._subscribed(kind, wanted)
 
     def _subscribed(self, kind: Kind, wanted: dict[Any, Handler | None]) -> None:
         """Acknowledged: record it and queue the acks (synchronous, so nothing splits it)."""
@@ -307,9 +341,6 @@ class PubSub:
         sub = await self._attach()
         server = self._server[kind]
         named = keys or list(server)
-        if named:
-            # Never waits on the server: the messages of these names stop at once.
-            self._hub.remove(sub, kind, named)
         self._pending(kind).update(keys or self._handlers(kind))
         acks = []
         for key in named:
@@ -317,7 +348,33 @@ class PubSub:
             acks.append(self._ack(kind, False, key))
         if not named:  # the server answers an UNSUBSCRIBE of nothing with one null ack
             acks.append(self._ack(kind, False, None))
-        self._pump_then(*acks)
+        # As redis-py's connection would: what was published before this call is delivered,
+        # then the acks.  The names stay routed until a PING sent now is answered (so every
+        # message before it has been read into the buffer); then they are removed and the acks
+        # queued, in one synchronous step of the reader.  A subscribe meanwhile takes a name
+        # back (see _subscribe).  Never waits.
+        token = object()
+        leaving = self._leaving[kind]
+        for key in named:
+            leaving[key] = token
+
+        def fenced(error: BaseException | None) -> None:
+            if self._sub is not sub:  # closed (or closed and reopened) meanwhile
+                return
+            keys = [key for key in named if leaving.get(key) is token]
+            for key in keys:
+                del leaving[key]
+            if keys:
+                self._hub.remove(sub, kind, keys, leaving=True)  # owed nothing more
+            if not isinstance(error, PoolClosed):
+                self._pump_then(*acks)
+
+        written = self._hub.fence(sub, fenced)
+        # Return once the PING is on the wire, as redis-py returns once its UNSUBSCRIBE is:
+        # a message published after this call returned comes after it.  Bounded by the
+        # writer's timeout (past it the connection is dropped, which calls fenced()).
+        with anyio.move_on_after(2 * self._hub.write_timeout):
+            await written.wait()
 
     def _ack(self, kind: Kind, subscribe: bool, key: Any) -> dict[str, Any]:
         server = self._server
@@ -334,12 +391,31 @@ class PubSub:
             return self._sub
         if self._attaching is None:
             self._attaching = anyio.Lock()
+        closes = self._closes
         async with self._attaching:
+            if self._closes != closes:
+                raise self._closed_while("subscribe")
             if self._sub is None:
                 sub = Subscription(self._hub, **self._options)  # type: ignore[arg-type]
                 await self._hub.attach(sub)
+                if self._closes != closes:  # aclose() was called while it connected
+                    self._hub.detach(sub)
+                    raise self._closed_while("subscribe")
                 self._sub = sub
+                # Dropped without aclose(), this object leaves its channels (as redis-py's
+                # frees its connection) instead of holding them, and maybe its connection's
+                # reader, until the pool closes.
+                self._finalizer = weakref.finalize(self, self._hub.abandon, sub)
+                self._finalizer.atexit = False
             return self._sub
+
+    def _closed_while(self, what: str) -> ConnectionError:
+        return ConnectionError(
+            f"this PubSub was closed (aclose()) by another task while {what}() waited; "
+            "nothing was subscribed"
+            if what == "subscribe"
+            else f"this PubSub was closed (aclose()) by another task while {what}() waited"
+        )
 
     def _pump_then(self, *replies: dict[str, Any]) -> None:
         """Queue ``replies`` after every event the subscription has buffered (synchronous)."""
@@ -389,8 +465,8 @@ class PubSub:
         await anyio.lowlevel.checkpoint()
         while self.subscribed:
             item = await self._next(None)
-            if item is None:  # pragma: no cover - only after aclose() from another task
-                return
+            if item is None:  # pragma: no cover - only a timeout returns None
+                continue
             response = await self._handle(item, False)
             if response is not None:
                 yield response
@@ -414,11 +490,8 @@ class PubSub:
         """
         for kind in ("channel", "pattern"):
             for name, handler in self._handlers(kind).items():
-                if handler is None:
-                    raise PubSubError(
-                        f"{kind.capitalize()}: {name!r} has no handler registered; run() "
-                        "passes every message to a handler (subscribe(**{name: handler}))"
-                    )
+                if handler is None:  # redis-py's words, exactly
+                    raise PubSubError(f"{kind.capitalize()}: '{name}' has no handler registered")
         source = pubsub or self
         await self._attach()
         cancelled = anyio.get_cancelled_exc_class()
@@ -453,8 +526,8 @@ class PubSub:
             if self._queue:
                 return self._queue.popleft()
             sub = self._sub
-            if sub is None:  # closed by aclose() meanwhile
-                return None
+            if sub is None:  # closed by aclose() from another task meanwhile (as redis-py)
+                raise self._closed_while("get_message")
             left = None if deadline is None else max(0.0, deadline - anyio.current_time())
             with anyio.CancelScope() as scope:
                 self._waiting = scope
@@ -462,8 +535,8 @@ class PubSub:
                     return await sub.get(timeout=left)
                 except TimeoutError:
                     return None
-                except StopAsyncIteration:  # left by aclose()
-                    return None
+                except StopAsyncIteration:  # left by aclose() from another task
+                    raise self._closed_while("get_message") from None
                 except SlowConsumer:
                     # Fell behind its policy: deliver again; the gap event reports the drops.
                     sub.resume()
@@ -520,8 +593,17 @@ class PubSub:
         """Unsubscribe from everything and forget it (at once; the server is told in the
         background).  The object can subscribe again afterwards, as in redis-py.
 
+        Another task waiting in :meth:`get_message`/:meth:`listen` gets ``ConnectionError``
+        (as in redis-py), and one waiting in :meth:`subscribe` for the acknowledgement too
+        (nothing was subscribed).  Dropped without ``aclose()``, a PubSub leaves its channels
+        once garbage-collected (counted as ``abandoned`` in ``pubsub_statistics()``).
+
         Cancellation: it completes whatever happens (it never waits)."""
+        self._closes += 1
         sub, self._sub = self._sub, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if sub is not None:
             self._hub.detach(sub)
         self._queue.clear()
@@ -529,6 +611,7 @@ class PubSub:
             self._waiting.cancel()
         for kind in ("channel", "pattern", "shard"):
             self._server[kind].clear()
+            self._leaving[kind].clear()
             self._handlers(kind).clear()
             self._pending(kind).clear()
         await anyio.lowlevel.checkpoint()

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from ._wire import Kind
 
 __all__ = [
-    "Event", "Message", "Policy", "Reconnected", "Subscription", "end", "offer",
-    "offer_blocking", "report_gap",
+    "Event", "Message", "Policy", "Reconnected", "Subscription", "discard_buffered", "end",
+    "offer", "offer_blocking", "report_gap",
 ]  # fmt: skip
 
 Policy = Literal["block", "drop_oldest", "drop_newest", "error", "unbounded"]
@@ -100,11 +100,13 @@ class Subscription:
     Attributes:
         policy: what happens when the buffer is full (see ``RedisPool.subscribe``).
         block_timeout: with ``block``, seconds the reader waits for room.
-        received: messages put into this subscription's buffer.
+        received: messages put into this subscription's buffer (less those an
+            :meth:`unsubscribe` took out of it again, which count in ``discarded``).
         dropped: messages dropped (by ``drop_oldest``/``drop_newest``, or while stopped by
             SlowConsumer).
-        discarded: messages for names this subscription had just unsubscribed from, published
-            before :meth:`unsubscribe` and read after it: not delivered, counted here.
+        discarded: messages for names this subscription unsubscribed from, published before
+            :meth:`unsubscribe` and not consumed when it returned (buffered, or not yet read
+            off the socket): not delivered, counted here.
         names: the channels, patterns and shard channels subscribed to, by kind.
     """
 
@@ -263,8 +265,9 @@ class Subscription:
         await self._hub.add(self, "shard", channels)
 
     async def unsubscribe(self, *channels: Any) -> None:
-        """Remove channels (all when none are named).  Their messages stop at once; the
-        server is told in the background."""
+        """Remove channels (all when none are named).  Their messages stop at once: those
+        not consumed yet (buffered, or published before this call and not yet read) are not
+        delivered, and count in ``discarded``.  The server is told in the background."""
         await anyio.lowlevel.checkpoint()
         self._hub.remove(self, "channel", channels or tuple(self.names["channel"]))
 
@@ -363,6 +366,41 @@ def end(subscription: Subscription, error: BaseException | None = None) -> None:
     if sub._writable is not None:
         sub._writable.set()
         sub._writable = None
+
+
+def discard_buffered(subscription: Subscription, kind: Kind, keys: list[Any]) -> None:
+    """Take the buffered messages of routes ``(kind, key)`` out of the buffer (unsubscribed
+    from: not delivered); they move from ``received`` to ``discarded``."""
+    sub = subscription
+    wanted = set(keys)
+    if not wanted or not sub._messages:
+        return
+    kept: deque[Event] = deque()
+    for item in sub._items:
+        if type(item) is Message and _route(item) == kind and _name(item) in wanted:
+            sub._messages -= 1
+            sub.received -= 1
+            sub.discarded += 1
+            continue
+        if kept and type(item) is Reconnected and type(kept[-1]) is Reconnected:
+            before = kept.pop()  # two gaps with nothing between them now arrive as one
+            assert isinstance(before, Reconnected)
+            assert isinstance(item, Reconnected)
+            item = Reconnected(before.gap_start, item.gap_end, item.error)
+        kept.append(item)
+    sub._items = kept
+    if sub._writable is not None and sub._messages < sub._capacity:
+        sub._writable.set()
+        sub._writable = None
+
+
+def _route(message: Message) -> Kind:
+    kind = message.kind
+    return "pattern" if kind == "pmessage" else "shard" if kind == "smessage" else "channel"
+
+
+def _name(message: Message) -> Any:
+    return message.pattern if message.kind == "pmessage" else message.channel
 
 
 def _append(sub: Subscription, message: Message) -> None:

@@ -150,7 +150,7 @@ Completion = Callable[[BaseException | None], None]
 class Sent:
     """A command sent on a subscribed connection, waiting for its answers."""
 
-    __slots__ = ("acked", "done", "kind", "pending", "subscribe")
+    __slots__ = ("acked", "done", "kind", "pending", "subscribe", "written")
 
     def __init__(
         self, kind: Kind | None, subscribe: bool, names: Sequence[Any], done: list[Completion]
@@ -160,6 +160,7 @@ class Sent:
         self.pending = list(names)  # names not acknowledged yet
         self.acked = False  # at least one acknowledgement arrived (so it cannot be rejected)
         self.done = done  # called once, with None or the server's error
+        self.written: Callable[[], None] | None = None  # called once it is on the wire
 
     def complete(self, error: BaseException | None) -> None:
         done, self.done = self.done, []

@@ -6,18 +6,24 @@ fixture name starts with ``anypool_``, so none clashes with yours.
 ``anypool_redis_url`` (session)
     The URL of a real server for the whole session: one started with :class:`RedisServer`
     (on loopback, in a temporary directory), or the one given by ``--anypool-redis-url`` or
-    ``$ANYPOOL_TEST_REDIS_URL``.  The database it names is **flushed before every test** that
-    uses ``anypool_redis``: never point it at data you want to keep.
+    ``$ANYPOOL_TEST_REDIS_URL``.  The database it names is **cleaned before every test** that
+    uses ``anypool_redis`` (FLUSHDB, and server-wide SCRIPT FLUSH and, on servers that have
+    it, FUNCTION FLUSH): never point it at data you want to keep.  Not reset: CONFIG SET
+    changes, ACL users, other databases' keys, client names and server statistics.
 ``anypool_redis_options`` (function)
     Keyword options for the pools the fixtures make (``{}``); override it, e.g. to return
     ``{"decode_responses": True}``.
 ``anypool_redis`` (function, async)
-    An open :class:`~anypool.RedisPool` on a clean (flushed) database, closed after the test.
+    An open :class:`~anypool.RedisPool` on a clean database, closed after the test.
     A test that uses it (directly or through a fixture of yours) runs once per backend:
     asyncio, trio if installed, asyncio with uvloop if installed (``--anypool-backends`` or
     the ``anypool_backends`` ini option choose), by parametrizing anyio's ``anyio_backend``,
     unless you define ``anyio_backend`` yourself, which then wins.  Mark the test
-    ``@pytest.mark.anyio``.
+    ``@pytest.mark.anyio`` (anyio's marker): the fixture runs in anyio's event loop, so a
+    test marked ``@pytest.mark.asyncio`` (pytest-asyncio's, another loop) fails at once,
+    saying so.  Under pytest-asyncio's ``asyncio_mode = auto``, pytest-asyncio runs every
+    async test and fixture on its own asyncio loop: such tests then run once, on that loop
+    (``anyio_backend`` is asyncio), never on trio or uvloop.
 ``anypool_blocking_redis`` (function)
     The same for synchronous code: an open :class:`~anypool.BlockingRedisPool` on a clean
     database.
@@ -106,6 +112,18 @@ def _chosen_backends(config: pytest.Config) -> list[str]:
     return names
 
 
+def _pytest_asyncio_auto(config: pytest.Config) -> bool:
+    """Whether pytest-asyncio is loaded in ``auto`` mode (it then runs every async test and
+    fixture itself, on asyncio)."""
+    mode = config.getoption("asyncio_mode", None)
+    if mode is None:
+        try:
+            mode = config.getini("asyncio_mode")
+        except ValueError:  # not pytest-asyncio's
+            return False
+    return str(mode) == "auto"
+
+
 def _user_chose_backend(metafunc: pytest.Metafunc) -> bool:
     """Whether ``anyio_backend`` is the user's own (a fixture of theirs, or parametrized by a
     marker), rather than anyio's default."""
@@ -132,7 +150,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """
     if "anypool_redis" not in metafunc.fixturenames or _user_chose_backend(metafunc):
         return
-    names = _chosen_backends(metafunc.config)
+    # pytest-asyncio's auto mode runs the test on its own asyncio loop, whatever the backend.
+    names = (
+        ["asyncio"] if _pytest_asyncio_auto(metafunc.config) else _chosen_backends(metafunc.config)
+    )
     metafunc.definition.add_marker(
         pytest.mark.parametrize(
             "anyio_backend", [_BACKENDS[n][0] for n in names], ids=[_IDS[n] for n in names]
@@ -161,25 +182,71 @@ def anypool_redis_options() -> dict[str, Any]:
     return {}
 
 
+def _check_marker(request: pytest.FixtureRequest) -> None:
+    """Fail a test that pytest-asyncio runs on its own loop while anyio runs the fixture."""
+    node = request.node
+    if (
+        node.get_closest_marker("asyncio") is not None
+        and node.get_closest_marker("anyio") is None
+        and not _pytest_asyncio_auto(request.config)
+    ):
+        pytest.fail(
+            f"{node.nodeid} is marked @pytest.mark.asyncio but uses anypool_redis, which anyio "
+            f"runs in its own event loop: a pool cannot be used from another loop.  Mark the "
+            f"test @pytest.mark.anyio instead",
+            pytrace=False,
+        )
+
+
+async def _clean(redis: RedisPool) -> None:
+    await redis.execute_command("FLUSHDB")
+    await redis.execute_command("SCRIPT", "FLUSH")
+    from anypool import ResponseError
+
+    try:
+        await redis.execute_command("FUNCTION", "FLUSH")
+    except ResponseError as exc:  # Redis < 7 has no functions
+        if "unknown command" not in str(exc).lower():
+            raise
+
+
 @pytest.fixture
 async def anypool_redis(
-    anypool_redis_url: str, anypool_redis_options: dict[str, Any], anyio_backend: Any
+    anypool_redis_url: str,
+    anypool_redis_options: dict[str, Any],
+    anyio_backend: Any,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[RedisPool]:
-    """An open RedisPool on a clean (flushed) database, closed after the test."""
+    """An open RedisPool on a clean database (FLUSHDB, SCRIPT FLUSH, FUNCTION FLUSH), closed
+    after the test."""
+    _check_marker(request)
     from anypool import RedisPool
 
-    async with RedisPool.from_url(anypool_redis_url, **anypool_redis_options) as redis:
-        await redis.flushdb()
+    # open()/aclose(), not `async with`: pytest-asyncio (auto mode) sets a fixture up and
+    # tears it down in two different tasks.
+    redis = RedisPool.from_url(anypool_redis_url, **anypool_redis_options)
+    await redis.open()
+    try:
+        await _clean(redis)
         yield redis
+    finally:
+        await redis.aclose()
 
 
 @pytest.fixture
 def anypool_blocking_redis(
     anypool_redis_url: str, anypool_redis_options: dict[str, Any]
 ) -> Iterator[BlockingRedisPool]:
-    """An open BlockingRedisPool on a clean (flushed) database, closed after the test."""
-    from anypool import BlockingRedisPool
+    """An open BlockingRedisPool on a clean database (as ``anypool_redis``), closed after
+    the test."""
+    from anypool import BlockingRedisPool, ResponseError
 
     with BlockingRedisPool.from_url(anypool_redis_url, **anypool_redis_options) as redis:
-        redis.flushdb()
+        redis.execute_command("FLUSHDB")
+        redis.execute_command("SCRIPT", "FLUSH")
+        try:
+            redis.execute_command("FUNCTION", "FLUSH")
+        except ResponseError as exc:  # Redis < 7 has no functions
+            if "unknown command" not in str(exc).lower():
+                raise
         yield redis
