@@ -43,6 +43,12 @@ async def wait_for_failure(pool: Pool[Any]) -> None:
         await anyio.sleep(0.01)
 
 
+def _holds(error: BaseException | None, kind: type[BaseException]) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(kind) is not None
+    return isinstance(error, kind)
+
+
 async def test_open_in_one_task_aclose_in_another() -> None:
     factory = FakeFactory()
     pool = Pool(factory, min_size=1, **QUIET)
@@ -235,8 +241,9 @@ async def test_a_failed_background_task_surfaces_on_the_next_call_and_on_aclose(
         await wait_for_failure(pool)
     with pytest.raises(anypool.PoolClosed, match="background task failed") as info:
         await pool.lease()
-    assert isinstance(info.value.__cause__, BaseExceptionGroup)
-    assert info.value.__cause__.subgroup(ZeroDivisionError) is not None
+    # Chained from the failure itself while the pool shuts down, from the group the task group
+    # raised once it has: either way the ZeroDivisionError is there.
+    assert _holds(info.value.__cause__, ZeroDivisionError)
     with pytest.raises(BaseExceptionGroup) as group:
         await pool.aclose()
     assert group.group_contains(ZeroDivisionError)
