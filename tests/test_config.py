@@ -387,7 +387,10 @@ def test_from_url_gives_the_url_priority_as_redis_py(
     theirs = redis.asyncio.Redis.from_url(url, **keywords).connection_pool.connection_kwargs
     field = "connect_timeout" if name == "socket_connect_timeout" else name
     config = anypool.RedisPool.from_url(url, **keywords).config
-    assert getattr(config, field) == theirs[name]
+    expected = theirs[name]
+    if name == "protocol":  # redis-py 5 and 6 keep the URL's text ("2") and int() it on connect
+        expected = int(expected)
+    assert getattr(config, field) == expected
 
 
 @pytest.mark.anyio
