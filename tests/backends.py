@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import anyio
+import anyio.from_thread
 import pytest
+from anyio.from_thread import BlockingPortal
 
 T = TypeVar("T")
 
@@ -49,6 +52,11 @@ def run(func: Callable[..., Awaitable[T]], *args: Any, backend: str) -> T:
     return anyio.run(
         func, *args, backend=backend_name(backend), backend_options=backend_options(backend)
     )
+
+
+def start_portal(backend: str) -> AbstractContextManager[BlockingPortal]:
+    """An event loop of a backend id in a thread, for sync code (state machines) to call into."""
+    return anyio.from_thread.start_blocking_portal(backend_name(backend), backend_options(backend))
 
 
 def backend_params() -> list[Any]:

@@ -573,10 +573,11 @@ def test_a_call_from_another_asyncio_loop_fails_at_once(
         home.close()
 
 
-def test_concurrent_blocking_opens_wait_for_the_first(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """They failed with "was closed, and a pool opens once" while the first was opening."""
+def _hold_blocking_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[threading.Event, threading.Event]:
+    """Make a BlockingRedisPool's open() stop as it starts its event loop thread: ``opening``
+    is set when it gets there, and it goes on when ``proceed`` is set."""
     opening, proceed = threading.Event(), threading.Event()
     real = anyio.from_thread.start_blocking_portal
 
@@ -588,6 +589,14 @@ def test_concurrent_blocking_opens_wait_for_the_first(
             yield portal
 
     monkeypatch.setattr(anyio.from_thread, "start_blocking_portal", slow_portal)
+    return opening, proceed
+
+
+def test_concurrent_blocking_opens_wait_for_the_first(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They failed with "was closed, and a pool opens once" while the first was opening."""
+    opening, proceed = _hold_blocking_open(monkeypatch)
     redis = anypool.BlockingRedisPool.from_url(redis_server.url)
     errors: list[BaseException] = []
 
@@ -617,17 +626,7 @@ def test_a_blocking_close_racing_an_open_leaves_it_closed(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """close() used to return at once while open() ran, and the pool then stayed open."""
-    opening, proceed = threading.Event(), threading.Event()
-    real = anyio.from_thread.start_blocking_portal
-
-    @contextlib.contextmanager
-    def slow_portal(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        opening.set()
-        assert proceed.wait(30)
-        with real(*args, **kwargs) as portal:
-            yield portal
-
-    monkeypatch.setattr(anyio.from_thread, "start_blocking_portal", slow_portal)
+    opening, proceed = _hold_blocking_open(monkeypatch)
     redis = anypool.BlockingRedisPool.from_url(redis_server.url)
     opener = threading.Thread(target=redis.open)
     opener.start()

@@ -40,7 +40,12 @@ from anypool import _health as health
 from anypool._connection import Connection, ConnectionFactory
 from anypool.testing import RedisServer
 
-from .backends import UVLOOP, backend_name, backend_options, backend_params, needs_uvloop
+from .backends import (
+    UVLOOP,
+    backend_params,
+    needs_uvloop,
+    start_portal,
+)
 from .fakes import FakeFactory, FakeResource
 
 # What a factory's create() may raise in these machines (fake refusal, or a real one).
@@ -234,11 +239,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.driver = self.driver_factory()
         self.driver.factory.gate = self.maintenance.gate
         self._exit = contextlib.ExitStack()
-        self.portal = self._exit.enter_context(
-            anyio.from_thread.start_blocking_portal(
-                backend_name(self.backend), backend_options(self.backend)
-            )
-        )
+        self.portal = self._exit.enter_context(start_portal(self.backend))
         self.pool: Pool[Any] = Pool(
             self.driver.factory,
             max_size=3,

@@ -72,7 +72,7 @@ from anypool._pubsub import _hub
 from anypool._pubsub._subscription import Subscription
 from anypool.testing import RedisServer, find_valkey_server
 
-from .backends import backend_name, backend_options, backend_params
+from .backends import backend_params, start_portal
 
 EXAMPLES = int(os.environ.get("PUBSUB_MACHINE_EXAMPLES", "30"))
 STEPS = int(os.environ.get("PUBSUB_MACHINE_STEPS", "40"))
@@ -237,11 +237,7 @@ class PubSubMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self._exit = contextlib.ExitStack()
-        self.portal = self._exit.enter_context(
-            anyio.from_thread.start_blocking_portal(
-                backend_name(self.backend), backend_options(self.backend)
-            )
-        )
+        self.portal = self._exit.enter_context(start_portal(self.backend))
         if not self.server.running:
             self.server.start()
         self.server_up = True

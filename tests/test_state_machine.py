@@ -57,7 +57,7 @@ from anypool import CommandNotAllowed, InvalidArgument, RedisConfig, RedisPool
 from anypool._connection import Connection, ConnectionFactory
 from anypool.testing import RedisServer, RedisServerError, find_valkey_server
 
-from .backends import backend_name, backend_options, backend_params
+from .backends import backend_params, start_portal
 
 # --- knobs ------------------------------------------------------------------------------------
 
@@ -381,11 +381,7 @@ class ConnectionStateMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self._exit = contextlib.ExitStack()
-        self.portal = self._exit.enter_context(
-            anyio.from_thread.start_blocking_portal(
-                backend_name(self.backend), backend_options(self.backend)
-            )
-        )
+        self.portal = self._exit.enter_context(start_portal(self.backend))
         self.redis: RedisPool | None = None
         # connections the machine knows it left changed: each must be closed, never idle
         self.tainted: dict[int, tuple[Connection, str]] = {}

