@@ -18,7 +18,8 @@ import sniffio
 
 import anypool
 from anypool import RedisConfig, RedisPool
-from anypool._connection import Connection, _kernel_probe
+from anypool._connection import Connection
+from anypool._transport import _kernel_probe
 from anypool.testing import RedisServer
 
 from .conftest import open_fds

@@ -208,7 +208,7 @@ async def test_given_cas_are_trusted_with_the_system_ones(
 ) -> None:
     """As redis-py: ``ssl_ca_certs`` (and ``ssl_ca_data``) add to the system's CAs rather than
     replace them, and the server signed by the given CA is verified."""
-    from anypool._connection import _ssl_context
+    from anypool._transport import ssl_context as _ssl_context
 
     system = ssl.create_default_context().cert_store_stats()["x509_ca"]
     pem = ca.cert_pem.bytes().decode()
