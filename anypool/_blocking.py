@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
@@ -290,6 +290,20 @@ class BlockingRedisPool(_Blocking):
     ) -> AbstractContextManager[BlockingSubscription]:
         """As :meth:`subscribe`, for patterns."""
         return self._subscription(self._client.psubscribe(*patterns, **options))
+
+    def pubsub(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Not offered on the synchronous pool (redis-py's sync ``PubSub`` has no counterpart
+        yet): refused rather than handing sync code an async object whose calls would do
+        nothing.
+
+        Raises:
+            NotImplementedError: always; it says what to use instead.
+        """
+        raise NotImplementedError(
+            "BlockingRedisPool.pubsub() is not offered: in synchronous code use "
+            "`with redis.subscribe(*channels) as sub: for message in sub: ...` (or psubscribe); "
+            "redis-py's PubSub API is RedisPool.pubsub(), in async code"
+        )
 
     def _subscription(self, context: Any) -> AbstractContextManager[BlockingSubscription]:
         return _Held(self, lambda: context, BlockingSubscription)

@@ -989,12 +989,20 @@ class Script:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
+_RELEASE_ON_EXIT_TIMEOUT: float = 10.0
+"""Seconds leaving a :class:`Lock`'s ``async with`` block may spend releasing it, cancelled or
+not (the pool's wait for a connection and the release script together)."""
+
+
 class Lock:
     """A distributed lock (one Redis key holding a random token), on trio and asyncio.
 
     Compatible with redis-py's ``Lock`` on the same key (same scripts and token scheme), but it
     waits with anyio, so it works on trio and is cancellable while contended.  Use one Lock
     object per holder.
+
+    Cancellation: leaving ``async with`` releases the lock even when the block was cancelled
+    (the release is shielded, for at most 10 s: past that, TimeoutError).
 
     Args:
         client: the RedisPool.
@@ -1042,8 +1050,12 @@ class Lock:
         raise LockError(f"could not acquire lock {self.name!r} within {self.blocking_timeout}s")
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # Leaving the block releases the lock even when the block was cancelled (a cancelled
+        # scope would otherwise cancel the release before it is sent, and a lock without a
+        # timeout would stay forever): shielded, for at most _RELEASE_ON_EXIT_TIMEOUT seconds.
         try:
-            await self.release()
+            with anyio.CancelScope(shield=True), anyio.fail_after(_RELEASE_ON_EXIT_TIMEOUT):
+                await self.release()
         except LockError:
             if self.raise_on_release_error:
                 raise

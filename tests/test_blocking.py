@@ -95,3 +95,14 @@ def test_closing_leaves_blocks_that_were_never_left(
     # the with block returned: both were left, the pool is closed
     with pytest.raises(anypool.PoolClosed):
         redis.get("k")
+
+
+def test_pubsub_is_refused_clearly_on_the_sync_pool(redis_server: RedisServer) -> None:
+    """It returned the async PubSub: sync calls returned coroutines and subscribed nothing
+    (found by the final adversarial review)."""
+    with BlockingRedisPool.from_url(redis_server.url) as redis:
+        with pytest.raises(NotImplementedError, match=r"redis\.subscribe"):
+            redis.pubsub()
+        with redis.subscribe("sync:refused") as sub:  # what the message points to works
+            assert redis.publish("sync:refused", "hi") == 1
+            assert next(iter(sub)).data == b"hi"

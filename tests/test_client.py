@@ -360,6 +360,22 @@ async def test_a_cancelled_lock_release_keeps_the_lock_and_can_be_retried(
             await lock.release()  # not owned: forgotten after the server said so
 
 
+async def test_leaving_a_cancelled_lock_block_releases_the_lock(redis_server: RedisServer) -> None:
+    """A cancelled scope cancelled the release in __aexit__ before it was sent: a lock without a
+    timeout stayed forever (found by the final adversarial review, on every backend)."""
+    async with RedisPool.from_url(redis_server.url) as redis:
+        name = f"cancelled:lock:{uuid.uuid4().hex}"
+        with anyio.CancelScope() as scope:
+            async with redis.lock(name):  # no timeout: held until released
+                assert await redis.exists(name)
+                scope.cancel()
+                await anyio.sleep(30)  # cancelled here
+        assert scope.cancelled_caught
+        assert not await redis.exists(name)
+        assert await redis.lock(name, blocking_timeout=1).acquire()  # free for the next holder
+        assert redis.statistics().in_use == 0
+
+
 @pytest.mark.parametrize(
     ("command", "reply"),
     [
