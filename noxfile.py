@@ -175,6 +175,16 @@ def redispy(session: nox.Session, server: str) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """benchmarks/concurrency.py: anypool against valkey-glide, redis.asyncio, coredis and a raw
+    anyio floor, on one embedded server, printed as ratios.  Not a default session and not in
+    CI (figures depend on the machine).  Arguments after ``--`` go to the script, e.g.
+    ``nox -s bench -- --both --duration 1``."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/concurrency.py", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.8")
