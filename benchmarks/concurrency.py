@@ -313,7 +313,12 @@ async def measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
     - per task waiting for a reply: a pool of 16 with its connections open, the server paused
       by ``CLIENT PAUSE 3000 ALL``; 1000 tasks call ``GET``; traced bytes / 1000 (without
       autopipelining most of them wait for a connection, not a reply: that is what users get).
-      Valid only if no waiting GET completed before the snapshot.
+      Valid only if no waiting GET completed before the snapshot;
+    - for reference, per bare task blocked on an ``anyio.Event`` (1000 again): the part of
+      the two rows above that any waiting task costs, whatever it waits for.
+
+    tracemalloc counts Python allocations only (not hiredis's buffers or the kernel's socket
+    buffers).  RSS is page-granular and reuses heap that imports freed, so it undercounts.
 
     A pool of 1 runs a GET first, so first-use costs (imports, caches) are not counted.
     """
@@ -366,6 +371,25 @@ async def measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
                     tg.cancel_scope.cancel()
         return grown / WAITING_TASKS, valid
 
+    async def bare_tasks() -> float:
+        """The same count of tasks blocked on an anyio Event: what any waiting task costs,
+        so the difference to the rows above is anypool's own."""
+        event = anyio.Event()
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(event.wait)  # warm anyio's own first-use paths
+                await anyio.wait_all_tasks_blocked()
+                gc.collect()
+                tracemalloc.start()
+                before = tracemalloc.get_traced_memory()[0]
+                for _ in range(WAITING_TASKS):
+                    tg.start_soon(event.wait)
+                await anyio.wait_all_tasks_blocked()
+                grown = tracemalloc.get_traced_memory()[0] - before
+                tracemalloc.stop()
+                event.set()
+        return grown / WAITING_TASKS
+
     async def connections(traced: bool) -> tuple[float, bool]:
         gc.collect()
         if traced:
@@ -394,6 +418,7 @@ async def measure_memory(spec: dict[str, Any]) -> dict[str, Any]:
     results["task waiting for a connection"] = {"bytes": per_task, "valid": valid}
     per_task, valid = await waiting(POOL_SIZE, pause=True)
     results["task waiting for a reply"] = {"bytes": per_task, "valid": valid}
+    results["bare task waiting on an Event"] = {"bytes": await bare_tasks(), "valid": True}
     with anyio.fail_after(30):  # the pause lifts by itself; wait for it before going on
         async with anypool.RedisPool.from_url(url, max_size=1, **options) as redis:
             await redis.ping()
@@ -606,7 +631,7 @@ def print_mode(mode: str, table: dict[str, Any], concurrency: Sequence[int]) -> 
     if not labels:
         print(f"\n== {mode}: no client ran ==")
         return
-    what = "client and server on CPU 0" if mode == "pinned" else "nothing pinned"
+    what = "client and every server thread on CPU 0" if mode == "pinned" else "nothing pinned"
     print(f"\n== {mode} ({what}) ==")
     workloads = workloads_of(table)
     lines = header(labels, "ops/s")
@@ -653,9 +678,10 @@ def print_mode(mode: str, table: dict[str, Any], concurrency: Sequence[int]) -> 
         ("coredis same backend", lambda label: f"coredis {backend(label)}"),
     ]
     lines = header(ours, "ratios: anypool / peer")
-    floor = [ratio(value(table, lb, "sequential GET"), value(table, f"floor {backend(lb)}",
-                   "sequential GET")) for lb in ours]  # fmt: skip
-    lines.append(row("sequential GET / floor", floor))
+    if any(label.startswith("floor") for label in labels):
+        floor = [ratio(value(table, lb, "sequential GET"), value(table, f"floor {backend(lb)}",
+                       "sequential GET")) for lb in ours]  # fmt: skip
+        lines.append(row("sequential GET / floor", floor))
     for title, peer_of in peers:
         if not any(peer_of(label) in table for label in ours):
             continue
@@ -683,8 +709,13 @@ def print_memory(memory: dict[str, Any]) -> None:
             cells.append(text if got.get("valid", True) else f"{text}?")
         lines.append(row(f"per {measure}", cells))
     print("\n" + "\n".join(lines))
-    print("(tracemalloc and RSS, measured as measure_memory's docstring says; '?' marks a")
-    print(" figure taken after some waiting GET had completed, so it undercounts)")
+    print(
+        "(measured once, unpinned, in a fresh process per column: connections by opening a pool\n"
+        f" with min_size={CONNECTIONS}; waiting tasks as {WAITING_TASKS} GETs blocked behind a"
+        " BLPOP holding a pool of 1,\n or while CLIENT PAUSE holds the server; tracemalloc counts"
+        " Python allocations only,\n RSS is page-granular and undercounts; '?' marks a figure"
+        " taken after a waiting GET completed)"
+    )
 
 
 def report(info: dict[str, Any], results: dict[str, Any], options: argparse.Namespace) -> None:
