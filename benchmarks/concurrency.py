@@ -1,7 +1,8 @@
 """anypool against valkey-glide, redis.asyncio, coredis and a raw anyio floor: one server, one run.
 
     python benchmarks/concurrency.py [--duration 2] [--concurrency 1,16,64,256]
-                                     [--pin | --both] [--clients anypool,glide,...] [--json FILE]
+                                     [--pin | --both] [--cpu 0] [--clients anypool,glide,...]
+                                     [--no-memory] [--json FILE]
 
 The measurements issue 12 asks for, side by side, printed as one table with ratios:
 
@@ -23,8 +24,9 @@ installed (``pip install anypool[bench]``).  A client that is not installed is s
 One embedded redis-server (``anypool.testing.RedisServer``, loopback) serves every client.  Each
 client runs in a fresh subprocess, so one client's allocations, threads and imports cannot
 affect another's.  With ``--pin`` the client process (all its threads) and every server thread
-run on CPU 0: CPU efficiency, stable on a small machine.  Without it nothing is pinned.
-``--both`` runs pinned, then unpinned, in the same invocation against the same server.
+run on CPU 0 (or ``--cpu N``): CPU efficiency, stable on a quiet machine (on a busy one, pick
+the idler CPU).  Without it nothing is pinned.  ``--both`` runs pinned, then unpinned, in the
+same invocation against the same server.  The memory figures are taken once, unpinned.
 
 Latency is taken around each ``await get()`` with ``time.perf_counter()`` in every client alike
 (its cost is in every column).  Not a test: figures depend on the machine; compare the ratios
@@ -541,7 +543,7 @@ def run_all(options: argparse.Namespace, server: Any, notes: list[str]) -> dict[
     timeout = 60 + steps * (options.duration + 0.5) * 3
     results: dict[str, Any] = {"modes": {}, "memory": {}}
     for mode in modes:
-        cpus = [0] if mode == "pinned" else every_cpu
+        cpus = [options.cpu] if mode == "pinned" else every_cpu
         set_affinity(server.pid, set(cpus))
         table = results["modes"][mode] = {}
         for client, backend in runnable:
@@ -580,20 +582,14 @@ def run_all(options: argparse.Namespace, server: Any, notes: list[str]) -> dict[
 
 # --- output -------------------------------------------------------------------------------------
 
-SHORT = {"anypool-noap": "anypool", "redis.asyncio": "redis-py"}
+SHORT = {"anypool-noap": "ap-noAP", "redis.asyncio": "redis-py"}
 WIDTH = 11
 FIRST = 34
 
 
 def header(labels: Sequence[str], title: str) -> list[str]:
     names = [SHORT.get(label.split()[0], label.split()[0]) for label in labels]
-    subs = [
-        ("noAP " if label.startswith("anypool-noap") else "") + label.split()[1] for label in labels
-    ]
-    return [
-        title.ljust(FIRST) + "".join(name.rjust(WIDTH) for name in names),
-        "".ljust(FIRST) + "".join(sub.rjust(WIDTH) for sub in subs),
-    ]
+    return [row(title, names), row("", [label.split()[1] for label in labels])]
 
 
 def row(name: str, cells: Sequence[str]) -> str:
@@ -626,12 +622,12 @@ def value(table: dict[str, Any], label: str, workload: str, field: str = "ops") 
     return result
 
 
-def print_mode(mode: str, table: dict[str, Any], concurrency: Sequence[int]) -> None:
+def print_mode(mode: str, table: dict[str, Any], concurrency: Sequence[int], cpu: int) -> None:
     labels = list(table)
     if not labels:
         print(f"\n== {mode}: no client ran ==")
         return
-    what = "client and every server thread on CPU 0" if mode == "pinned" else "nothing pinned"
+    what = f"client and every server thread on CPU {cpu}" if mode == "pinned" else "unpinned"
     print(f"\n== {mode} ({what}) ==")
     workloads = workloads_of(table)
     lines = header(labels, "ops/s")
@@ -728,11 +724,12 @@ def report(info: dict[str, Any], results: dict[str, Any], options: argparse.Name
         f"values of {len(VALUE)} bytes and 1 MiB, each client in a fresh process"
     )
     for mode, table in results["modes"].items():
-        print_mode(mode, table, options.concurrency)
+        print_mode(mode, table, options.concurrency, options.cpu)
     print_memory(results["memory"])
     print("\nclients:")
     for name, text in LEGEND.items():
-        print(f"  {name}: {text}")
+        short = f" ({SHORT[name]})" if name in SHORT else ""
+        print(f"  {name}{short}: {text}")
     for note in results["notes"]:
         print(f"({note})")
 
@@ -745,8 +742,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per workload")
     parser.add_argument("--concurrency", default="1,16,64,256", help="task counts, comma-separated")
     pinning = parser.add_mutually_exclusive_group()
-    pinning.add_argument("--pin", action="store_true", help="pin client and server to CPU 0")
+    pinning.add_argument("--pin", action="store_true", help="pin client and server to --cpu")
     pinning.add_argument("--both", action="store_true", help="pinned, then unpinned")
+    parser.add_argument("--cpu", type=int, default=0, help="the CPU --pin uses (default 0)")
     parser.add_argument("--clients", help=f"only these, comma-separated, of {', '.join(LEGEND)}")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measures")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -759,6 +757,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--concurrency must list positive integers, e.g. 1,16,64,256")
     if not (math.isfinite(options.duration) and options.duration > 0):
         parser.error("--duration must be a positive number of seconds")
+    if options.cpu not in os.sched_getaffinity(0):
+        parser.error(f"--cpu {options.cpu} is not one this process may run on")
     if options.clients is not None:
         options.clients = [name.strip() for name in options.clients.split(",") if name.strip()]
         unknown = sorted(set(options.clients) - set(LEGEND))
