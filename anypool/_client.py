@@ -45,17 +45,25 @@ from ._compat import (
     AsyncCoreCommands,
     Encoder,
     annotate_pipeline_error,
+    lean_command_methods,
     make_encoder,
     response_callbacks,
 )
 from ._config import PoolConfig, RedisConfig, split_url_over
 from ._connection import Connection, ConnectionFactory
-from ._errors import CommandNotAllowed, ConnectionClosed, ProtocolError
+from ._errors import CommandNotAllowed, ConfigError, ConnectionClosed, ProtocolError
 from ._keywords import connection_kwargs, sort_options
+from ._multiplex import Multiplexer
 from ._owner import Owner
 from ._pool import DEFAULT, Lease, Pool, _Default
 from ._retry import RetryRule, Sent
-from ._rules import judge_on_connection, name_of, refuse_on_pool, wire_args
+from ._rules import (
+    judge_on_connection,
+    name_of,
+    needs_own_connection,
+    refuse_on_pool,
+    wire_args,
+)
 from ._stats import Health, PoolStatistics
 
 __all__ = ["Lock", "Pipeline", "RedisConnection", "RedisPool", "Script"]
@@ -87,6 +95,54 @@ def _watched(value: Any, raised: list[BaseException]) -> Any:
     return call
 
 
+AUTOPIPELINE_DEFAULT = True
+"""``autopipeline``'s default (the test suite's ``ANYPOOL_TEST_AUTOPIPELINE=0`` turns it off to
+run every test over exclusive connections too)."""
+
+
+def _unreadable(name: str, reply: Any, exc: Exception) -> ProtocolError:
+    """redis-py's callback could not read the reply: the server sent a valid reply of a shape
+    this command never has.  The connection is still in step.  The reply is described, not
+    shown: it is the caller's data."""
+    size = f" of {len(reply)} items" if isinstance(reply, list | tuple | dict) else ""
+    return ProtocolError(
+        f"{name}'s reply could not be read ({type(exc).__name__}): the server sent a reply of "
+        f"an unexpected shape (a {type(reply).__name__}{size})"
+    )
+
+
+def _multiplexer(options: dict[str, Any], pool_config: PoolConfig) -> dict[str, Any] | None:
+    """Take the auto-pipelining options out of ``options``: the Multiplexer's settings, or
+    None when it is turned off.
+
+    Raises:
+        ConfigError: a value of the wrong type or range.
+    """
+    enabled = options.pop("autopipeline", AUTOPIPELINE_DEFAULT)
+    connections = options.pop("autopipeline_connections", 1)
+    max_in_flight = options.pop("autopipeline_max_in_flight", 1000)
+    if not isinstance(enabled, bool):
+        raise ConfigError("autopipeline", enabled, "must be True or False")
+    for name, value in (
+        ("autopipeline_connections", connections), ("autopipeline_max_in_flight", max_in_flight)
+    ):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(name, value, "must be an integer of at least 1")
+    if connections > pool_config.max_size:
+        raise ConfigError(
+            "autopipeline_connections", connections,
+            f"cannot exceed max_size ({pool_config.max_size}): each shared connection is one "
+            "of the pool's connections",
+        )  # fmt: skip
+    if not enabled:
+        return None
+    return {
+        "connections": connections,
+        "max_in_flight": max_in_flight,
+        "check_every": pool_config.health_check_interval or 30.0,
+    }
+
+
 class _Commands(AsyncCoreCommands):
     """redis-py's command methods, on top of one ``execute_command`` and the reply callbacks."""
 
@@ -110,26 +166,30 @@ class _Commands(AsyncCoreCommands):
     async def _apply_callback(
         self, protocol: int, name: str, reply: Any, options: dict[str, Any]
     ) -> Any:
+        result = self._shape(protocol, name, reply, options)
+        return await result if inspect.isawaitable(result) else result
+
+    def _shape(self, protocol: int, name: str, reply: Any, options: dict[str, Any]) -> Any:
+        """redis-py's reply callback for ``name``, applied synchronously (none of redis-py's
+        is a coroutine function; a test checks it)."""
         callback = self._callbacks[protocol].get(name)
         if callback is None or isinstance(reply, Exception):
             return reply
-        _pop_options(options)
+        if options:
+            _pop_options(options)
+        if not options:
+            try:
+                return callback(reply)
+            except (TypeError, ValueError, AttributeError, IndexError, KeyError) as exc:
+                raise _unreadable(name, reply, exc) from exc
         raised: list[BaseException] = []  # what the caller's callables (score_cast_func) raised
         options = {key: _watched(value, raised) for key, value in options.items()}
         try:
-            result = callback(reply, **options)
-            return await result if inspect.isawaitable(result) else result
+            return callback(reply, **options)
         except (TypeError, ValueError, AttributeError, IndexError, KeyError) as exc:
             if any(exc is error for error in raised):
                 raise  # the caller's own callable failed: its exception, as in redis-py
-            # redis-py's callback could not read the reply: the server sent a valid reply of
-            # a shape this command never has.  The connection is still in step.  The reply
-            # is described, not shown: it is the caller's data.
-            size = f" of {len(reply)} items" if isinstance(reply, list | tuple | dict) else ""
-            raise ProtocolError(
-                f"{name}'s reply could not be read ({type(exc).__name__}): the server sent a "
-                f"reply of an unexpected shape (a {type(reply).__name__}{size})"
-            ) from exc
+            raise _unreadable(name, reply, exc) from exc
 
     def register_script(self, script: str | bytes) -> Script:  # type: ignore[override]
         """A :class:`Script` bound to this client: EVALSHA, loading the script on NOSCRIPT."""
@@ -146,6 +206,12 @@ class _Commands(AsyncCoreCommands):
                 return options[EMPTY_RESPONSE]
             raise
         return await self._apply_callback(connection.protocol, name, reply, options)
+
+
+# redis-py 8's ``set`` inspects every call's arguments to warn about experimental ones: skip that
+# when none is given (same results and warnings; see lean_command_methods).
+for _name, _method in lean_command_methods(AsyncCoreCommands).items():
+    setattr(_Commands, _name, _method)
 
 
 class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # as redis-py's
@@ -189,12 +255,16 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         if connection_options:
             config = config.replace(**connection_options)
         pool_config = (pool_config or PoolConfig()).replace(**pool_options)
-        self._retry = RetryRule.from_options(**client_options)
+        self._mux = _multiplexer(client_options, pool_config)  # before the retry options
         if pool_config.name is None:
             pool_config = pool_config.replace(name=f"redis {config.address}/{config.db}")
+        self._retry = RetryRule.from_options(**client_options)
         self._config = config
         self._factory = ConnectionFactory(config)
         self._pool: Pool[Connection] = Pool(self._factory, pool_config)
+        self._shared: Multiplexer | None = None
+        if self._mux is not None:
+            self._shared = Multiplexer(self._pool, self._factory, **self._mux)
         self._callbacks = {
             wire: response_callbacks(config.protocol, wire, config.legacy_responses)
             for wire in (2, 3)
@@ -244,12 +314,17 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         self._life = "open"
         try:
             async with self._pool:
+                shared = self._shared
+                if shared is not None:
+                    await self._pool.start_task(shared.run_upkeep, name="anypool autopipeline")
                 try:
                     yield self
                 finally:
                     # First of all: every subscription ends with PoolClosed, its task stops.
                     if self._pubsub is not None:
                         self._pubsub.close()
+                    if shared is not None:
+                        await shared.aclose()  # idle shared connections back at once
         finally:
             self._life = "closed"
 
@@ -332,6 +407,11 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         always returned; a cancelled retry sleep ends the call.
         """
         refuse_on_pool(args)
+        shared = self._shared
+        if shared is not None and not needs_own_connection(args):
+            if self._retry is not None:
+                return await self._retry.call(lambda sent: self._run_shared(args, options, sent))
+            return await self._run_shared(args, options, None)
         if self._retry is not None:
             return await self._retry.call(lambda sent: self._attempt(args, options, sent))
         pool = self._pool
@@ -340,6 +420,34 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
             return await self._run(lease.resource, args, options)
         finally:
             await pool.release(lease)
+
+    async def _run_shared(
+        self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent | None
+    ) -> Any:
+        """One command auto-pipelined on a shared connection (see _multiplex.py)."""
+        assert self._shared is not None
+        replies, protocol = await self._shared.execute(
+            (wire_args(args),), (NEVER_DECODE not in options,), sent
+        )
+        reply = replies[0]
+        if isinstance(reply, Exception):
+            if isinstance(reply, ResponseError) and EMPTY_RESPONSE in options:
+                return options[EMPTY_RESPONSE]
+            raise reply
+        if sent is not None:
+            options = dict(options)  # a retry would need them as they were
+        return self._shape(protocol, name_of(args[0]), reply, options)
+
+    def autopipeline_statistics(self) -> dict[str, int]:
+        """Counters of auto-pipelining (see docs/performance.md): requests, writes and the
+        most requests in one write, requests abandoned by cancelled callers (their replies read
+        and discarded) or withdrawn before they were sent, shared connections opened, failed
+        and returned to the pool, callers that waited for room; and, now, the shared
+        connections, requests in flight and queued, and callers waiting.  All zero when
+        ``autopipeline=False``."""
+        if self._shared is None:
+            return {}
+        return self._shared.statistics()
 
     async def _attempt(self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent) -> Any:
         """One try of a command under ``retry=``; ``sent`` tells whether its write began."""
@@ -806,6 +914,26 @@ class Pipeline(_Commands):
 
     async def _execute(self, raise_on_error: bool, sent: Sent | None) -> list[Any]:
         queue = self._queue
+        shared = self._client._shared
+        if (
+            shared is not None
+            and self._lease is None
+            and not (self._watching or self._transaction or self._explicit_multi)
+            and not any(needs_own_connection(args) for args, _ in queue)
+        ):
+            # Auto-pipelined: the whole pipeline is one contiguous request on a shared
+            # connection (nothing of another caller's comes between its commands).
+            try:
+                if not queue:
+                    return []
+                runner = _SharedRunner(shared, sent)
+                if self._scripts:
+                    await self._load_scripts(runner)
+                return await self._execute_pipeline(runner, queue, raise_on_error)
+            finally:
+                self._queue = []
+                self._scripts = {}
+                self._explicit_multi = False
         pool = self._client._pool
         lease = self._lease or await pool.lease()
         self._lease = None
@@ -833,7 +961,7 @@ class Pipeline(_Commands):
             self._watching = self._explicit_multi = False
             await pool.release(lease)
 
-    async def _load_scripts(self, connection: Connection) -> None:
+    async def _load_scripts(self, connection: Connection | _SharedRunner) -> None:
         """Make sure every script the queue runs by EVALSHA exists on the server."""
         scripts = list(self._scripts.values())
         exists = await connection.execute("SCRIPT", "EXISTS", *(s.sha for s in scripts))
@@ -842,7 +970,8 @@ class Pipeline(_Commands):
                 script.sha = _str(await connection.execute("SCRIPT", "LOAD", script.script))
 
     async def _execute_pipeline(
-        self, connection: Connection, queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        self, connection: Connection | _SharedRunner,
+        queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         raise_on_error: bool, *, unwatch: bool = False,
     ) -> list[Any]:  # fmt: skip
         commands: list[Sequence[Any]] = [wire_args(args) for args, _ in queue]
@@ -857,12 +986,11 @@ class Pipeline(_Commands):
             if isinstance(unwatched, Exception):
                 await connection.aclose()  # still watching, maybe: not reused
         results = []
+        protocol, shape = connection.protocol, self._shape
         for (args, options), reply in zip(queue, replies, strict=True):
             if isinstance(reply, ResponseError) and EMPTY_RESPONSE in options:
                 reply = options[EMPTY_RESPONSE]
-            results.append(
-                await self._apply_callback(connection.protocol, name_of(args[0]), reply, options)
-            )
+            results.append(shape(protocol, name_of(args[0]), reply, options))
         self._raise_errors(queue, results, raise_on_error)
         return results
 
@@ -895,11 +1023,11 @@ class Pipeline(_Commands):
         if len(exec_reply) != len(queue):
             await connection.aclose()
             raise ResponseError("Wrong number of response items from pipeline execution")
-        results = []
-        for (args, options), reply in zip(queue, exec_reply, strict=True):
-            results.append(
-                await self._apply_callback(connection.protocol, name_of(args[0]), reply, options)
-            )
+        protocol, shape = connection.protocol, self._shape
+        results = [
+            shape(protocol, name_of(args[0]), reply, options)
+            for (args, options), reply in zip(queue, exec_reply, strict=True)
+        ]
         self._raise_errors(queue, results, raise_on_error)
         return results
 
@@ -936,6 +1064,33 @@ class Pipeline(_Commands):
             finally:
                 await self._client._pool.release(lease)
         self._watching = self._explicit_multi = False
+
+
+class _SharedRunner:
+    """What a pipeline needs of a connection, over the multiplexing engine: each call is one
+    contiguous request on a shared connection."""
+
+    def __init__(self, shared: Multiplexer, sent: Sent | None) -> None:
+        self._shared = shared
+        self._sent = sent
+        self.protocol = 3  # the RESP version of the connection the last request used
+
+    async def execute(self, *args: Any, decode: bool = True) -> Any:
+        reply = (await self.execute_many((args,), decode=decode))[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def execute_many(
+        self, commands: Sequence[Sequence[Any]], *, decode: bool | Sequence[bool] = True
+    ) -> list[Any]:
+        flags = [decode] * len(commands) if isinstance(decode, bool) else list(decode)
+        replies, self.protocol = await self._shared.execute(commands, flags, self._sent)
+        return replies
+
+    async def aclose(self) -> None:
+        """Nothing: a shared connection is the engine's to close (only a pipeline that was
+        WATCHing closes its connection, and such a pipeline never runs here)."""
 
 
 def _with_empty_responses(

@@ -656,11 +656,15 @@ _ALIASES = {"socket_connect_timeout": "connect_timeout"}
 _POOL_OPTIONS = {
     "max_connections": "max_size", "health_check_interval": "health_check_interval",
     "timeout": "timeout", "retry_on_timeout": "retry_on_timeout",
-    "retry_on_error": "retry_on_error",
+    "retry_on_error": "retry_on_error", "autopipeline": "autopipeline",
+    "autopipeline_connections": "autopipeline_connections",
+    "autopipeline_max_in_flight": "autopipeline_max_in_flight",
 }  # fmt: skip
 _POOL_OPTION_KINDS = {
     "max_connections": "int", "health_check_interval": "float | None",
     "timeout": "float | None", "retry_on_timeout": "to_bool", "retry_on_error": "str",
+    "autopipeline": "bool", "autopipeline_connections": "int",
+    "autopipeline_max_in_flight": "int",
 }  # fmt: skip
 # Query options redis-py reads with its to_bool: "" leaves them unset, 0/F/FALSE/N/NO (any
 # case) is False, any other text True ("off" too, as in redis-py).

@@ -52,7 +52,8 @@ __all__ = ["DEFAULT", "Connection", "ConnectionFactory"]
 
 logger = logging.getLogger("anypool.connection")
 
-_READ_SIZE: Final = 64 * 1024
+_READ_SIZE: Final = 64 * 1024  # what one read asks for, at first
+_MAX_READ_SIZE: Final = 1024 * 1024  # ... and at most, after reads that filled it (big replies)
 
 
 class _Default:
@@ -110,6 +111,7 @@ class Connection:
         self.created_at = self.last_used_at = time.monotonic()
         self.on_push: Callable[[list[Any]], None] | None = None
         self.pushes_dropped = 0
+        self._read_size = _READ_SIZE
         # Exchanges whose bytes were (maybe) handed to the transport: a command that failed
         # while this count did not move was provably never sent (the retry rule relies on it).
         self.writes = 0
@@ -429,11 +431,27 @@ class Connection:
         Cancellation: a send cut short may leave half a command on the wire, so the connection
         is closed.
         """
+        await self.send_packed(self._packer.pack_many(commands), commands[0][0], timeout=timeout)
+
+    async def send_packed(self, data: bytes, command: Any, *, timeout: float | None) -> None:
+        """Write commands already packed (:meth:`pack`) in one write; their replies are read
+        by whoever reads this connection (subscribed mode, or the multiplexing engine).
+
+        Args:
+            data: the packed commands.
+            command: the first command's name, for error messages.
+            timeout: seconds the write may take; None waits as long as it takes.
+
+        Raises:
+            ConnectionError, TimeoutError: the write failed; the connection is closed.
+
+        Cancellation: a send cut short may leave half a command on the wire, so the connection
+        is closed (the multiplexing engine shields its writes for that reason).
+        """
         if self._closed_by is not None:
             raise ConnectionClosed(
                 f"the connection to {self.config.address} is closed ({self._closed_by})"
             )
-        data = self._packer.pack_many(commands)
         try:
             if timeout is None:
                 await self._stream.send(data)
@@ -443,11 +461,76 @@ class Connection:
                 if scope.cancelled_caught:
                     raise _CommandTimedOut(timeout, sending=True)
         except BaseException as exc:
-            error = _translate(exc, self.config, command=commands[0][0])
+            error = _translate(exc, self.config, command=command)
             await self._close(f"{type(error).__name__} while sending")
             if error is exc:
                 raise
             raise error from exc
+
+    # --- shared use ---------------------------------------------------------------------------
+    # The multiplexing engine (_multiplex.py) writes the packed commands of several callers and
+    # reads their replies one at a time, in order; it does its own reply accounting, so
+    # ``replies_owed`` stays 0 on a shared connection.
+
+    def pack(self, commands: Sequence[Sequence[Arg]]) -> bytes:
+        """``commands`` in their wire form.
+
+        Raises:
+            InvalidArgument: an argument has a type Redis cannot take.
+        """
+        packer = self._packer
+        return packer.pack(commands[0]) if len(commands) == 1 else packer.pack_many(commands)
+
+    def next_reply(self, decode: bool = True) -> Any:
+        """The next complete reply among the bytes already read, or ``NEED_DATA``.  Push
+        messages on the way go to ``on_push`` (or are counted as dropped).
+
+        Raises:
+            ProtocolError, ReplyDecodeError: the bytes are not valid RESP, or not decodable;
+                the connection must then be closed (:meth:`abandon`).
+        """
+        parser = self._parser
+        while True:
+            reply = parser.gets(decode)
+            if type(reply) is Push:
+                self._push(reply)
+                continue
+            if reply is not NEED_DATA:
+                self.last_used_at = time.monotonic()
+            return reply
+
+    @property
+    def has_unread(self) -> bool:
+        """Whether bytes were read that no reply consumed yet (part of one, or unsolicited)."""
+        return self._parser.has_data()
+
+    async def receive_more(self) -> None:
+        """Read what the server has sent (waiting for at least one byte) into the parser.
+
+        Raises:
+            ConnectionLost: the server closed the connection or the network broke it; the
+                connection is closed.
+
+        Cancellation: safe: nothing read is lost, and the connection stays usable.
+        """
+        try:
+            self._parser.feed(await self._receive())
+        except BaseException as exc:
+            error = _translate(exc, self.config)
+            if error is exc and not isinstance(exc, AnyPoolError):
+                raise  # cancellation: nothing was half-consumed
+            await self._close(f"{type(error).__name__} while reading")
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def abandon(self, reason: str) -> None:
+        """Close the connection because it can no longer be trusted (``reason`` is kept and
+        shown by later calls).
+
+        Cancellation: the socket is closed whether or not the caller is cancelled.
+        """
+        await self._close(reason)
 
     async def read_messages(self) -> list[Any]:
         """Everything the server has sent that is complete, at least one message (subscribed
@@ -462,7 +545,7 @@ class Connection:
         try:
             message = parser.gets()
             while message is NEED_DATA:
-                parser.feed(await self._stream.receive(_READ_SIZE))
+                parser.feed(await self._receive())
                 message = parser.gets()
             messages = [message]
             while (message := parser.gets()) is not NEED_DATA:
@@ -483,13 +566,26 @@ class Connection:
         while True:
             reply = parser.gets(decode)
             if reply is NEED_DATA:
-                parser.feed(await self._stream.receive(_READ_SIZE))
+                parser.feed(await self._receive())
                 continue
             if type(reply) is Push:
                 self._push(reply)
                 continue
             self._owed -= 1
             return reply
+
+    async def _receive(self) -> bytes:
+        """What the server sent, in a read that grows while reads fill it (big replies arrive
+        in fewer, larger pieces, and the asyncio stream need not cut its chunks) and shrinks
+        back once they no longer do."""
+        size = self._read_size
+        data = await self._stream.receive(size)
+        if len(data) >= size:
+            if size < _MAX_READ_SIZE:
+                self._read_size = size * 2
+        elif size > _READ_SIZE and len(data) < size // 8:
+            self._read_size = size // 2
+        return data
 
     def _push(self, message: list[Any]) -> None:
         if self.on_push is not None:

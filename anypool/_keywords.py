@@ -24,7 +24,10 @@ _ALIASES = {
     "charset": "encoding", "errors": "encoding_errors",  # redis-py 5's deprecated names
 }  # fmt: skip
 # Keywords of RedisPool itself (retries), not of either config record.
-CLIENT_OPTIONS = frozenset({"retry", "retry_on_error", "retry_on_timeout", "retry_may_have_run"})
+CLIENT_OPTIONS = frozenset({
+    "retry", "retry_on_error", "retry_on_timeout", "retry_may_have_run",
+    "autopipeline", "autopipeline_connections", "autopipeline_max_in_flight",
+})  # fmt: skip
 # redis-py keywords that change nothing here, whatever their value.
 _NO_OPS = {
     "socket_read_size": "anypool sizes its own reads (64 KiB)",

@@ -655,6 +655,17 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             counters.returns_bad += not retire and not keep
             await self._end_lease(lease, keep=keep)
 
+    def is_retired(self, lease: Lease[R]) -> bool:
+        """Whether the resource of ``lease`` (still leased) would be closed rather than kept
+        if it came back now: the pool was reset or is closing, its lifetime is over, or the
+        pool shrank.  For holders that keep a lease long (the multiplexing engine)."""
+        entry = lease.entry
+        if entry is None or entry.closed:
+            return True
+        if self._state is not _OPEN or entry.generation != self._generation:
+            return True
+        return entry.expires_at <= self._clock() or self._open_count() > self._max_size
+
     def _retired(self, entry: _Entry[R], now: float) -> bool:
         """Whether an entry coming back from a lease (still in ``_leased``) must be closed
         rather than kept.  Counts a lifetime expiry."""

@@ -24,7 +24,10 @@ from typing import Any
 
 from ._errors import CommandNotAllowed, InvalidArgument
 
-__all__ = ["command_words", "judge_on_connection", "name_of", "refuse_on_pool", "wire_args"]
+__all__ = [
+    "command_words", "judge_on_connection", "name_of", "needs_own_connection", "refuse_on_pool",
+    "wire_args",
+]  # fmt: skip
 
 _USE_CONFIG = "it would change one random pooled connection; set it in the config or URL"
 _USE_ACQUIRE = "it would change one random pooled connection; use `async with redis.acquire()`"
@@ -164,3 +167,38 @@ def judge_on_connection(args: tuple[Any, ...]) -> bool:
     if breaking is not None:
         raise CommandNotAllowed(f"{label} is not supported on a connection: {breaking}")
     return stateful is not None
+
+
+# Commands that must not share a connection with other callers' commands (auto-pipelining):
+# they block the connection (every command queued behind them would wait as long), end it,
+# or act on a long-running script that commands queued behind it would wait for.
+_OWN_CONNECTION = frozenset({
+    "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP",
+    "WAIT", "WAITAOF", "SHUTDOWN", "DEBUG",
+})  # fmt: skip
+_OWN_CONNECTION_SUBCOMMANDS = frozenset(
+    {("CLIENT", "KILL"), ("SCRIPT", "KILL"), ("FUNCTION", "KILL")}
+)
+_MAYBE_BLOCKING = frozenset({"XREAD", "XREADGROUP"})
+
+
+def needs_own_connection(args: tuple[Any, ...]) -> bool:
+    """Whether a command allowed on the pool must still run on a connection of its own rather
+    than be auto-pipelined with other callers' commands: the blocking commands (BLPOP...,
+    WAIT, XREAD/XREADGROUP with BLOCK), SHUTDOWN, DEBUG, and CLIENT/SCRIPT/FUNCTION KILL."""
+    words = name_of(args[0]).split()
+    name = words[0] if words else ""
+    if name in _OWN_CONNECTION:
+        return True
+    if name in _MAYBE_BLOCKING:
+        for arg in args[1:]:
+            word = name_of(arg) if isinstance(arg, str | bytes) else ""
+            if word == "BLOCK":
+                return True
+            if word == "STREAMS":
+                return False  # what follows are stream names and ids
+        return False
+    if name in ("CLIENT", "SCRIPT", "FUNCTION"):
+        sub = words[1] if len(words) > 1 else (name_of(args[1]) if len(args) > 1 else "")
+        return (name, sub) in _OWN_CONNECTION_SUBCOMMANDS
+    return False

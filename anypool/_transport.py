@@ -159,6 +159,8 @@ class _AsyncioStream(anyio.abc.ByteStream):
         # TransportSocket, uvloop's PseudoSocket).
         self._socket = sock
         self._closed = False
+        # Looked up once: Python 3.11's get_running_loop() makes a getpid() call each time.
+        self._loop = asyncio.get_running_loop()
 
     @classmethod
     async def connect(cls, config: RedisConfig) -> _AsyncioStream:
@@ -188,7 +190,7 @@ class _AsyncioStream(anyio.abc.ByteStream):
                 raise anyio.BrokenResourceError from protocol.error
             if protocol.eof or protocol.lost:
                 raise anyio.EndOfStream
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = self._loop.create_future()
             protocol.reader = waiter
             try:
                 await waiter
@@ -212,7 +214,7 @@ class _AsyncioStream(anyio.abc.ByteStream):
             raise anyio.BrokenResourceError from protocol.error
         self._transport.write(item)
         while protocol.write_paused and not protocol.lost:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = self._loop.create_future()
             protocol.writer = waiter
             try:
                 await waiter
@@ -238,7 +240,7 @@ class _AsyncioStream(anyio.abc.ByteStream):
             self._transport.abort()
         protocol = self._protocol
         while not protocol.lost:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = self._loop.create_future()
             protocol.closer = waiter
             try:
                 await waiter

@@ -18,6 +18,13 @@ settings.register_profile("ci", deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
+if os.environ.get("ANYPOOL_TEST_AUTOPIPELINE") == "0":
+    # The whole suite over exclusive connections (nox -s autopipeline_off): every guarantee
+    # holds with auto-pipelining on (the default) and off.
+    import anypool._client
+
+    anypool._client.AUTOPIPELINE_DEFAULT = False
+
 
 @pytest.fixture(params=BACKEND_PARAMS)
 def anyio_backend(request: pytest.FixtureRequest) -> object:

@@ -335,10 +335,13 @@ async def test_a_cancelled_lock_release_keeps_the_lock_and_can_be_retried(
     redis_server: RedisServer,
 ) -> None:
     """Issue 10, defect 13: the token was cleared before the release script ran, so a release
-    cancelled mid-flight kept the key forever and a retry raised LockError."""
+    cancelled mid-flight kept the key forever and a retry raised LockError.
+
+    On exclusive connections: the cancelled release closes its connection (the proxy drops the
+    bytes it held).  The shared-connection case is the next test."""
     async with (
         anypool.testing.FaultProxy(redis_server.port) as proxy,
-        RedisPool.from_url(proxy.url, socket_timeout=5) as redis,
+        RedisPool.from_url(proxy.url, socket_timeout=5, autopipeline=False) as redis,
     ):
         lock = redis.lock("state:lock")  # no timeout: held until released
         assert await lock.acquire()
@@ -358,6 +361,37 @@ async def test_a_cancelled_lock_release_keeps_the_lock_and_can_be_retried(
             await lock.release()
         with pytest.raises(LockError):
             await lock.release()  # not owned: forgotten after the server said so
+
+
+async def test_a_cancelled_lock_release_lost_on_a_shared_connection_is_bounded(
+    redis_server: RedisServer,
+) -> None:
+    """Auto-pipelined, a cancelled release stays on the shared connection (its reply is owed
+    and will be discarded).  When its bytes are lost (the proxy drops them: a one-way black
+    hole), the connection stalls until socket_timeout, then fails with a clear error; after it
+    the lock is still held by this object and the retry works."""
+    async with (
+        anypool.testing.FaultProxy(redis_server.port) as proxy,
+        RedisPool.from_url(proxy.url, socket_timeout=1) as redis,
+    ):
+        lock = redis.lock("state:shared-lock")
+        assert await lock.acquire()
+        proxy.cut("upstream")
+        with anyio.move_on_after(0.2) as scope:
+            await lock.release()
+        assert scope.cancelled_caught
+        proxy.heal()
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    owned = await lock.owned()
+                    break
+                except (anypool.TimeoutError, anypool.ConnectionError) as exc:
+                    assert "socket_timeout" in str(exc)  # the stalled connection, and only it
+        assert owned
+        await lock.release()
+        assert not await redis.exists("state:shared-lock")
+        assert redis.autopipeline_statistics()["lanes_failed"] == 1
 
 
 async def test_leaving_a_cancelled_lock_block_releases_the_lock(redis_server: RedisServer) -> None:

@@ -22,7 +22,9 @@ handshake (HELLO) and pub/sub frames get the same treatment.  Whatever it does:
 
 Every request carries a unique number: ``ECHO t<n>`` must return ``t<n>`` and ``GET k<n>`` the
 value the server derives from the key, so a reply delivered to the wrong caller is visible.
-Several tasks (and pipelines) run at once on a small pool, so replies could cross.
+Several tasks (and pipelines) run at once on a small pool, so replies could cross.  Each example
+runs with auto-pipelining on or off (drawn): single commands share connections, or each takes
+its own.
 
 What the server may and may not do
 ----------------------------------
@@ -30,8 +32,9 @@ A client cannot tell stray bytes that arrive *after* it sent its next request fr
 that request.  So the server only sends bytes nobody asked for
 
 1. in the *same write* (one ``send``) as the last reply the client is owed on that connection
-   (``Answer.extra``; never after a reply that is followed by more owed replies of a pipeline),
-   so they arrive together with that reply; or
+   (``Answer.extra``; never after a reply that is followed by more owed replies of a pipeline,
+   nor after the reply to an auto-pipelined command, whose connection other callers' commands
+   may share), so they arrive together with that reply; or
 2. by ``HostileServer.inject``, while *no* command is in flight anywhere (the test holds an
    exclusive gate that every command otherwise shares), and the gate is released only once the
    client's kernel has acknowledged the bytes (TIOCOUTQ is 0): they are in the client's hands
@@ -296,6 +299,7 @@ class Scenario:
     tasks: tuple[tuple[Command, ...], ...]
     answers: dict[int, Answer]
     hellos: tuple[Hello, ...]
+    autopipeline: bool = False
 
     def expect(self, op: Op, n: int) -> Expect:
         return render(self.answers.get(n, OK), n, op, self.decode)[1]
@@ -345,6 +349,10 @@ def answers(draw: st.DrawFn, op: Op, last: bool) -> Answer:
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
     protocol = draw(st.sampled_from([3, 2]))
+    # Auto-pipelined single commands share a connection: the server cannot know a reply is
+    # the last one owed on it, so it sends no stray with them (no client could tell such a
+    # stray from the next caller's reply).  Pipelines keep their exclusive connections.
+    autopipeline = draw(st.booleans())
     counter = iter(range(1, 10_000))
     scripted: dict[int, Answer] = {}
     tasks = []
@@ -357,7 +365,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             for position in range(count):
                 op: Op = draw(st.sampled_from(["echo", "get"]))
                 n = next(counter)
-                answer = draw(answers(op, last=position == count - 1))
+                last = position == count - 1 and (pipeline or not autopipeline)
+                answer = draw(answers(op, last=last))
                 if answer != OK:
                     scripted[n] = answer
                 ops.append((op, n))
@@ -375,6 +384,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         tasks=tuple(tasks),
         answers=scripted,
         hellos=hellos,
+        autopipeline=autopipeline,
     )
 
 
@@ -642,6 +652,7 @@ async def run_scenario(scenario: Scenario, transport: str) -> Report:
             breaker=BreakerPolicy(failure_threshold=1000, reset_timeout=0.1),
             reconnect_backoff=BackoffPolicy(0.01, 0.05, 0.1),
             close_timeout=2.0,
+            autopipeline=scenario.autopipeline,
         )
         gate = Gate()
 

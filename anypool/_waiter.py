@@ -1,0 +1,90 @@
+"""Parking one task until another wakes it, with the event loop's own primitives.
+
+The multiplexing engine parks a task per request in flight and wakes it when its reply has
+been read.  ``anyio.Event`` costs 1.3-1.8x more per park than the loop's native tools, so this
+seam uses them: an asyncio future on asyncio (and uvloop), ``wait_task_rescheduled`` and
+``reschedule`` on trio.  Both are cancellable: a parked task that is cancelled raises the
+cancellation as any other await would.
+
+A waiter is used once: one ``wait()`` (possibly after ``wake()``), then it is dropped.
+``wake()`` may come before, during or after ``wait()``, and more than once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import sniffio
+
+__all__ = ["Waiter", "waiter_factory"]
+
+
+class Waiter(Protocol):
+    """One park and one (or more) wake-ups."""
+
+    async def wait(self) -> None:
+        """Return once :meth:`wake` was called (at once if it already was).
+
+        Cancellation: raises the cancellation; a wake-up that came at the same instant is
+        then lost to this waiter (the engine hands its role to another task).
+        """
+
+    def wake(self) -> None:
+        """Let :meth:`wait` return; does nothing after the first call."""
+
+
+class _AsyncioWaiter:
+    __slots__ = ("_future",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._future: asyncio.Future[None] = loop.create_future()
+
+    async def wait(self) -> None:
+        await self._future
+
+    def wake(self) -> None:
+        future = self._future
+        if not future.done():
+            future.set_result(None)
+
+
+class _TrioWaiter:
+    __slots__ = ("_task", "_woken")
+
+    def __init__(self) -> None:
+        self._task: Any = None
+        self._woken = False
+
+    async def wait(self) -> None:
+        import trio
+
+        if self._woken:
+            return
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> Any:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def wake(self) -> None:
+        if self._woken:
+            return
+        self._woken = True
+        task = self._task
+        if task is not None:
+            import trio
+
+            self._task = None
+            trio.lowlevel.reschedule(task)
+
+
+def waiter_factory() -> Callable[[], Waiter]:
+    """How to make waiters for the event loop running now (call it from that loop)."""
+    if sniffio.current_async_library() == "trio":
+        return _TrioWaiter
+    loop = asyncio.get_running_loop()
+    return lambda: _AsyncioWaiter(loop)
