@@ -27,6 +27,15 @@ REDIS_FACING = [
     "tests/test_state_machine.py", "tests/test_pubsub_machine.py", "tests/test_fastapi_example.py",
     "tests/test_keywords.py", "tests/test_open_close.py", "tests/test_pubsub_redispy.py",
     "tests/test_helper_parity.py", "tests/test_plugin.py", "tests/test_pytest_asyncio.py",
+    "tests/test_autopipeline.py", "tests/test_autopipeline_machine.py",
+]  # fmt: skip
+
+# The tests whose guarantees must hold with auto-pipelining off too (every command on its own
+# connection): the `tests` session runs them again with ANYPOOL_TEST_AUTOPIPELINE=0.
+AUTOPIPELINE_OFF = [
+    "tests/test_reliability.py", "tests/test_state_machine.py", "tests/test_client.py",
+    "tests/test_pool_redis.py", "tests/test_open_close.py", "tests/test_blocking.py",
+    "tests/test_differential.py", "tests/test_helper_parity.py",
 ]  # fmt: skip
 
 SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
@@ -73,8 +82,12 @@ def tests(session: nox.Session) -> None:
         "tests/test_client.py", "tests/test_pool_redis.py", "tests/test_blocking.py",
         "tests/test_pubsub.py", "tests/test_state_machine.py", "tests/test_pubsub_machine.py",
         "tests/test_keywords.py", "tests/test_pubsub_redispy.py", "tests/test_helper_parity.py",
+        "tests/test_autopipeline.py", "tests/test_autopipeline_machine.py",
         env={"ANYPOOL_TRANSPORT": "anyio"},
     )  # fmt: skip
+    # Auto-pipelining is on by default; the storms, crashes, state machines and the client's
+    # tests run again with it off (the hostile-server suite draws it per example).
+    session.run("pytest", *AUTOPIPELINE_OFF, env={"ANYPOOL_TEST_AUTOPIPELINE": "0"})
 
 
 _OTHERS = _other_interpreters()
@@ -135,11 +148,12 @@ def soak(session: nox.Session) -> None:
     session.run(
         "pytest", "tests/test_reliability.py", "tests/test_pool_machine.py",
         "tests/test_state_machine.py", "tests/test_pubsub_machine.py", "tests/test_hostile.py",
-        *session.posargs,
+        "tests/test_autopipeline_machine.py", *session.posargs,
         env={
             "ANYPOOL_SOAK": "1", "PUBSUB_MACHINE_EXAMPLES": "300",
             "ANYPOOL_STATE_MACHINE_EXAMPLES": "600", "HOSTILE_EXAMPLES": "600",
-            "HOSTILE_PUBSUB_EXAMPLES": "600",
+            "HOSTILE_PUBSUB_EXAMPLES": "600", "AUTOPIPELINE_MACHINE_EXAMPLES": "100",
+            "AUTOPIPELINE_MACHINE_STEPS": "60",
         },
     )  # fmt: skip
 

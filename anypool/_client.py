@@ -62,6 +62,7 @@ from ._rules import (
     name_of,
     needs_own_connection,
     refuse_on_pool,
+    shareable_name,
     wire_args,
 )
 from ._stats import Health, PoolStatistics
@@ -94,6 +95,8 @@ def _watched(value: Any, raised: list[BaseException]) -> Any:
 
     return call
 
+
+_DECODED, _RAW = (True,), (False,)  # one command's decode flags, made once
 
 AUTOPIPELINE_DEFAULT = True
 """``autopipeline``'s default (the test suite's ``ANYPOOL_TEST_AUTOPIPELINE=0`` turns it off to
@@ -406,12 +409,21 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         Cancellation: the connection is closed if the reply was still owed; the pool slot is
         always returned; a cancelled retry sleep ends the call.
         """
-        refuse_on_pool(args)
         shared = self._shared
-        if shared is not None and not needs_own_connection(args):
-            if self._retry is not None:
-                return await self._retry.call(lambda sent: self._run_shared(args, options, sent))
-            return await self._run_shared(args, options, None)
+        if shared is not None:
+            name = shareable_name(args)  # the fast path: decided by the name alone
+            if name is None:
+                refuse_on_pool(args)
+                if not needs_own_connection(args):
+                    args, name = wire_args(args), name_of(args[0])
+            if name is not None:
+                if self._retry is not None:
+                    return await self._retry.call(
+                        lambda sent: self._run_shared(name, args, options, sent)
+                    )
+                return await self._run_shared(name, args, options, None)
+        else:
+            refuse_on_pool(args)
         if self._retry is not None:
             return await self._retry.call(lambda sent: self._attempt(args, options, sent))
         pool = self._pool
@@ -422,12 +434,13 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
             await pool.release(lease)
 
     async def _run_shared(
-        self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent | None
+        self, name: str, args: tuple[Any, ...], options: dict[str, Any], sent: Sent | None
     ) -> Any:
-        """One command auto-pipelined on a shared connection (see _multiplex.py)."""
+        """One command (``args``, as sent) auto-pipelined on a shared connection (see
+        _multiplex.py)."""
         assert self._shared is not None
         replies, protocol = await self._shared.execute(
-            (wire_args(args),), (NEVER_DECODE not in options,), sent
+            (args,), _RAW if NEVER_DECODE in options else _DECODED, sent
         )
         reply = replies[0]
         if isinstance(reply, Exception):
@@ -436,7 +449,7 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
             raise reply
         if sent is not None:
             options = dict(options)  # a retry would need them as they were
-        return self._shape(protocol, name_of(args[0]), reply, options)
+        return self._shape(protocol, name, reply, options)
 
     def autopipeline_statistics(self) -> dict[str, int]:
         """Counters of auto-pipelining (see docs/performance.md): requests, writes and the

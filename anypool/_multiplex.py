@@ -48,7 +48,7 @@ from ._errors import AnyPoolError, ConnectionLost, ProtocolError, TimeoutError
 from ._pool import Lease, Pool
 from ._resp import NEED_DATA, Arg, Packer
 from ._retry import Sent
-from ._waiter import Waiter, waiter_factory
+from ._waiter import Waiter, cancellation_probe, waiter_factory
 
 __all__ = ["Multiplexer"]
 
@@ -153,6 +153,8 @@ class Multiplexer:
         self._opening = 0  # lanes being opened
         self._turn_taken = False  # a caller woken from _room has not taken its place yet
         self._new_waiter: Callable[[], Waiter] | None = None
+        self._probed = False
+        self._cancel_probe: Callable[[], bool] | None = None
         self._orphans: list[_Lane] = []  # lanes owing replies to cancelled callers only
         self._orphaned = anyio.Event()  # set when a lane joins _orphans
         self._closed = False
@@ -194,16 +196,27 @@ class Multiplexer:
         data = packer.pack(commands[0]) if len(commands) == 1 else packer.pack_many(commands)
         request = _Request(data, decodes, commands[0][0], sent)
         lane = None if self._room else self._choose()
+        checked = lane is None  # a lane that had to be found or opened came through an await
         if lane is None:
             lane = await self._lane_with_room()
         self._counts["requests"] += 1
         try:
-            # A cancelled task sends nothing (and on trio, a cancellation still pending would
-            # strike inside the write, which would then fail the lane).
-            await anyio.lowlevel.checkpoint_if_cancelled()
             if lane.busy:
+                # Queued: a cancellation reaching this task at its next await withdraws the
+                # request unsent (unless a reader sent the queue first: then its reply is
+                # discarded).  One already delivered is raised now, cheaply where possible.
+                if not checked:
+                    probe = self._probe()
+                    if probe is None:
+                        await anyio.lowlevel.checkpoint_if_cancelled()
+                    elif probe():
+                        await anyio.lowlevel.checkpoint()
                 lane.outbox.append(request)
             else:
+                if not checked:
+                    # A cancelled task sends nothing (and on trio, a cancellation still
+                    # pending would strike inside the write, which would then fail the lane).
+                    await anyio.lowlevel.checkpoint_if_cancelled()
                 # A lane is idle only right after it was leased (the pool looked at the
                 # connection then): written at once, by this task.
                 lane.in_flight.append(request)
@@ -229,6 +242,11 @@ class Multiplexer:
         if error is not None:
             raise error
         return request.replies, lane.connection.protocol
+
+    def _probe(self) -> Callable[[], bool] | None:
+        if not self._probed:
+            self._probed, self._cancel_probe = True, cancellation_probe()
+        return self._cancel_probe
 
     def _waiter(self) -> Waiter:
         factory = self._new_waiter
@@ -381,21 +399,29 @@ class Multiplexer:
         """Be the lane's reader until ``request`` is done: hand every reply read to its
         request, and send the outbox whenever the lane is free to write."""
         lane.reading = True
+        # The outbox is sent after replies were read (the callers they woke have queued their
+        # next commands by the next read, so batches grow and every caller gets its turn), or
+        # when nothing is owed (no read would come).  Sending it as soon as a task becomes the
+        # reader would let that task's own next command overtake the others, every time.
+        read = False
         try:
             while True:
                 self._dispatch(lane)
                 if lane.failed:
                     return
+                flush = lane.outbox and not lane.writing and (read or not lane.in_flight)
                 if request.done:
-                    if lane.outbox and not lane.writing:
+                    if flush:
                         await self._flush(lane)  # sent before the role passes on
                     return
-                if lane.outbox and not lane.writing:
+                if flush:
                     await self._flush(lane)
+                    read = False
                     continue
                 if not lane.in_flight:
                     return  # a writer is sending this request: it hands the role on after
                 await self._receive(lane)
+                read = True
         except AnyPoolError as exc:
             lane.reading = False
             await self._fail(lane, exc)

@@ -26,7 +26,7 @@ from ._errors import CommandNotAllowed, InvalidArgument
 
 __all__ = [
     "command_words", "judge_on_connection", "name_of", "needs_own_connection", "refuse_on_pool",
-    "wire_args",
+    "shareable_name", "wire_args",
 ]  # fmt: skip
 
 _USE_CONFIG = "it would change one random pooled connection; set it in the config or URL"
@@ -202,3 +202,36 @@ def needs_own_connection(args: tuple[Any, ...]) -> bool:
         sub = words[1] if len(words) > 1 else (name_of(args[1]) if len(args) > 1 else "")
         return (name, sub) in _OWN_CONNECTION_SUBCOMMANDS
     return False
+
+
+_SHAREABLE: dict[str, str] = {}  # command name as given -> upper-case, for shareable_name
+
+
+def shareable_name(args: tuple[Any, ...]) -> str | None:
+    """The command's upper-case name if its name alone shows it is allowed on the pool and may
+    be auto-pipelined (a plain ``str`` name of one word, not stateful, contract-breaking, a
+    container, blocking or connection-ending); else None, and the full checks
+    (:func:`refuse_on_pool`, :func:`needs_own_connection`) decide.  Remembered per name: this
+    runs for every command."""
+    first = args[0] if args else None
+    if type(first) is not str:
+        return None
+    name = _SHAREABLE.get(first)
+    if name is not None:
+        return name
+    name = first.upper()
+    if (
+        " " in name
+        or not name
+        or name in _HARMLESS_SUBCOMMANDS
+        or name in _STATEFUL
+        or name in _BREAKING
+        or name in _POOL_ONLY
+        or name in _OWN_CONNECTION
+        or name in _MAYBE_BLOCKING
+        or name in ("FUNCTION",)
+    ):
+        return None
+    if len(_SHAREABLE) < 4096:  # bounded: names come from code, but callers may vary them
+        _SHAREABLE[first] = name
+    return name

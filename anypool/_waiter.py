@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import sniffio
 
-__all__ = ["Waiter", "waiter_factory"]
+__all__ = ["Waiter", "cancellation_probe", "waiter_factory"]
 
 
 class Waiter(Protocol):
@@ -88,3 +88,22 @@ def waiter_factory() -> Callable[[], Waiter]:
         return _TrioWaiter
     loop = asyncio.get_running_loop()
     return lambda: _AsyncioWaiter(loop)
+
+
+def cancellation_probe() -> Callable[[], bool] | None:
+    """For the event loop running now: a cheap synchronous test of whether the running task
+    has a cancellation delivered to it (asyncio: ``Task.cancelling()``), or None where the
+    loop has nothing cheaper than ``anyio.lowlevel.checkpoint_if_cancelled()`` (trio, whose
+    check is cheap already).  anyio's own check costs ~1.5 us on asyncio; this one misses only
+    a scope the task cancelled itself a moment ago (anyio delivers that at the task's next
+    await)."""
+    if sniffio.current_async_library() == "trio":
+        return None
+    loop = asyncio.get_running_loop()
+    current_task = asyncio.current_task
+
+    def delivered() -> bool:
+        task = current_task(loop)
+        return task is not None and task.cancelling() > 0
+
+    return delivered

@@ -11,7 +11,7 @@ gets an exclusive connection, an MGET of their own keys), cancel some of them at
 they are in (before their write, while queued, while reading for others, while parked), stall
 the server with commands in flight and cancel some there, and kill and restart the server with
 commands in flight.  Runs with few shared connections and a small in-flight bound, so callers
-also wait for room.  ``ANYPOOL_STATE_MACHINE_EXAMPLES`` / ``..._STEPS`` scale it for soak runs.
+also wait for room.  ``AUTOPIPELINE_MACHINE_EXAMPLES`` / ``..._STEPS`` scale it (``nox -s soak``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from anypool.testing import RedisServer
 
 from .backends import backend_params, start_portal
 
-EXAMPLES = int(os.environ.get("ANYPOOL_STATE_MACHINE_EXAMPLES", "0")) or 8
-STEPS = int(os.environ.get("ANYPOOL_STATE_MACHINE_STEPS", "0")) or 25
+EXAMPLES = int(os.environ.get("AUTOPIPELINE_MACHINE_EXAMPLES", "8"))
+STEPS = int(os.environ.get("AUTOPIPELINE_MACHINE_STEPS", "25"))
 HANG = 30.0  # bounds that only catch hangs
 
 
