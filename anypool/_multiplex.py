@@ -82,8 +82,8 @@ class _Lane:
     """A leased connection shared by many requests."""
 
     __slots__ = (
-        "connection", "failed", "in_flight", "lease", "outbox", "reading", "released",
-        "retiring", "writing",
+        "connection", "failed", "in_flight", "lease", "outbox", "parked", "reading",
+        "released", "retiring", "writing",
     )  # fmt: skip
 
     def __init__(self, lease: Lease[Connection]) -> None:
@@ -96,6 +96,7 @@ class _Lane:
         self.failed = False
         self.released = False
         self.retiring = False  # takes no new requests; goes back to the pool once drained
+        self.parked = False  # idle, its lease parked in the pool (which may take it back)
 
     @property
     def load(self) -> int:
@@ -190,15 +191,19 @@ class Multiplexer:
         Cancellation: before the write, the request is withdrawn unsent; after it, its reply
         is read and discarded by the lane's next reader.  Nothing else is affected.
         """
+        self._pool.check_open()  # open, and in this event loop (a parked lane may be used)
         if self._closed:
             raise self._pool.closed_error(f"{self._pool.name} is closed")
         packer = self._packer
         data = packer.pack(commands[0]) if len(commands) == 1 else packer.pack_many(commands)
         request = _Request(data, decodes, commands[0][0], sent)
-        lane = None if self._room else self._choose()
-        checked = lane is None  # a lane that had to be found or opened came through an await
-        if lane is None:
-            lane = await self._lane_with_room()
+        while True:  # bounded: a parked lane that cannot be resumed leaves _lanes
+            lane = None if self._room else self._choose()
+            checked = lane is None  # a lane found or opened came through an await
+            if lane is None:
+                lane = await self._lane_with_room()
+            if not lane.parked or await self._resume(lane):
+                break
         self._counts["requests"] += 1
         try:
             if lane.busy:
@@ -235,13 +240,38 @@ class Multiplexer:
                 self._withdraw(lane, request)
             self._hand_off(lane)
             if not lane.busy:
-                # Idle: back to the pool, where health checks, expiry and credential rotation
-                # apply to it as to any idle connection (and it counts as available).
-                await self._give_back(lane)
+                # Idle: parked in the pool, which counts it as available and takes it back
+                # whenever it needs it (another caller needs a slot, a maintenance round);
+                # the next request resumes it, saving a lease and a release.
+                if lane.retiring or self._closed or lane.failed:
+                    await self._give_back(lane)
+                elif not (lane.released or lane.parked):  # (another caller's may have)
+                    lane.parked = True
+                    self._pool.park(lane.lease)
         error = request.error
         if error is not None:
             raise error
         return request.replies, lane.connection.protocol
+
+    async def _resume(self, lane: _Lane) -> bool:
+        """Take a parked lane back into use; False (and the lane dropped) if the pool took
+        it back, or its connection was retired, rotated out, or is not quiet (bytes nobody
+        asked for, or closed by the server, while it was parked)."""
+        lane.parked = False
+        if not self._pool.unpark(lane.lease):
+            lane.released = True  # the pool released it
+            if lane in self._lanes:
+                self._lanes.remove(lane)
+            return False
+        connection = lane.connection
+        if (
+            self._pool.is_retired(lane.lease)
+            or self._factory.is_stale(connection)
+            or not connection.looks_alive()
+        ):
+            await self._give_back(lane)  # the pool closes what it must not reuse
+            return False
+        return True
 
     def _probe(self) -> Callable[[], bool] | None:
         if not self._probed:
@@ -333,6 +363,7 @@ class Multiplexer:
                 self._wake_room()
             raise
         self._opening -= 1
+        lease.stack = None  # the engine's lease: held across many commands, never a leak
         lane = _Lane(lease)
         self._lanes.append(lane)
         self._counts["lanes_opened"] += 1
@@ -552,6 +583,13 @@ class Multiplexer:
         """Return the lane's connection to the pool (it closes it if it is not reusable)."""
         if lane.released:
             return
+        if lane.parked:
+            lane.parked = False
+            if not self._pool.unpark(lane.lease):  # the pool took it back already
+                lane.released = True
+                if lane in self._lanes:
+                    self._lanes.remove(lane)
+                return
         lane.released = True
         if lane in self._lanes:
             self._lanes.remove(lane)
@@ -613,7 +651,8 @@ class Multiplexer:
         and returned, callers that waited for room, and the lanes and requests now."""
         return {
             **self._counts,
-            "lanes": len(self._lanes),
+            "lanes": sum(not lane.parked for lane in self._lanes),
+            "parked": sum(lane.parked for lane in self._lanes),
             "in_flight": sum(len(lane.in_flight) for lane in self._lanes),
             "queued": sum(len(lane.outbox) for lane in self._lanes),
             "waiting_for_room": len(self._room),

@@ -210,6 +210,9 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         # Where each resource is (invariants in the module docstring).
         self._idle: deque[_Entry[R]] = deque()
         self._leased: set[Lease[R]] = set()
+        # Leases their holders keep between uses (park()): still leased, but counted as idle,
+        # and taken back (to the idle set) whenever the pool needs them.
+        self._parked: dict[Lease[R], None] = {}
         self._closing: set[_Entry[R]] = set()  # taken out of every other place, being closed
         self._opening = 0
         self._generation = 0  # bumped by reset(): older resources are retired
@@ -377,6 +380,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             await _health.run(self._upkeep)
 
     async def _shutdown(self) -> None:
+        self.reclaim_parked()
         self._state = _CLOSING
         self._maintenance_scope.cancel()  # a check in progress returns its resource (closed)
         for scope in list(self._waiter_scopes):
@@ -496,7 +500,13 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         counters = self._counters
         waited = False
         try:
-            self._limiter.acquire_on_behalf_of_nowait(lease)
+            try:
+                self._limiter.acquire_on_behalf_of_nowait(lease)
+            except anyio.WouldBlock:
+                if not self._parked:
+                    raise
+                self.reclaim_parked()  # slots kept between uses come back for this caller
+                self._limiter.acquire_on_behalf_of_nowait(lease)
         except anyio.WouldBlock:
             if nowait:
                 counters.requests_errors += 1
@@ -508,6 +518,9 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         # The lease holds a token now: it must be released on every path below.
         try:
             entry = await self._take_idle()
+            if entry is None and self._parked:
+                self.reclaim_parked()  # a resource kept between uses rather than a new one
+                entry = await self._take_idle()
             if entry is None:
                 entry = await self._open()
             try:
@@ -655,6 +668,50 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             counters.returns_bad += not retire and not keep
             await self._end_lease(lease, keep=keep)
 
+    def park(self, lease: Lease[R]) -> None:
+        """Keep ``lease`` without using it for now, the slot still held: the pool counts its
+        resource as idle (available) and takes it back the moment it needs it (another caller
+        needs a resource and none is idle, a maintenance round, ``reset()``, ``resize()``,
+        closing).  Call
+        :meth:`unpark` before using it again.  For holders that use a resource in bursts (the
+        multiplexing engine): a lease and a release per burst cost more than the burst.
+
+        Raises:
+            RuntimeError: the lease is not from this pool, or was released.
+        """
+        entry = lease.entry
+        if lease._owner is not self or lease.released or entry is None:
+            raise RuntimeError(f"only a lease held from {self.name} can be parked")
+        entry.last_used_at = self._clock()
+        self._parked[lease] = None
+
+    def unpark(self, lease: Lease[R]) -> bool:
+        """Take a parked lease back into use.  False if the pool took it back meanwhile: it
+        is then released (its resource back in the idle set), and must not be used."""
+        if lease in self._parked:
+            del self._parked[lease]
+            return True
+        return False
+
+    def reclaim_parked(self) -> int:
+        """Take back every parked lease now: each resource goes to the idle set (the usual
+        checks apply before it is handed out again) and its slot is free.  Returns how many."""
+        count = 0
+        while self._parked:
+            lease, _ = self._parked.popitem()
+            entry = lease.entry
+            assert entry is not None
+            lease.released = True
+            self._counters.usage_ms += int((entry.last_used_at - lease.acquired_at) * 1000)
+            self._leased.discard(lease)
+            if not entry.closed:  # (while closing, shutdown closes what is idle)
+                self._idle.append(entry)
+            self._limiter.release_on_behalf_of(lease)
+            count += 1
+        if count:
+            self._notify_changed()
+        return count
+
     def is_retired(self, lease: Lease[R]) -> bool:
         """Whether the resource of ``lease`` (still leased) would be closed rather than kept
         if it came back now: the pool was reset or is closing, its lifetime is over, or the
@@ -749,6 +806,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         Cancellation: a resource whose check is cancelled is closed, not returned to idle.
         """
         self.check_open()
+        self.reclaim_parked()
         await _health.check_idle(self._upkeep, self._clock(), everything=True)
 
     async def run_maintenance(self) -> float:
@@ -773,6 +831,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         completes; a cancellation takes effect after it.
         """
         self.check_open()
+        self.reclaim_parked()
         self._generation += 1
         entries = list(self._idle)
         self._idle.clear()
@@ -798,6 +857,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         self._config = config
         self._min_size, self._max_size = config.min_size, config.max_size
         if self._state is not _NEW:
+            self.reclaim_parked()
             self._limiter.total_tokens = config.max_size
             # Surplus idle resources leave the idle list now (so none is handed out or makes a
             # waiter wait beside it) and are closed in the pool's task group.
@@ -844,9 +904,9 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             pool_min=self._min_size,
             pool_max=self._max_size,
             pool_size=self._open_count(),
-            pool_available=len(self._idle),
+            pool_available=len(self._idle) + len(self._parked),
             requests_waiting=len(self._waiter_scopes),
-            in_use=len(self._leased),
+            in_use=len(self._leased) - len(self._parked),
             opening=self._opening,
             health=self._health.value,
             breaker_state=self._breaker.state.value,
@@ -926,6 +986,7 @@ class _Upkeep(Generic[R]):
 
     def take_stale(self, now: float) -> Sequence[_Entry[R]]:
         pool = self._pool
+        pool.reclaim_parked()  # every round sees parked resources too: checks, expiry
         idle, counters = pool._idle, pool._counters
         taken: list[_Entry[R]] = []
         while idle and pool._open_count() > pool._max_size:  # shrunk by resize()

@@ -446,6 +446,9 @@ class _Connection:
         self.hanging = False
         self.closed = False
         self.subscribed = False
+        # An injection and an answer never write at once (with auto-pipelining, a request the
+        # client sent before it dropped the connection may still be answered meanwhile).
+        self.write_lock = anyio.Lock()
 
 
 class HostileServer:
@@ -560,7 +563,8 @@ class HostileServer:
         if connection is None or connection.closed or connection.hanging:
             return False
         try:
-            await connection.stream.send(data)
+            async with connection.write_lock:
+                await connection.stream.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return False
         with anyio.move_on_after(2.0):
@@ -681,7 +685,8 @@ class HostileServer:
 
     async def _perform(self, connection: _Connection, writes: Sequence[bytes], then: Then) -> None:
         for data in writes:
-            await connection.stream.send(data)
+            async with connection.write_lock:
+                await connection.stream.send(data)
         if then == "close":
             raise _Closed
         if then == "rst":

@@ -105,7 +105,6 @@ async def test_a_cancellation_storm_never_mismatches_and_never_reconnects(
         assert counts["echo"] + counts["blpop"] >= counts["must_complete"] > 0
         assert counts["cancelled"] >= counts["must_cancel"] > 0
         shared = redis.autopipeline_statistics()
-        assert shared["abandoned"] + shared["withdrawn"] > 0  # cancellations did strike
         if not _anyio_asyncio_streams():
             # A cancelled caller never costs a reconnect.  (anyio's own asyncio streams yield
             # before they write, so a cancellation landing there fails the connection: safely,

@@ -372,7 +372,7 @@ async def test_a_cancelled_lock_release_lost_on_a_shared_connection_is_bounded(
     the lock is still held by this object and the retry works."""
     async with (
         anypool.testing.FaultProxy(redis_server.port) as proxy,
-        RedisPool.from_url(proxy.url, socket_timeout=1) as redis,
+        RedisPool.from_url(proxy.url, socket_timeout=1, autopipeline=True) as redis,
     ):
         lock = redis.lock("state:shared-lock")
         assert await lock.acquire()

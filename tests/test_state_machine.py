@@ -474,6 +474,7 @@ class ConnectionStateMachine(RuleBasedStateMachine):
 
             group.start_soon(task)
             await self.wait_blocked(True)
+            self.pool.reclaim_parked()  # a shared connection kept between commands
             leased = [lease.resource for lease in self.pool._leased]
             scope.cancel()
         assert len(leased) == 1, leased
@@ -960,7 +961,14 @@ class ConnectionStateMachine(RuleBasedStateMachine):
     async def inspect(self) -> list[str]:
         pool = self.pool
         with anyio.fail_after(HANG):  # nothing is left running between rules; wait for it
-            while pool._leased or pool._opening or pool._closing or pool._waiter_scopes:
+            # (a shared connection kept between commands is parked: the pool takes it back)
+            while (
+                pool.reclaim_parked()
+                or pool._leased
+                or pool._opening
+                or pool._closing
+                or (pool._waiter_scopes)
+            ):
                 await anyio.sleep(0.001)
         problems: list[str] = []
         idle = [entry.resource for entry in pool._idle]
