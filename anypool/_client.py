@@ -927,26 +927,6 @@ class Pipeline(_Commands):
 
     async def _execute(self, raise_on_error: bool, sent: Sent | None) -> list[Any]:
         queue = self._queue
-        shared = self._client._shared
-        if (
-            shared is not None
-            and self._lease is None
-            and not (self._watching or self._transaction or self._explicit_multi)
-            and not any(needs_own_connection(args) for args, _ in queue)
-        ):
-            # Auto-pipelined: the whole pipeline is one contiguous request on a shared
-            # connection (nothing of another caller's comes between its commands).
-            try:
-                if not queue:
-                    return []
-                runner = _SharedRunner(shared, sent)
-                if self._scripts:
-                    await self._load_scripts(runner)
-                return await self._execute_pipeline(runner, queue, raise_on_error)
-            finally:
-                self._queue = []
-                self._scripts = {}
-                self._explicit_multi = False
         pool = self._client._pool
         lease = self._lease or await pool.lease()
         self._lease = None
@@ -974,7 +954,7 @@ class Pipeline(_Commands):
             self._watching = self._explicit_multi = False
             await pool.release(lease)
 
-    async def _load_scripts(self, connection: Connection | _SharedRunner) -> None:
+    async def _load_scripts(self, connection: Connection) -> None:
         """Make sure every script the queue runs by EVALSHA exists on the server."""
         scripts = list(self._scripts.values())
         exists = await connection.execute("SCRIPT", "EXISTS", *(s.sha for s in scripts))
@@ -983,8 +963,7 @@ class Pipeline(_Commands):
                 script.sha = _str(await connection.execute("SCRIPT", "LOAD", script.script))
 
     async def _execute_pipeline(
-        self, connection: Connection | _SharedRunner,
-        queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        self, connection: Connection, queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         raise_on_error: bool, *, unwatch: bool = False,
     ) -> list[Any]:  # fmt: skip
         commands: list[Sequence[Any]] = [wire_args(args) for args, _ in queue]
@@ -1077,33 +1056,6 @@ class Pipeline(_Commands):
             finally:
                 await self._client._pool.release(lease)
         self._watching = self._explicit_multi = False
-
-
-class _SharedRunner:
-    """What a pipeline needs of a connection, over the multiplexing engine: each call is one
-    contiguous request on a shared connection."""
-
-    def __init__(self, shared: Multiplexer, sent: Sent | None) -> None:
-        self._shared = shared
-        self._sent = sent
-        self.protocol = 3  # the RESP version of the connection the last request used
-
-    async def execute(self, *args: Any, decode: bool = True) -> Any:
-        reply = (await self.execute_many((args,), decode=decode))[0]
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-    async def execute_many(
-        self, commands: Sequence[Sequence[Any]], *, decode: bool | Sequence[bool] = True
-    ) -> list[Any]:
-        flags = [decode] * len(commands) if isinstance(decode, bool) else list(decode)
-        replies, self.protocol = await self._shared.execute(commands, flags, self._sent)
-        return replies
-
-    async def aclose(self) -> None:
-        """Nothing: a shared connection is the engine's to close (only a pipeline that was
-        WATCHing closes its connection, and such a pipeline never runs here)."""
 
 
 def _with_empty_responses(

@@ -483,7 +483,8 @@ class Connection:
 
     def next_reply(self, decode: bool = True) -> Any:
         """The next complete reply among the bytes already read, or ``NEED_DATA``.  Push
-        messages on the way go to ``on_push`` (or are counted as dropped).
+        messages on the way go to ``on_push`` (or are counted as dropped).  (``last_used_at``
+        is the caller's to update: see :meth:`mark_used`.)
 
         Raises:
             ProtocolError, ReplyDecodeError: the bytes are not valid RESP, or not decodable;
@@ -495,9 +496,11 @@ class Connection:
             if type(reply) is Push:
                 self._push(reply)
                 continue
-            if reply is not NEED_DATA:
-                self.last_used_at = time.monotonic()
             return reply
+
+    def mark_used(self) -> None:
+        """Record that replies were just read (``last_used_at``)."""
+        self.last_used_at = time.monotonic()
 
     @property
     def has_unread(self) -> bool:

@@ -477,6 +477,8 @@ class Multiplexer:
         """Hand every complete reply already read to its request (sync, no I/O)."""
         connection = lane.connection
         in_flight = lane.in_flight
+        if in_flight:
+            connection.mark_used()
         while in_flight:
             head = in_flight[0]
             replies = head.replies

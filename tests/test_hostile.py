@@ -33,8 +33,8 @@ that request.  So the server only sends bytes nobody asked for
 
 1. in the *same write* (one ``send``) as the last reply the client is owed on that connection
    (``Answer.extra``; never after a reply that is followed by more owed replies of a pipeline,
-   nor with auto-pipelining, where other callers' commands may share the connection), so they
-   arrive together with that reply; or
+   nor after the reply to an auto-pipelined command, whose connection other callers' commands
+   may share), so they arrive together with that reply; or
 2. by ``HostileServer.inject``, while *no* command is in flight anywhere (the test holds an
    exclusive gate that every command otherwise shares), and the gate is released only once the
    client's kernel has acknowledged the bytes (TIOCOUTQ is 0): they are in the client's hands
@@ -349,9 +349,9 @@ def answers(draw: st.DrawFn, op: Op, last: bool) -> Answer:
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
     protocol = draw(st.sampled_from([3, 2]))
-    # Auto-pipelined commands and (non-transactional) pipelines share a connection: the server
-    # cannot know a reply is the last one owed on it, so it sends no stray with them (no client
-    # could tell such a stray from the next caller's reply).
+    # Auto-pipelined single commands share a connection: the server cannot know a reply is
+    # the last one owed on it, so it sends no stray with them (no client could tell such a
+    # stray from the next caller's reply).  Pipelines keep their exclusive connections.
     autopipeline = draw(st.booleans())
     counter = iter(range(1, 10_000))
     scripted: dict[int, Answer] = {}
@@ -365,7 +365,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             for position in range(count):
                 op: Op = draw(st.sampled_from(["echo", "get"]))
                 n = next(counter)
-                last = position == count - 1 and not autopipeline
+                last = position == count - 1 and (pipeline or not autopipeline)
                 answer = draw(answers(op, last=last))
                 if answer != OK:
                     scripted[n] = answer
