@@ -44,7 +44,7 @@ import anyio
 import anyio.lowlevel
 
 from ._connection import Connection, ConnectionFactory
-from ._errors import AnyPoolError, ConnectionLost, ProtocolError, TimeoutError
+from ._errors import AnyPoolError, ConnectionLost, PoolExhausted, ProtocolError, TimeoutError
 from ._pool import Lease, Pool
 from ._resp import NEED_DATA, Arg, Packer
 from ._retry import Sent
@@ -218,10 +218,10 @@ class Multiplexer:
                         await anyio.lowlevel.checkpoint()
                 lane.outbox.append(request)
             else:
-                if not checked:
-                    # A cancelled task sends nothing (and on trio, a cancellation still
-                    # pending would strike inside the write, which would then fail the lane).
-                    await anyio.lowlevel.checkpoint_if_cancelled()
+                # A cancelled task sends nothing (and on trio, a cancellation still pending,
+                # e.g. one that struck as the task was handed a lane, would strike inside the
+                # write, which would then fail the lane).
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 # A lane is idle only right after it was leased (the pool looked at the
                 # connection then): written at once, by this task.
                 lane.in_flight.append(request)
@@ -289,14 +289,32 @@ class Multiplexer:
     def _choose(self) -> _Lane | None:
         """The least loaded lane with room, or None if a new lane should be opened or every
         lane is full."""
+        waiting = self._pool.waiting
         best: _Lane | None = None
         best_load = self._max_in_flight
+        stale: list[_Lane] | None = None
         for lane in self._lanes:
+            if waiting:
+                # Callers wait for a slot (BLPOP, acquire()...): the lanes take no more, so
+                # they drain and go back to the pool, and shared commands queue for a slot
+                # behind those callers (first come, first served) instead of holding it.
+                lane.retiring = True
             if lane.retiring:
+                if lane.parked:
+                    stale = stale or []
+                    stale.append(lane)
                 continue
             load = lane.load
             if load < best_load:
                 best, best_load = lane, load
+        if stale:
+            # Retired while parked: left to the pool (which takes a parked lease back when it
+            # needs it, closing what it must not reuse); this engine forgets them.
+            for lane in stale:
+                self._lanes.remove(lane)
+                lane.parked, lane.released = False, True
+        if waiting:
+            return None
         if best is not None and best_load and self._may_open():
             return None  # spread the load: every lane is busy, and another may be opened
         return best
@@ -317,7 +335,13 @@ class Multiplexer:
                 if turn or not self._room:
                     lane = self._choose()
                     if lane is None and self._may_open():
-                        lane = await self._open_lane()
+                        spare = self._with_room()
+                        try:
+                            # Another lane only if a slot is free now: with a lane that has
+                            # room, never wait for the pool (others may hold every slot).
+                            lane = await self._open_lane(nowait=spare is not None)
+                        except PoolExhausted:
+                            lane = spare
                     if lane is not None:
                         return lane
                 entry = _RoomWaiter(self._waiter())
@@ -346,13 +370,29 @@ class Multiplexer:
                 self._turn_taken = False
                 self._wake_room()
 
-    async def _open_lane(self) -> _Lane:
+    def _with_room(self) -> _Lane | None:
+        """The least loaded lane with room, parked ones included (None if every one is
+        full)."""
+        best: _Lane | None = None
+        for lane in self._lanes:
+            load = lane.load
+            if (
+                not lane.retiring
+                and load < self._max_in_flight
+                and (best is None or load < best.load)
+            ):
+                best = lane
+        return best
+
+    async def _open_lane(self, *, nowait: bool = False) -> _Lane:
         self._opening += 1
         try:
-            lease = await self._pool.lease()
+            lease = await self._pool.lease(nowait=nowait)
         except BaseException as exc:
             self._opening -= 1
-            if isinstance(exc, Exception) and not self._lanes and not self._opening:
+            if isinstance(exc, PoolExhausted) and nowait:
+                pass  # the caller uses a lane that has room
+            elif isinstance(exc, Exception) and not self._lanes and not self._opening:
                 # Everyone waiting was waiting for this connection: they get its error
                 # rather than trying again one after the other.
                 while self._room:
@@ -385,46 +425,60 @@ class Multiplexer:
     # --- writing and reading ------------------------------------------------------------------
 
     async def _write(self, lane: _Lane, batch: list[_Request]) -> None:
-        """Send ``batch`` (already at the end of ``in_flight``), then whatever was queued
-        meanwhile.  A failure fails the lane (the requests get their errors)."""
+        """Send ``batch`` (already at the end of ``in_flight``), then, in a loop, whatever was
+        queued meanwhile.  A failure fails the lane (the requests get their errors)."""
         connection = lane.connection
-        for request in batch:
-            request.sent = True
-            if request.sent_flag is not None:
-                request.sent_flag.value = True
-        data = batch[0].data if len(batch) == 1 else b"".join(r.data for r in batch)
-        lane.writing = True
-        try:
-            # Not shielded (a cancel scope costs 3-8 us): on the asyncio transports a write
-            # is all or nothing and yields only while the transport's buffer is full; on
-            # trio, a cancellation pending was raised before (see _flush and execute), and
-            # one can strike only while the kernel's buffer is full.  A write cut short fails
-            # the lane.
-            await connection.send_packed(data, batch[0].name, timeout=self._timeout)
-        except BaseException as exc:
-            lane.writing = False
-            await self._fail(lane, _interrupted(exc, connection, batch[0].name))
-            if not isinstance(exc, AnyPoolError):
-                raise
-            return
-        finally:
-            lane.writing = False
         counts = self._counts
-        counts["writes"] += 1
-        if len(batch) > counts["largest_write"]:
-            counts["largest_write"] = len(batch)
-        if lane.outbox:
-            await self._flush(lane)  # queued while this write was under way
+        while True:
+            for request in batch:
+                request.sent = True
+                if request.sent_flag is not None:
+                    request.sent_flag.value = True
+            data = batch[0].data if len(batch) == 1 else b"".join(r.data for r in batch)
+            lane.writing = True
+            try:
+                # Not shielded (a cancel scope costs 3-8 us): on the asyncio transports a
+                # write is all or nothing and yields only while the transport's buffer is
+                # full; on trio, a cancellation pending was raised before (see _next_batch
+                # and execute), and one can strike only while the kernel's buffer is full.  A
+                # write cut short fails the lane.
+                await connection.send_packed(data, batch[0].name, timeout=self._timeout)
+            except BaseException as exc:
+                lane.writing = False
+                await self._fail(lane, _interrupted(exc, connection, batch[0].name))
+                if not isinstance(exc, AnyPoolError):
+                    raise
+                return
+            finally:
+                lane.writing = False
+            counts["writes"] += 1
+            if len(batch) > counts["largest_write"]:
+                counts["largest_write"] = len(batch)
+            # Queued while this write was under way (when the write yields: trio, anyio's
+            # asyncio streams, a full buffer).
+            next_batch = await self._next_batch(lane)
+            if next_batch is None:
+                return
+            batch = next_batch
 
-    async def _flush(self, lane: _Lane) -> None:
-        """Send the outbox on behalf of its requests.  A cancellation already pending for this
-        task is raised first, before anything is taken from the outbox."""
+    async def _next_batch(self, lane: _Lane) -> list[_Request] | None:
+        """Take the outbox to send it on behalf of its requests (None if there is nothing to
+        send or someone else sends).  A cancellation already pending for this task is raised
+        first, before anything is taken."""
+        if not lane.outbox:
+            return None
         await anyio.lowlevel.checkpoint_if_cancelled()
         if not lane.outbox or lane.writing or lane.failed:
-            return
+            return None
         batch, lane.outbox = lane.outbox, []
         lane.in_flight.extend(batch)
-        await self._write(lane, batch)
+        return batch
+
+    async def _flush(self, lane: _Lane) -> None:
+        """Send the outbox (see :meth:`_next_batch`)."""
+        batch = await self._next_batch(lane)
+        if batch is not None:
+            await self._write(lane, batch)
 
     async def _read(self, lane: _Lane, request: _Request) -> None:
         """Be the lane's reader until ``request`` is done: hand every reply read to its
@@ -654,7 +708,7 @@ class Multiplexer:
         return {
             **self._counts,
             "lanes": sum(not lane.parked for lane in self._lanes),
-            "parked": sum(lane.parked for lane in self._lanes),
+            "parked": sum(lane.parked and self._pool.is_parked(lane.lease) for lane in self._lanes),
             "in_flight": sum(len(lane.in_flight) for lane in self._lanes),
             "queued": sum(len(lane.outbox) for lane in self._lanes),
             "waiting_for_room": len(self._room),

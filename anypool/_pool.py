@@ -500,6 +500,10 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         counters = self._counters
         waited = False
         try:
+            if self._waiter_scopes:
+                # Earlier callers wait (one may have been handed a slot it has not taken yet):
+                # first come, first served.
+                raise anyio.WouldBlock
             try:
                 self._limiter.acquire_on_behalf_of_nowait(lease)
             except anyio.WouldBlock:
@@ -684,6 +688,19 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             raise RuntimeError(f"only a lease held from {self.name} can be parked")
         entry.last_used_at = self._clock()
         self._parked[lease] = None
+        if self._waiter_scopes:
+            # Callers already wait for a slot: they come first (a parked lease would keep
+            # them waiting until the next maintenance round, or starve them).
+            self.reclaim_parked()
+
+    @property
+    def waiting(self) -> int:
+        """How many callers wait for a slot now."""
+        return len(self._waiter_scopes)
+
+    def is_parked(self, lease: Lease[R]) -> bool:
+        """Whether ``lease`` is parked (and not taken back by the pool)."""
+        return lease in self._parked
 
     def unpark(self, lease: Lease[R]) -> bool:
         """Take a parked lease back into use.  False if the pool took it back meanwhile: it

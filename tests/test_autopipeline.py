@@ -9,6 +9,7 @@ import random
 from collections import Counter
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import anypool
@@ -290,6 +291,66 @@ async def test_a_cancelled_waiter_for_room_gives_its_turn_to_the_next() -> None:
             assert results == {0: b"0", 1: "cancelled", 2: b"2"}
             shared = redis.autopipeline_statistics()
             assert (shared["waiting_for_room"], shared["lanes_failed"]) == (0, 0)
+
+
+async def test_a_parked_shared_connection_never_keeps_a_waiting_caller_waiting(
+    redis_server: RedisServer,
+) -> None:
+    """max_size=1: shared commands keep coming while acquire() waits for the only slot.  The
+    shared connection, parked between commands, goes to the waiting caller first.  (Each new
+    command took the parked connection back, so acquire() waited until the load stopped: the
+    review found it starved for 12 s.)"""
+    async with RedisPool.from_url(redis_server.url, max_size=1, timeout=None) as redis:
+        got_it = anyio.Event()
+        cut_short: list[int] = []  # loads that saw acquire() get in before their last GET
+
+        async def shared_load() -> None:
+            for i in range(3000):
+                if got_it.is_set():
+                    cut_short.append(i)
+                    return
+                await redis.get("ap:park")
+                await anyio.lowlevel.checkpoint()
+
+        async def exclusive() -> None:
+            await _wait_until(lambda: redis.autopipeline_statistics()["requests"] > 50, "load")
+            async with redis.acquire() as conn:
+                assert await conn.ping() is True
+            got_it.set()
+
+        with anyio.fail_after(HANG * 2):
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(shared_load)
+                tg.start_soon(exclusive)
+        assert cut_short, "acquire() got the slot only once the shared load had stopped"
+        stats = redis.statistics()
+        assert (stats.in_use, stats.requests_waiting) == (0, 0)
+
+
+async def test_a_further_shared_connection_never_waits_for_the_pool(
+    redis_server: RedisServer,
+) -> None:
+    """With the pool's other slots held, shared commands use the shared connection that has
+    room instead of waiting for a slot for a second one (they failed with PoolTimeout)."""
+    async with RedisPool.from_url(
+        redis_server.url, max_size=2, autopipeline_connections=2, timeout=2
+    ) as redis:
+        async with redis.acquire():
+            errors: list[BaseException] = []
+
+            async def load() -> None:
+                for _ in range(200):
+                    try:
+                        await redis.get("ap:spare")
+                    except anypool.PoolError as exc:
+                        errors.append(exc)
+
+            with anyio.fail_after(HANG):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(4):
+                        tg.start_soon(load)
+        assert errors == []
 
 
 async def test_autopipelining_can_be_turned_off(redis_server: RedisServer) -> None:
