@@ -16,8 +16,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import sniffio
-
 __all__ = ["Waiter", "cancellation_probe", "waiter_factory"]
 
 
@@ -82,11 +80,19 @@ class _TrioWaiter:
             trio.lowlevel.reschedule(task)
 
 
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio (uvloop) loop, or None: anyio then runs on trio."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def waiter_factory() -> Callable[[], Waiter]:
     """How to make waiters for the event loop running now (call it from that loop)."""
-    if sniffio.current_async_library() == "trio":
+    loop = _running_asyncio_loop()
+    if loop is None:
         return _TrioWaiter
-    loop = asyncio.get_running_loop()
     return lambda: _AsyncioWaiter(loop)
 
 
@@ -97,9 +103,9 @@ def cancellation_probe() -> Callable[[], bool] | None:
     check is cheap already).  anyio's own check costs ~1.5 us on asyncio; this one misses only
     a scope the task cancelled itself a moment ago (anyio delivers that at the task's next
     await)."""
-    if sniffio.current_async_library() == "trio":
+    loop = _running_asyncio_loop()
+    if loop is None:
         return None
-    loop = asyncio.get_running_loop()
     current_task = asyncio.current_task
 
     def delivered() -> bool:
