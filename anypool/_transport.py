@@ -350,7 +350,11 @@ def _nothing_to_read(sock: socket.socket) -> bool:
 
 
 def _tune_socket(stream: anyio.abc.ByteStream, config: RedisConfig) -> None:
-    sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    sock: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    if sock is None:
+        # uvloop under anyio's streams: the transport was already closed (the server hung up
+        # at once), so it no longer offers its socket.  Reported as a failed connect.
+        raise anyio.BrokenResourceError("the connection closed as it was made")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if config.socket_keepalive:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
