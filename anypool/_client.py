@@ -15,7 +15,6 @@ make sense, and a connection left in a changed state is closed on return, not re
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import os
 import threading
@@ -166,12 +165,6 @@ class _Commands(AsyncCoreCommands):
         nothing (make a new pool with other options instead)."""
         return connection_kwargs(self._config)
 
-    async def _apply_callback(
-        self, protocol: int, name: str, reply: Any, options: dict[str, Any]
-    ) -> Any:
-        result = self._shape(protocol, name, reply, options)
-        return await result if inspect.isawaitable(result) else result
-
     def _shape(self, protocol: int, name: str, reply: Any, options: dict[str, Any]) -> Any:
         """redis-py's reply callback for ``name``, applied synchronously (none of redis-py's
         is a coroutine function; a test checks it)."""
@@ -208,7 +201,7 @@ class _Commands(AsyncCoreCommands):
             if EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
             raise
-        return await self._apply_callback(connection.protocol, name, reply, options)
+        return self._shape(connection.protocol, name, reply, options)
 
 
 # redis-py 8's ``set`` inspects every call's arguments to warn about experimental ones: skip that

@@ -380,9 +380,8 @@ class Connection:
                 f"{self!r} is in use by another task; a connection serves one task at a time "
                 "(lease one per task from the pool)"
             )
-        packer = self._packer
         # Packing first: a bad argument raises here, before anything is owed or sent.
-        data = packer.pack(commands[0]) if len(commands) == 1 else packer.pack_many(commands)
+        data = self._packer.pack_commands(commands)
         if timeout is DEFAULT:
             timeout = self._timeout
         count = len(commands)
@@ -434,7 +433,7 @@ class Connection:
         await self.send_packed(self._packer.pack_many(commands), commands[0][0], timeout=timeout)
 
     async def send_packed(self, data: bytes, command: Any, *, timeout: float | None) -> None:
-        """Write commands already packed (:meth:`pack`) in one write; their replies are read
+        """Write commands already packed (``Packer.pack_commands``) in one write; their replies are read
         by whoever reads this connection (subscribed mode, or the multiplexing engine).
 
         Args:
@@ -471,15 +470,6 @@ class Connection:
     # The multiplexing engine (_multiplex.py) writes the packed commands of several callers and
     # reads their replies one at a time, in order; it does its own reply accounting, so
     # ``replies_owed`` stays 0 on a shared connection.
-
-    def pack(self, commands: Sequence[Sequence[Arg]]) -> bytes:
-        """``commands`` in their wire form.
-
-        Raises:
-            InvalidArgument: an argument has a type Redis cannot take.
-        """
-        packer = self._packer
-        return packer.pack(commands[0]) if len(commands) == 1 else packer.pack_many(commands)
 
     def next_reply(self, decode: bool = True) -> Any:
         """The next complete reply among the bytes already read, or ``NEED_DATA``.  Push

@@ -194,9 +194,7 @@ class Multiplexer:
         self._pool.check_open()  # open, and in this event loop (a parked lane may be used)
         if self._closed:
             raise self._pool.closed_error(f"{self._pool.name} is closed")
-        packer = self._packer
-        data = packer.pack(commands[0]) if len(commands) == 1 else packer.pack_many(commands)
-        request = _Request(data, decodes, commands[0][0], sent)
+        request = _Request(self._packer.pack_commands(commands), decodes, commands[0][0], sent)
         while True:  # bounded: a parked lane that cannot be resumed leaves _lanes
             lane = None if self._room else self._choose()
             checked = lane is None  # a lane found or opened came through an await
@@ -222,8 +220,8 @@ class Multiplexer:
                 # e.g. one that struck as the task was handed a lane, would strike inside the
                 # write, which would then fail the lane).
                 await anyio.lowlevel.checkpoint_if_cancelled()
-                # A lane is idle only right after it was leased (the pool looked at the
-                # connection then): written at once, by this task.
+                # Idle (just leased or resumed, after a look at the connection): written at
+                # once, by this task.
                 lane.in_flight.append(request)
                 await self._write(lane, [request])
             while request.error is None and len(request.replies) < len(request.decodes):
@@ -259,9 +257,7 @@ class Multiplexer:
         asked for, or closed by the server, while it was parked)."""
         lane.parked = False
         if not self._pool.unpark(lane.lease):
-            lane.released = True  # the pool released it
-            if lane in self._lanes:
-                self._lanes.remove(lane)
+            self._forget(lane)  # the pool took it back (and released it)
             return False
         connection = lane.connection
         if (
@@ -289,33 +285,16 @@ class Multiplexer:
     def _choose(self) -> _Lane | None:
         """The least loaded lane with room, or None if a new lane should be opened or every
         lane is full."""
-        waiting = self._pool.waiting
-        best: _Lane | None = None
-        best_load = self._max_in_flight
-        stale: list[_Lane] | None = None
-        for lane in self._lanes:
-            if waiting:
-                # Callers wait for a slot (BLPOP, acquire()...): the lanes take no more, so
-                # they drain and go back to the pool, and shared commands queue for a slot
-                # behind those callers (first come, first served) instead of holding it.
+        if self._pool.waiting:
+            # Callers wait for a slot (BLPOP, acquire()...): the lanes take no more, so they
+            # drain and go back to the pool, and shared commands queue for a slot behind those
+            # callers (first come, first served) instead of holding it.
+            for lane in self._lanes:
                 lane.retiring = True
-            if lane.retiring:
-                if lane.parked:
-                    stale = stale or []
-                    stale.append(lane)
-                continue
-            load = lane.load
-            if load < best_load:
-                best, best_load = lane, load
-        if stale:
-            # Retired while parked: left to the pool (which takes a parked lease back when it
-            # needs it, closing what it must not reuse); this engine forgets them.
-            for lane in stale:
-                self._lanes.remove(lane)
-                lane.parked, lane.released = False, True
-        if waiting:
+            self._with_room()  # (forgets the parked ones)
             return None
-        if best is not None and best_load and self._may_open():
+        best = self._with_room()
+        if best is not None and best.load and self._may_open():
             return None  # spread the load: every lane is busy, and another may be opened
         return best
 
@@ -372,17 +351,30 @@ class Multiplexer:
 
     def _with_room(self) -> _Lane | None:
         """The least loaded lane with room, parked ones included (None if every one is
-        full)."""
+        full).  Lanes retired while parked are left to the pool (which takes a parked lease
+        back when it needs it, closing what it must not reuse) and forgotten here."""
         best: _Lane | None = None
+        best_load = self._max_in_flight
+        stale: list[_Lane] | None = None
         for lane in self._lanes:
+            if lane.retiring:
+                if lane.parked:
+                    stale = stale or []
+                    stale.append(lane)
+                continue
             load = lane.load
-            if (
-                not lane.retiring
-                and load < self._max_in_flight
-                and (best is None or load < best.load)
-            ):
-                best = lane
+            if load < best_load:
+                best, best_load = lane, load
+        if stale:
+            for lane in stale:
+                self._forget(lane)
         return best
+
+    def _forget(self, lane: _Lane) -> None:
+        """Drop a lane whose lease is no longer this engine's to return."""
+        lane.parked, lane.released = False, True
+        if lane in self._lanes:
+            self._lanes.remove(lane)
 
     async def _open_lane(self, *, nowait: bool = False) -> _Lane:
         self._opening += 1
@@ -639,16 +631,10 @@ class Multiplexer:
         """Return the lane's connection to the pool (it closes it if it is not reusable)."""
         if lane.released:
             return
-        if lane.parked:
-            lane.parked = False
-            if not self._pool.unpark(lane.lease):  # the pool took it back already
-                lane.released = True
-                if lane in self._lanes:
-                    self._lanes.remove(lane)
-                return
-        lane.released = True
-        if lane in self._lanes:
-            self._lanes.remove(lane)
+        if lane.parked and not self._pool.unpark(lane.lease):
+            self._forget(lane)  # the pool took it back already
+            return
+        self._forget(lane)
         self._counts["lanes_returned"] += 1
         try:
             # Not shielded: release() returns the slot whatever happens (a connection whose

@@ -750,6 +750,10 @@ class Packer:
                     return packed
         return self._pack_python(args)
 
+    def pack_commands(self, commands: Sequence[Sequence[Arg]]) -> bytes:
+        """One or several commands, whichever is faster (see :meth:`pack`)."""
+        return self.pack(commands[0]) if len(commands) == 1 else self.pack_many(commands)
+
     def pack_many(self, commands: Iterable[Sequence[Arg]]) -> bytes:
         """Encode several commands into one buffer, for a single write."""
         return b"".join([self.pack(command) for command in commands])

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import pytest
 from anyio.from_thread import BlockingPortal
 
@@ -71,3 +72,23 @@ BACKEND_PARAMS = [
     )
     for b in BACKENDS
 ]
+
+
+async def cancel_after(checkpoints: int, body: Callable[[], Awaitable[None]]) -> bool:
+    """Run ``body``; a sibling task cancels it after ``checkpoints`` scheduling passes.  Returns
+    whether it ran to completion.  Where the cancellation lands depends on the loop; every
+    outcome must satisfy the invariants."""
+    completed = False
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as group:
+
+            async def canceller() -> None:
+                for _ in range(checkpoints):
+                    await anyio.lowlevel.checkpoint()
+                scope.cancel()
+
+            group.start_soon(canceller)
+            await body()
+            completed = True
+            group.cancel_scope.cancel()
+    return completed

@@ -34,7 +34,7 @@ import anypool
 from anypool import RedisPool
 from anypool.testing import RedisServer
 
-from .backends import backend_params, start_portal
+from .backends import backend_params, cancel_after, start_portal
 
 EXAMPLES = int(os.environ.get("AUTOPIPELINE_MACHINE_EXAMPLES", "8"))
 STEPS = int(os.environ.get("AUTOPIPELINE_MACHINE_STEPS", "25"))
@@ -183,49 +183,44 @@ class AutopipelineMachine(RuleBasedStateMachine):
             async def one(i: int) -> None:
                 outcomes[i] = await _run(redis, calls[i])
 
-            with anyio.CancelScope() as scope:
+            async def all_of_them() -> None:
                 async with anyio.create_task_group() as group:
-
-                    async def canceller() -> None:
-                        for _ in range(checkpoints):
-                            await anyio.lowlevel.checkpoint()
-                        scope.cancel()
-
-                    group.start_soon(canceller)
                     for i in range(len(calls)):
                         group.start_soon(one, i)
+
+            await cancel_after(checkpoints, all_of_them)
             return outcomes
 
         for call, (outcome, value) in zip(calls, self.world.portal.call(together), strict=True):
             self._check(call, outcome, value)
 
+    def _stall(self, count: int) -> list[_Call]:
+        """Pause the server (with min_size connections open) and put ``count`` calls out: in
+        flight, queued, or waiting for room.  The caller resumes or kills the server."""
+        self.settle()
+        self._ready()
+        self.world.server.pause()
+        started = [self._start("echo") for _ in range(count)]
+        self._wait_for(lambda: self._all_out(started), "the stalled calls to be out")
+        return started
+
     @rule(count=st.integers(1, 12), cancel=st.integers(0, 12))
     def stall_with_commands_in_flight(self, count: int, cancel: int) -> None:
         """Pause the server, put commands in flight (and in the queue, and waiting for room),
         cancel some while the server is stalled, then resume: the rest complete normally."""
-        self.settle()
-        self._ready()
-        server = self.world.server
-        server.pause()
         try:
-            started = [self._start("echo") for _ in range(count)]
-            self._wait_for(lambda: self._all_out(started), "the stalled calls to be out")
-            for call in started[:cancel]:
+            for call in self._stall(count)[:cancel]:
                 call.cancel_asked = True
                 self.world.portal.call(call.scope.cancel)  # type: ignore[union-attr]
         finally:
-            server.resume()
+            self.world.server.resume()
         self.settle()
 
     @rule(count=st.integers(1, 12))
     def kill_with_commands_in_flight(self, count: int) -> None:
-        self.settle()
-        self._ready()
         server = self.world.server
-        server.pause()
         try:
-            started = [self._start("echo") for _ in range(count)]
-            self._wait_for(lambda: self._all_out(started), "the calls to be out")
+            self._stall(count)
             for call in self._out():
                 call.faulted = True
             server.kill()

@@ -57,7 +57,7 @@ from anypool import CommandNotAllowed, InvalidArgument, RedisConfig, RedisPool
 from anypool._connection import Connection, ConnectionFactory
 from anypool.testing import RedisServer, RedisServerError, find_valkey_server
 
-from .backends import backend_params, start_portal
+from .backends import backend_params, cancel_after, start_portal
 
 # --- knobs ------------------------------------------------------------------------------------
 
@@ -348,26 +348,6 @@ class RecordingFactory(ConnectionFactory):
         self.created.append(connection)
         self.baseline[id(connection)] = info
         return connection
-
-
-async def cancel_after(checkpoints: int, body: Callable[[], Awaitable[None]]) -> bool:
-    """Run ``body``; a sibling task cancels it after ``checkpoints`` scheduling passes.  Returns
-    whether it ran to completion.  Where the cancellation lands depends on the loop; every
-    outcome must satisfy the invariants."""
-    completed = False
-    with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as group:
-
-            async def canceller() -> None:
-                for _ in range(checkpoints):
-                    await anyio.lowlevel.checkpoint()
-                scope.cancel()
-
-            group.start_soon(canceller)
-            await body()
-            completed = True
-            group.cancel_scope.cancel()
-    return completed
 
 
 # --- the machine ------------------------------------------------------------------------------
