@@ -433,8 +433,9 @@ class Connection:
         await self.send_packed(self._packer.pack_many(commands), commands[0][0], timeout=timeout)
 
     async def send_packed(self, data: bytes, command: Any, *, timeout: float | None) -> None:
-        """Write commands already packed (``Packer.pack_commands``) in one write; their replies are read
-        by whoever reads this connection (subscribed mode, or the multiplexing engine).
+        """Write commands already packed (``Packer.pack_commands``) in one write; their
+        replies are read by whoever reads this connection (subscribed mode, or the
+        multiplexing engine).
 
         Args:
             data: the packed commands.

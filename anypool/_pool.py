@@ -713,6 +713,9 @@ class Pool(Generic[R], AsyncContextManagerMixin):
     def reclaim_parked(self) -> int:
         """Take back every parked lease now: each resource goes to the idle set (the usual
         checks apply before it is handed out again) and its slot is free.  Returns how many."""
+        return self._reclaim(close_surplus=True)
+
+    def _reclaim(self, *, close_surplus: bool) -> int:
         count = 0
         while self._parked:
             lease, _ = self._parked.popitem()
@@ -722,12 +725,25 @@ class Pool(Generic[R], AsyncContextManagerMixin):
             self._counters.usage_ms += int((entry.last_used_at - lease.acquired_at) * 1000)
             self._leased.discard(lease)
             if not entry.closed:  # (while closing, shutdown closes what is idle)
+                # Retired ones (reset, expired) are closed when picked from idle, or by the
+                # next maintenance round; surplus ones (the pool shrank) just below.
                 self._idle.append(entry)
             self._limiter.release_on_behalf_of(lease)
             count += 1
         if count:
+            if close_surplus and self._state is _OPEN:
+                self._close_surplus_idle()
             self._notify_changed()
         return count
+
+    def _close_surplus_idle(self) -> None:
+        """Take idle resources beyond ``max_size`` out of use now (so none is handed out or
+        makes a waiter wait beside it); they are closed in the pool's task group."""
+        while self._idle and self._open_count() > self._max_size:
+            entry = self._idle.popleft()
+            self._closing.add(entry)
+            assert self._task_group is not None
+            self._task_group.start_soon(self._close_entry, entry)
 
     def is_retired(self, lease: Lease[R]) -> bool:
         """Whether the resource of ``lease`` (still leased) would be closed rather than kept
@@ -876,13 +892,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         if self._state is not _NEW:
             self.reclaim_parked()
             self._limiter.total_tokens = config.max_size
-            # Surplus idle resources leave the idle list now (so none is handed out or makes a
-            # waiter wait beside it) and are closed in the pool's task group.
-            while self._idle and self._open_count() > config.max_size:
-                entry = self._idle.popleft()
-                self._closing.add(entry)
-                assert self._task_group is not None
-                self._task_group.start_soon(self._close_entry, entry)
+            self._close_surplus_idle()
             self._wake_maintenance.set()
 
     # --- observation --------------------------------------------------------------------------
@@ -1003,7 +1013,9 @@ class _Upkeep(Generic[R]):
 
     def take_stale(self, now: float) -> Sequence[_Entry[R]]:
         pool = self._pool
-        pool.reclaim_parked()  # every round sees parked resources too: checks, expiry
+        # Every round sees parked resources too (checks, expiry); the surplus ones are taken
+        # just below, in this round.
+        pool._reclaim(close_surplus=False)
         idle, counters = pool._idle, pool._counters
         taken: list[_Entry[R]] = []
         while idle and pool._open_count() > pool._max_size:  # shrunk by resize()

@@ -226,6 +226,11 @@ class RedisDriver:
 # --- the machine ------------------------------------------------------------------------------
 
 
+async def _sync(function: Any, *args: Any) -> Any:
+    """Call a synchronous pool method in the pool's event loop (through the portal)."""
+    return function(*args)
+
+
 class PoolMachine(RuleBasedStateMachine):
     backend = "asyncio"
     driver_factory: Any = FakeDriver
@@ -255,6 +260,7 @@ class PoolMachine(RuleBasedStateMachine):
         )
         self._exit.enter_context(self.portal.wrap_async_context_manager(self.pool))
         self.leases: list[Lease[Any]] = []
+        self.parked: list[Lease[Any]] = []  # leases the machine parked (park()), still its own
         self.waiters: list[dict[str, Any]] = []
         self.acquired = 0
 
@@ -303,6 +309,9 @@ class PoolMachine(RuleBasedStateMachine):
         )
 
     def harvest(self) -> None:
+        # Parked leases the pool took back (another caller, maintenance, reset, resize, check)
+        # are released: no longer the machine's.
+        self.parked = [lease for lease in self.parked if self.pool.is_parked(lease)]
         for waiter in list(self.waiters):
             if not waiter["future"].done():
                 continue
@@ -318,10 +327,17 @@ class PoolMachine(RuleBasedStateMachine):
 
     # rules
 
+    def full(self) -> bool:
+        """Whether a newcomer must wait: no free slot and none parked, or callers waiting."""
+        limiter = self.pool._limiter
+        # parked leases give their slots back, but a shrunk pool may still be over its size
+        no_slot = limiter.borrowed_tokens - len(self.parked) >= limiter.total_tokens
+        return bool(no_slot or self.pool.statistics().requests_waiting)
+
     @rule()
     def acquire_nowait(self) -> None:
         fails = self.driver.creates_fail()
-        full = self.pool._limiter.available_tokens <= 0 or self.pool.statistics().requests_waiting
+        full = self.full()
         live_idle = self.usable_idle()
         try:
             lease = self.call(partial(self.pool.lease, nowait=True))
@@ -335,10 +351,11 @@ class PoolMachine(RuleBasedStateMachine):
             assert not full
             self.leases.append(lease)
             self.acquired += 1
+        self.harvest()
 
     @rule()
     def acquire_with_short_timeout(self) -> None:
-        full = self.pool._limiter.available_tokens <= 0 or self.pool.statistics().requests_waiting
+        full = self.full()
         fails = self.driver.creates_fail()
         try:
             lease = self.call(partial(self.pool.lease, timeout=0.01))
@@ -363,6 +380,38 @@ class PoolMachine(RuleBasedStateMachine):
         if owe:
             assert self.driver.is_closed(lease.resource)
         self.settle()
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
+    def park(self, data: st.DataObject) -> None:
+        """A holder keeps a lease between uses (the multiplexing engine's idle lanes): the pool
+        counts it as available, and takes it back at once if callers wait for a slot."""
+        lease = data.draw(st.sampled_from(self.leases))
+        self.leases.remove(lease)
+        waiting = self.pool.statistics().requests_waiting
+        self.call(_sync, self.pool.park, lease)
+        if waiting:
+            assert not self.pool.is_parked(lease)  # given to the waiters first
+        else:
+            self.parked.append(lease)
+        self.settle()
+
+    @precondition(lambda self: self.parked)
+    @rule(data=st.data())
+    def unpark(self, data: st.DataObject) -> None:
+        lease = data.draw(st.sampled_from(self.parked))
+        self.parked.remove(lease)
+        if self.call(_sync, self.pool.unpark, lease):
+            self.leases.append(lease)
+        else:  # the pool took it back meanwhile (it is released)
+            assert lease.released
+
+    @rule()
+    def reclaim_parked(self) -> None:
+        count = self.call(_sync, self.pool.reclaim_parked)
+        assert count == len(self.parked)
+        self.settle()
+        assert not self.parked
 
     @precondition(lambda self: len(self.waiters) < 4)
     @rule()
@@ -408,7 +457,8 @@ class PoolMachine(RuleBasedStateMachine):
     def fail_next_create(self) -> None:
         self.driver.fail_next_create()
 
-    @precondition(lambda self: isinstance(self.driver, FakeDriver))
+    # (with a lease parked, the pool would hand that out rather than create)
+    @precondition(lambda self: isinstance(self.driver, FakeDriver) and not self.parked)
     @rule()
     def create_hangs_until_cancelled(self) -> None:
         """A create() that never returns, cancelled by its caller: its slot must come back."""
@@ -514,6 +564,7 @@ class PoolMachine(RuleBasedStateMachine):
                 "waiting": pool._limiter.statistics().tasks_waiting,
                 "max_size": pool._max_size,
                 "stats": pool.statistics(),
+                "parked": [lease.resource for lease in pool._parked],
             }
 
         state = self.call(snapshot)
@@ -523,9 +574,10 @@ class PoolMachine(RuleBasedStateMachine):
         # open never exceeds max_size (after a shrink, leases out beyond it are retired on return)
         if borrowed <= state["max_size"]:
             assert len(idle) + borrowed <= state["max_size"]
-        # no waiter parked while a reusable idle resource exists
+        # no waiter parked while a reusable idle resource exists, or a parked lease
         if state["waiting"]:
             assert not idle
+            assert not state["parked"]
         # each resource in exactly one place (idle, leased, closing), none in use closed,
         # none lost
         closing = state["closing"]
@@ -539,7 +591,9 @@ class PoolMachine(RuleBasedStateMachine):
         # the statistics agree with what the machine saw
         stats = state["stats"]
         assert stats.pool_size == len(idle) + len(leased) + state["opening"]
-        assert stats.in_use == len(leased)
+        assert stats.in_use == len(leased) - len(state["parked"])
+        assert stats.pool_available == len(idle) + len(state["parked"])
+        assert {id(r) for r in state["parked"]} == {id(lease.resource) for lease in self.parked}
         assert stats.requests_num == self.acquired
         assert {id(lease.resource) for lease in self.leases} <= set(ids)
 
@@ -550,6 +604,10 @@ class PoolMachine(RuleBasedStateMachine):
             for waiter in self.waiters:
                 self.call(waiter["scope"].cancel)
             self.settle()
+            for lease in self.parked:
+                if self.call(_sync, self.pool.unpark, lease):
+                    self.leases.append(lease)
+            self.parked.clear()
             for lease in list(self.leases):
                 self.call(self.pool.release, lease)
             self.leases.clear()
