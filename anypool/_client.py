@@ -96,6 +96,12 @@ def _watched(value: Any, raised: list[BaseException]) -> Any:
 
 
 _DECODED, _RAW = (True,), (False,)  # one command's decode flags, made once
+# autopipeline_statistics()'s keys (all zero with autopipeline=False)
+_AUTOPIPELINE_STATISTICS = (
+    "requests", "writes", "largest_write", "abandoned", "withdrawn", "lanes_opened",
+    "lanes_failed", "lanes_returned", "waited_for_room", "lanes", "parked", "in_flight",
+    "queued", "waiting_for_room",
+)  # fmt: skip
 
 AUTOPIPELINE_DEFAULT = True
 """``autopipeline``'s default (the test suite's ``ANYPOOL_TEST_AUTOPIPELINE=0`` turns it off to
@@ -452,7 +458,7 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         connections, requests in flight and queued, and callers waiting.  All zero when
         ``autopipeline=False``."""
         if self._shared is None:
-            return {}
+            return dict.fromkeys(_AUTOPIPELINE_STATISTICS, 0)
         return self._shared.statistics()
 
     async def _attempt(self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent) -> Any:

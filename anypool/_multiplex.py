@@ -307,6 +307,7 @@ class Multiplexer:
         One woken waiter at a time holds the turn (``_turn_taken``) until it has its place,
         so waiters woken together cannot overtake each other."""
         turn = False  # this task was woken in its turn: it may go before those still waiting
+        waited = False
         try:
             while True:
                 if self._closed:
@@ -329,7 +330,9 @@ class Multiplexer:
                     turn = self._turn_taken = False
                 else:
                     self._room.append(entry)
-                self._counts["waited_for_room"] += 1
+                if not waited:  # callers, not waits
+                    waited = True
+                    self._counts["waited_for_room"] += 1
                 try:
                     await entry.waiter.wait()
                 except BaseException:
@@ -371,7 +374,9 @@ class Multiplexer:
         return best
 
     def _forget(self, lane: _Lane) -> None:
-        """Drop a lane whose lease is no longer this engine's to return."""
+        """Drop a lane: its lease goes back to the pool (or the pool took it back)."""
+        if not lane.released:
+            self._counts["lanes_returned"] += 1
         lane.parked, lane.released = False, True
         if lane in self._lanes:
             self._lanes.remove(lane)
@@ -635,7 +640,6 @@ class Multiplexer:
             self._forget(lane)  # the pool took it back already
             return
         self._forget(lane)
-        self._counts["lanes_returned"] += 1
         try:
             # Not shielded: release() returns the slot whatever happens (a connection whose
             # reset is cancelled is closed, not kept).

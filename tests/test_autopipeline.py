@@ -112,6 +112,7 @@ async def test_a_cancellation_storm_never_mismatches_and_never_reconnects(
             # but at a reconnect's cost.  anypool's default asyncio transport does not.)
             assert shared["lanes_failed"] == 0
         assert (shared["lanes"], shared["in_flight"], shared["queued"]) == (0, 0, 0)
+        assert shared["lanes_opened"] == shared["lanes_returned"] + shared["parked"]
         stats = redis.statistics()
         assert (stats.in_use, stats.opening, stats.requests_waiting) == (0, 0, 0)
         assert await redis.echo("after") == b"after"
@@ -356,7 +357,8 @@ async def test_a_further_shared_connection_never_waits_for_the_pool(
 async def test_autopipelining_can_be_turned_off(redis_server: RedisServer) -> None:
     async with RedisPool.from_url(f"{redis_server.url}?autopipeline=false") as redis:
         assert await redis.echo("x") == b"x"
-        assert redis.autopipeline_statistics() == {}
+        off = redis.autopipeline_statistics()
+        assert off and set(off.values()) == {0}  # every counter, at zero
         assert redis.statistics().requests_num == 1
     async with RedisPool.from_url(redis_server.url, autopipeline=False) as redis:
         async with anyio.create_task_group() as tg:
@@ -405,6 +407,13 @@ def test_a_bad_autopipeline_url_option_is_refused() -> None:
 )
 def test_which_commands_need_a_connection_of_their_own(args: tuple[object, ...], own: bool) -> None:
     assert needs_own_connection(args) is own
+
+
+async def test_statistics_have_the_same_keys_on_and_off(redis_server: RedisServer) -> None:
+    async with RedisPool.from_url(redis_server.url) as on:
+        await on.ping()
+        async with RedisPool.from_url(redis_server.url, autopipeline=False) as off:
+            assert on.autopipeline_statistics().keys() == off.autopipeline_statistics().keys()
 
 
 def test_no_reply_callback_is_a_coroutine_function() -> None:

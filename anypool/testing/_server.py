@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,7 +233,15 @@ class RedisServer:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
+                # The kernel sends it when the *thread* that started the server ends: only
+                # the main thread lives as long as the process (a server restarted from a
+                # worker thread, e.g. anyio.to_thread, would die with that thread).
+                preexec_fn=(
+                    _set_parent_death_signal
+                    if sys.platform == "linux"
+                    and threading.current_thread() is threading.main_thread()
+                    else None
+                ),
             )
             try:
                 self._wait_ready()
