@@ -46,7 +46,11 @@ async def open_stream(config: RedisConfig) -> anyio.abc.ByteStream:
     else:
         stream = await anyio.connect_tcp(config.host, config.port)
     if config.unix_socket_path is None:
-        _tune_socket(stream, config)
+        try:
+            _tune_socket(stream, config)
+        except BaseException:
+            await close_stream(stream)  # the caller never saw it: nobody else would close it
+            raise
     return stream
 
 
@@ -350,10 +354,15 @@ def _nothing_to_read(sock: socket.socket) -> bool:
 
 
 def _tune_socket(stream: anyio.abc.ByteStream, config: RedisConfig) -> None:
-    sock: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    # uvloop under anyio's streams: once the transport has closed (the server hung up at once)
+    # it no longer offers its socket; anyio then either returns None or fails while listing
+    # the stream's attributes (it asks the missing socket for its peer).  Either way: a failed
+    # connect, reported as one.
+    try:
+        sock: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    except AttributeError:
+        sock = None
     if sock is None:
-        # uvloop under anyio's streams: the transport was already closed (the server hung up
-        # at once), so it no longer offers its socket.  Reported as a failed connect.
         raise anyio.BrokenResourceError("the connection closed as it was made")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if config.socket_keepalive:

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from typing import cast
 
 import anyio
 import pytest
@@ -19,7 +20,7 @@ import sniffio
 import anypool
 from anypool import RedisConfig, RedisPool
 from anypool._connection import Connection
-from anypool._transport import _kernel_probe
+from anypool._transport import _kernel_probe, _tune_socket
 from anypool.testing import RedisServer
 
 from .conftest import open_fds
@@ -569,6 +570,30 @@ def test_kernel_probe_peeks_without_taking_the_socket(real: bool) -> None:
         peer.shutdown(socket.SHUT_WR)
         assert not probe()  # end of stream
     assert not probe()  # closed: fileno() is -1
+
+
+class ClosedAtOnceStream:
+    """What anyio's stream over uvloop offers once the server hung up as the socket connected:
+    no socket, and (as anyio lists attributes by asking that socket for its peer) perhaps an
+    AttributeError instead of a missing attribute."""
+
+    def __init__(self, fails_while_listing: bool) -> None:
+        self.fails_while_listing = fails_while_listing
+
+    def extra(self, attribute: object, default: object = None) -> object:
+        if self.fails_while_listing:
+            raise AttributeError("'NoneType' object has no attribute 'getpeername'")
+        return None
+
+
+@pytest.mark.parametrize("fails_while_listing", [False, True], ids=["none", "attribute-error"])
+def test_a_stream_closed_as_it_connects_is_a_broken_connection(fails_while_listing: bool) -> None:
+    """Seen on CI (uvloop, anyio streams, a pub/sub reconnect to a server being killed): the
+    AttributeError escaped the connect and crashed the pool's task group.  It must be the
+    broken-connection error every reconnect loop already handles."""
+    stream = cast(anyio.abc.ByteStream, ClosedAtOnceStream(fails_while_listing))
+    with pytest.raises(anyio.BrokenResourceError, match="closed as it was made"):
+        _tune_socket(stream, RedisConfig(host="127.0.0.1", port=1))
 
 
 @pytest.mark.anyio
