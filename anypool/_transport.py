@@ -433,8 +433,8 @@ def idle_probes(
     read queue, or decrypted but unread inside TLS."""
     try:
         raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-    except anyio.TypedAttributeLookupError:  # pragma: no cover - every stream we open has one
-        raw = None
+    except (anyio.TypedAttributeLookupError, AttributeError):  # pragma: no cover
+        raw = None  # no socket, or (see _tune_socket) a transport closed since: no peek
     readable_now: Callable[[], bool] | None
     if isinstance(stream, _AsyncioStream):
         readable_now = stream.readable_now
