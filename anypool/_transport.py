@@ -353,16 +353,20 @@ def _nothing_to_read(sock: socket.socket) -> bool:
     return False
 
 
-def _tune_socket(stream: anyio.abc.ByteStream, config: RedisConfig) -> None:
-    # uvloop under anyio's streams: once the transport has closed (the server hung up at once)
-    # it no longer offers its socket; anyio then either returns None or fails while listing
-    # the stream's attributes (it asks the missing socket for its peer).  Either way: a failed
-    # connect, reported as one.
+def _raw_socket(stream: anyio.abc.ByteStream) -> Any:
+    """The socket under ``stream``, or None: a stream without one, or (uvloop under anyio's
+    streams) a transport that closed since it was made, which offers no socket any more;
+    anyio then returns None or fails while listing the stream's attributes (it asks the
+    missing socket for its peer)."""
     try:
-        sock: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-    except AttributeError:
-        sock = None
-    if sock is None:
+        return stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    except (anyio.TypedAttributeLookupError, AttributeError):
+        return None
+
+
+def _tune_socket(stream: anyio.abc.ByteStream, config: RedisConfig) -> None:
+    sock: socket.socket | None = _raw_socket(stream)
+    if sock is None:  # the server hung up at once: a failed connect, reported as one
         raise anyio.BrokenResourceError("the connection closed as it was made")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if config.socket_keepalive:
@@ -431,10 +435,7 @@ def idle_probes(
     a peek cannot see them (None where the stream keeps nothing).  Unsolicited bytes wait in
     the asyncio Protocol stream's buffer (it reads as soon as data arrives), in anyio's asyncio
     read queue, or decrypted but unread inside TLS."""
-    try:
-        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-    except (anyio.TypedAttributeLookupError, AttributeError):  # pragma: no cover
-        raw = None  # no socket, or (see _tune_socket) a transport closed since: no peek
+    raw = _raw_socket(stream)  # None: no peek
     readable_now: Callable[[], bool] | None
     if isinstance(stream, _AsyncioStream):
         readable_now = stream.readable_now
