@@ -3,12 +3,15 @@
 import logging as _logging
 
 from ._backoff import BreakerState as BreakerState
+from ._blocking import BlockingRedisCluster as BlockingRedisCluster
 from ._blocking import BlockingRedisPool as BlockingRedisPool
 from ._client import Lock as Lock
 from ._client import Pipeline as Pipeline
 from ._client import RedisConnection as RedisConnection
 from ._client import RedisPool as RedisPool
 from ._client import Script as Script
+from ._cluster import ClusterPipeline as ClusterPipeline
+from ._cluster import RedisCluster as RedisCluster
 from ._config import BackoffPolicy as BackoffPolicy
 from ._config import BreakerPolicy as BreakerPolicy
 from ._config import PoolConfig as PoolConfig
@@ -16,6 +19,7 @@ from ._config import RedisConfig as RedisConfig
 from ._config import split_url as split_url
 from ._errors import AnyPoolError as AnyPoolError
 from ._errors import AuthenticationError as AuthenticationError
+from ._errors import ClusterError as ClusterError
 from ._errors import CommandNotAllowed as CommandNotAllowed
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectError as ConnectError
@@ -23,6 +27,7 @@ from ._errors import ConnectionClosed as ConnectionClosed
 from ._errors import ConnectionError as ConnectionError
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import ConnectTimeout as ConnectTimeout
+from ._errors import CrossSlotError as CrossSlotError
 from ._errors import InvalidArgument as InvalidArgument
 from ._errors import MessagesLost as MessagesLost
 from ._errors import PoolClosed as PoolClosed
@@ -34,6 +39,7 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import ReplyDecodeError as ReplyDecodeError
 from ._errors import ResponseError as ResponseError
 from ._errors import SlowConsumer as SlowConsumer
+from ._errors import SubscriptionLost as SubscriptionLost
 from ._errors import TimeoutError as TimeoutError
 from ._errors import TooManyWaiters as TooManyWaiters
 from ._pool import Lease as Lease
@@ -58,9 +64,12 @@ __all__ = [
     "AnyPoolError",
     "AuthenticationError",
     "BackoffPolicy",
+    "BlockingRedisCluster",
     "BlockingRedisPool",
     "BreakerPolicy",
     "BreakerState",
+    "ClusterError",
+    "ClusterPipeline",
     "CommandNotAllowed",
     "ConfigError",
     "ConnectError",
@@ -68,6 +77,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionError",
     "ConnectionLost",
+    "CrossSlotError",
     "Health",
     "InvalidArgument",
     "Lease",
@@ -88,6 +98,7 @@ __all__ = [
     "PubSub",
     "Reconnected",
     "RedisConfig",
+    "RedisCluster",
     "RedisConnection",
     "RedisPool",
     "ReplyDecodeError",
@@ -97,6 +108,7 @@ __all__ = [
     "Script",
     "SlowConsumer",
     "Subscription",
+    "SubscriptionLost",
     "TimeoutError",
     "TooManyWaiters",
     "split_url",

@@ -1,4 +1,5 @@
-"""BlockingRedisPool: the RedisPool command surface for synchronous code.
+"""BlockingRedisPool and BlockingRedisCluster: the async clients' command surface for
+synchronous code.
 
 The async pool runs in a helper thread, on an anyio blocking portal (asyncio or trio); every
 call from any thread is handed to that event loop and waited for.  The portal is thread-safe, so
@@ -13,18 +14,19 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
 from types import TracebackType
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, Self, TypeVar
 
 import anyio.from_thread
 from anyio.from_thread import BlockingPortal
 
 from ._client import Lock, Pipeline, RedisPool, Script
+from ._cluster import ClusterPipeline, RedisCluster
 from ._config import RedisConfig
 from ._errors import PoolClosed
 from ._pubsub import Event
 from ._stats import Health, PoolStatistics
 
-__all__ = ["BlockingRedisPool"]
+__all__ = ["BlockingRedisCluster", "BlockingRedisPool"]
 
 Backend = Literal["asyncio", "trio"]
 V = TypeVar("V")
@@ -62,7 +64,7 @@ def _run(portal: BlockingPortal, owner: Any, function: Any, args: Any, kwargs: A
 def _wrap(portal: BlockingPortal, owner: Any, result: Any) -> Any:
     if isinstance(owner, _Blocking) and result is owner._target:
         return owner  # chaining: pipe.set(...).get(...)
-    if isinstance(result, Pipeline):
+    if isinstance(result, Pipeline | ClusterPipeline):
         return BlockingPipeline(portal, result)
     if isinstance(result, Lock):
         return BlockingLock(portal, result)
@@ -176,6 +178,8 @@ class BlockingRedisPool(_Blocking):
         # a close() racing an open() runs after it.
         self._life_lock = threading.Lock()
 
+    _client_class: Any = RedisPool  # what from_url() makes
+
     @classmethod
     def from_url(
         cls,
@@ -184,12 +188,12 @@ class BlockingRedisPool(_Blocking):
         backend: Backend = "asyncio",
         backend_options: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> BlockingRedisPool:
-        """As :meth:`RedisPool.from_url`."""
+    ) -> Self:
+        """As :meth:`RedisPool.from_url` (:meth:`RedisCluster.from_url` for a cluster)."""
         return cls(
             backend=backend,
             backend_options=backend_options,
-            client=RedisPool.from_url(url, **options),
+            client=cls._client_class.from_url(url, **options),
         )
 
     def open(self) -> None:
@@ -291,6 +295,13 @@ class BlockingRedisPool(_Blocking):
         """As :meth:`subscribe`, for patterns."""
         return self._subscription(self._client.psubscribe(*patterns, **options))
 
+    def ssubscribe(
+        self, *channels: Any, **options: Any
+    ) -> AbstractContextManager[BlockingSubscription]:
+        """As :meth:`subscribe`, for sharded channels (on a cluster: of one slot, followed
+        across migrations and failovers)."""
+        return self._subscription(self._client.ssubscribe(*channels, **options))
+
     def pubsub(self, *args: Any, **kwargs: Any) -> NoReturn:
         """Not offered on the synchronous pool (redis-py's sync ``PubSub`` has no counterpart
         yet): refused rather than handing sync code an async object whose calls would do
@@ -369,3 +380,64 @@ class _Held(AbstractContextManager[V]):
                 return False
             self._owner._held.discard(self)
             return True
+
+
+class BlockingRedisCluster(BlockingRedisPool):
+    """RedisCluster's command API, synchronously, from any number of threads (as
+    :class:`BlockingRedisPool`: the cluster client runs in a helper thread's event loop)::
+
+        with anypool.BlockingRedisCluster.from_url("redis://127.0.0.1:7000") as redis:
+            redis.set("{user:1}:name", "Ada")
+            print(redis.mget(["{user:1}:name", "other"]))
+
+    Args:
+        host, port, **options: as :class:`RedisCluster`.
+        backend, backend_options: as :class:`BlockingRedisPool`.
+        client: an existing (not yet entered) RedisCluster to run, instead of making one.
+
+    ``subscribe()``, ``psubscribe()`` and ``ssubscribe()`` are the cluster's (see
+    :meth:`RedisCluster.ssubscribe`); ``acquire()`` is not offered on a cluster (it raises
+    NotImplementedError saying so).
+    """
+
+    _client_class = RedisCluster
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int = 6379,
+        *,
+        backend: Backend = "asyncio",
+        backend_options: Mapping[str, Any] | None = None,
+        client: RedisCluster | None = None,
+        **options: Any,
+    ) -> None:
+        cluster = client if client is not None else RedisCluster(host, port, **options)
+        super().__init__(
+            backend=backend,
+            backend_options=backend_options,
+            client=cluster,  # type: ignore[arg-type]  # the same surface, run the same way
+        )
+
+    def _not_on_a_cluster(self, what: str) -> NoReturn:
+        raise NotImplementedError(
+            f"BlockingRedisCluster.{what}() is not offered: a cluster has no single connection "
+            f"to hold; use the commands (and pipeline()) instead"
+        )
+
+    def acquire(self, *, timeout: float | None = None) -> NoReturn:
+        """Not offered on a cluster (raises NotImplementedError)."""
+        self._not_on_a_cluster("acquire")
+
+    @property
+    def health(self) -> NoReturn:
+        """Not offered on a cluster: see :meth:`statistics` and each node's pool."""
+        self._not_on_a_cluster("health")
+
+    def statistics(self) -> dict[str, int]:  # type: ignore[override]
+        """The cluster client's counters (:meth:`RedisCluster.cluster_statistics`)."""
+        cluster: RedisCluster = self._client  # type: ignore[assignment]
+        return cluster.cluster_statistics()
+
+    def __repr__(self) -> str:
+        return f"<BlockingRedisCluster {self._backend} {self._client!r}>"

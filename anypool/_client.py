@@ -19,10 +19,10 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, overload
 
 import anyio
 from anyio import AsyncContextManagerMixin
@@ -46,6 +46,7 @@ from ._compat import (
     annotate_pipeline_error,
     lean_command_methods,
     make_encoder,
+    raise_pipeline_errors,
     response_callbacks,
 )
 from ._config import PoolConfig, RedisConfig, split_url_over
@@ -216,7 +217,7 @@ for _name, _method in lean_command_methods(AsyncCoreCommands).items():
     setattr(_Commands, _name, _method)
 
 
-class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # as redis-py's
+class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # type: ignore[misc]  # as redis-py's
     """A pool of Redis connections with redis-py's whole command API, on trio and asyncio.
 
     ::
@@ -475,6 +476,77 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
         finally:
             await pool.release(lease)
 
+    async def execute_command_once(
+        self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent, *, asking: bool = False
+    ) -> Any:
+        """One attempt of a command, whatever ``retry=`` says, recording in ``sent`` whether
+        its write began (then it may have run): what a cluster client needs to decide, alone,
+        whether a failed command may go to another node.  With ``asking``, ``ASKING`` goes just
+        before it in the same write on the same connection (the one-time permission an ``ASK``
+        redirect asks for; no other caller's command can come between them).
+
+        Raises and cancellation: as :meth:`execute_command` with no retries.
+        """
+        refuse_on_pool(args)
+        args = wire_args(args)
+        name = name_of(args[0])
+        commands: tuple[tuple[Any, ...], ...] = ((b"ASKING",), args) if asking else (args,)
+        shared = self._shared
+        if shared is not None and not needs_own_connection(args):
+            decodes = (True, NEVER_DECODE not in options)
+            replies, protocol = await shared.execute(commands, decodes[-len(commands) :], sent)
+        else:
+            lease = await self._pool.lease()
+            try:
+                connection = lease.resource
+                writes = connection.writes
+                try:
+                    replies = await connection.execute_many(
+                        commands, decode=NEVER_DECODE not in options
+                    )
+                finally:
+                    sent.value = connection.writes != writes
+                protocol = connection.protocol
+            finally:
+                await self._pool.release(lease)
+        reply = replies[-1]
+        if isinstance(reply, Exception):
+            if isinstance(reply, ResponseError) and EMPTY_RESPONSE in options:
+                return options[EMPTY_RESPONSE]
+            raise reply
+        return self._shape(protocol, name, reply, dict(options))
+
+    async def execute_many_once(
+        self, queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], sent: Sent
+    ) -> list[Any]:
+        """Several commands in one write on one connection (not a transaction), their parsed
+        replies in order with error replies in their places; one attempt, recording in
+        ``sent`` whether the write began.  What a cluster pipeline sends to each node.
+
+        Raises and cancellation: as a pipeline's ``execute(raise_on_error=False)``.
+        """
+        for args, _ in queue:
+            refuse_on_pool(args, pipeline=True)
+        commands = [wire_args(args) for args, _ in queue]
+        decode = [NEVER_DECODE not in options for _, options in queue]
+        lease = await self._pool.lease()
+        try:
+            connection = lease.resource
+            writes = connection.writes
+            try:
+                replies = await connection.execute_many(commands, decode=decode)
+            finally:
+                sent.value = connection.writes != writes
+            protocol = connection.protocol
+        finally:
+            await self._pool.release(lease)
+        results = []
+        for (args, options), reply in zip(queue, replies, strict=True):
+            if isinstance(reply, ResponseError) and EMPTY_RESPONSE in options:
+                reply = options[EMPTY_RESPONSE]
+            results.append(self._shape(protocol, name_of(args[0]), reply, dict(options)))
+        return results
+
     def acquire(self, *, timeout: float | _Default | None = DEFAULT) -> _ExclusiveAcquisition:
         """An exclusive connection for an ``async with`` block, with the same command API.
 
@@ -560,7 +632,7 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
                    blocking_timeout=blocking_timeout, thread_local=thread_local,
                    raise_on_release_error=raise_on_release_error)  # fmt: skip
 
-    # --- pub/sub ------------------------------------------------------------------------------
+    # --- pub/sub (the API: _pubsub.PubSubMethods) ---------------------------------------------
 
     def _hub(self) -> _pubsub.Hub:
         if self._pubsub is None:
@@ -572,128 +644,16 @@ class RedisPool(_Commands, AsyncContextManagerMixin):  # type: ignore[misc]  # a
             )  # fmt: skip
         return self._pubsub
 
-    def subscribe(
-        self, *channels: Any, buffer: int = 1000, policy: _pubsub.Policy = "block",
-        block_timeout: float = 5.0,
-    ) -> AbstractAsyncContextManager[_pubsub.Subscription]:  # fmt: skip
-        """Subscribe to channels: ``async with redis.subscribe("news") as sub:``.
+    def _pubsub_hub(self, kind: _pubsub.Kind, names: tuple[Any, ...]) -> _pubsub.Hub:
+        return self._hub()
 
-        Entering returns once the server has acknowledged the subscriptions.  The subscription
-        rides on a dedicated connection shared with other subscriptions of this pool; a task in
-        the pool's task group reads it, reconnects it if it breaks (delivering a
-        :class:`Reconnected` event) and fans messages out.
+    def _pubsub_hubs(self) -> list[_pubsub.Hub]:
+        return [self._hub()]
 
-        Args:
-            *channels: channel names.
-            buffer: messages buffered for this subscription before ``policy`` applies.
-            policy: ``block`` (default), ``drop_oldest``, ``drop_newest``, ``error`` or
-                ``unbounded`` (no limit: must be asked for by name).
-            block_timeout: with ``block``, seconds the reader waits for room before the
-                subscription fails with SlowConsumer (so others are not starved).
-
-        Cancellation: leaving the block (normally, by error or by cancellation) unsubscribes,
-        bounded and shielded; it never hangs.
-        """
-        return _pubsub.subscription(
-            self._hub(), "channel", channels, buffer=buffer, policy=policy,
-            block_timeout=block_timeout,
-        )  # fmt: skip
-
-    def psubscribe(
-        self, *patterns: Any, buffer: int = 1000, policy: _pubsub.Policy = "block",
-        block_timeout: float = 5.0,
-    ) -> AbstractAsyncContextManager[_pubsub.Subscription]:  # fmt: skip
-        """Subscribe to glob-style patterns (see :meth:`subscribe`)."""
-        return _pubsub.subscription(
-            self._hub(), "pattern", patterns, buffer=buffer, policy=policy,
-            block_timeout=block_timeout,
-        )  # fmt: skip
-
-    def ssubscribe(
-        self, *channels: Any, buffer: int = 1000, policy: _pubsub.Policy = "block",
-        block_timeout: float = 5.0,
-    ) -> AbstractAsyncContextManager[_pubsub.Subscription]:  # fmt: skip
-        """Subscribe to sharded channels (Redis >= 7; see :meth:`subscribe`)."""
-        return _pubsub.subscription(
-            self._hub(), "shard", channels, buffer=buffer, policy=policy,
-            block_timeout=block_timeout,
-        )  # fmt: skip
-
-    def pubsub(
-        self, ignore_subscribe_messages: bool = False, *,
-        on_gap: Literal["raise", "message"] | Callable[[_pubsub.Reconnected], Any] = "raise",
-        buffer: int = 1000, policy: _pubsub.Policy = "block", block_timeout: float = 5.0,
-        shard_hint: Any = None,
-    ) -> _pubsub.PubSub:  # fmt: skip
-        """redis-py's ``PubSub`` object (``p = redis.pubsub(); await p.subscribe("news")``),
-        on this pool's supervised subscriptions: reconnected when the connection breaks, with
-        the gap reported as ``on_gap`` says (by default ``get_message()`` raises
-        :class:`MessagesLost` once).  See :class:`anypool.PubSub` and docs/pubsub.md.
-
-        Args:
-            ignore_subscribe_messages: drop (un)subscribe acknowledgements, as redis-py.
-            on_gap: ``"raise"``, ``"message"`` or a callable (see :class:`anypool.PubSub`).
-            buffer, policy, block_timeout: the subscription's backpressure (see
-                :meth:`subscribe`).
-            shard_hint: accepted for redis-py's signature; unused.
-        """
-        return _pubsub.PubSub(
-            self._hub(), ignore_subscribe_messages=ignore_subscribe_messages, on_gap=on_gap,
-            buffer=buffer, policy=policy, block_timeout=block_timeout,
-        )  # fmt: skip
-
-    async def start_listener(
-        self,
-        handler: Callable[[_pubsub.Event], Awaitable[Any] | Any],
-        *,
-        channels: Sequence[Any] = (),
-        patterns: Sequence[Any] = (),
-        restart: _pubsub.RestartPolicy | None = None,
-        buffer: int = 1000,
-        policy: _pubsub.Policy = "block",
-        block_timeout: float = 5.0,
-    ) -> _pubsub.Listener:
-        """Run ``handler`` for every event, as a supervised child task of the pool.
-
-        Args:
-            handler: called with each :class:`Message` or :class:`Reconnected`; a coroutine
-                function or a plain function.
-            channels, patterns: what to listen to (at least one).
-            restart: how often the handler may fail (default :class:`RestartPolicy()`).
-            buffer, policy, block_timeout: the subscription's backpressure (see
-                :meth:`subscribe`).
-
-        Returns once subscribed.  A handler that raises is restarted within ``restart``'s
-        budget; past it, the error propagates out of the pool's ``async with``.  A handler too
-        slow for the policy is not a failure: the subscription resumes and the handler gets a
-        :class:`Reconnected` event for the gap.  The listener ends when the pool closes or on
-        :meth:`Listener.cancel`.
-
-        Raises:
-            PoolClosed: the pool is not open.
-            ValueError, TypeError: no channels or patterns, a bad policy or buffer, a handler
-                that is not callable.
-
-        Cancellation: cancelling the caller before the subscription is acknowledged stops the
-        listener; nothing is left subscribed.
-        """
-        hub = self._hub()
-        hub.check_open()
-        listener = _pubsub.Listener(
-            hub, handler, channels, patterns, restart or _pubsub.RestartPolicy(),
-            {"buffer": buffer, "policy": policy, "block_timeout": block_timeout},
-        )  # fmt: skip
-        started: _pubsub.Listener = await self._pool.start_task(
-            listener.run, name="anypool listener"
-        )
-        return started
-
-    def pubsub_statistics(self) -> dict[str, int]:
-        """Pub/sub counters: messages, connection_failures, reconnect_failures, resubscribes,
-        gap_events, protocol_errors (malformed frames from the server), slow_consumers
-        (subscriptions stopped by SlowConsumer), and the subscriber connections and
-        subscriptions open now."""
-        return self._hub().statistics()
+    async def _start_pubsub_task(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], name: str
+    ) -> Any:
+        return await self._pool.start_task(func, name=name)
 
     # --- the pool -----------------------------------------------------------------------------
 
@@ -781,7 +741,27 @@ class _ExclusiveAcquisition:
             await self._client._pool.release(self._lease)
 
 
-class Pipeline(_Commands):
+class _Queued(_Commands):
+    """What pipelines share: redis-py's commands queue ``(args, options)`` in ``_queue``; used as
+    ``async with``, leaving the block resets the pipeline."""
+
+    _queue: list[tuple[tuple[Any, ...], dict[str, Any]]]
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.reset()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def reset(self) -> None:  # type: ignore[override]  # as redis-py's Pipeline
+        """Drop queued commands (and whatever the pipeline holds)."""
+        raise NotImplementedError
+
+
+class Pipeline(_Queued):
     """Queued commands sent in one write; a MULTI/EXEC transaction by default.
 
     Command methods queue and return the pipeline (so they chain); :meth:`execute` sends them
@@ -803,15 +783,6 @@ class Pipeline(_Commands):
         self._watching = False
         self._explicit_multi = False
         self._scripts: dict[str, Script] = {}  # loaded before execute(), like redis-py
-
-    async def __aenter__(self) -> Pipeline:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.reset()
-
-    def __len__(self) -> int:
-        return len(self._queue)
 
     @property
     def watching(self) -> bool:
@@ -982,7 +953,7 @@ class Pipeline(_Commands):
             if isinstance(reply, ResponseError) and EMPTY_RESPONSE in options:
                 reply = options[EMPTY_RESPONSE]
             results.append(shape(protocol, name_of(args[0]), reply, options))
-        self._raise_errors(queue, results, raise_on_error)
+        raise_pipeline_errors(queue, results, raise_on_error)
         return results
 
     async def _execute_transaction(
@@ -1019,26 +990,8 @@ class Pipeline(_Commands):
             shape(protocol, name_of(args[0]), reply, options)
             for (args, options), reply in zip(queue, exec_reply, strict=True)
         ]
-        self._raise_errors(queue, results, raise_on_error)
+        raise_pipeline_errors(queue, results, raise_on_error)
         return results
-
-    @staticmethod
-    def _raise_errors(
-        queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], results: Sequence[Any],
-        raise_on_error: bool,
-    ) -> None:  # fmt: skip
-        """Raise, annotated with its position like redis-py: the first error that redis-py
-        raises whatever ``raise_on_error`` says (its ConnectionError family: LOADING, max
-        clients...), else with ``raise_on_error`` the first error reply."""
-        errors = [(i, r) for i, r in enumerate(results) if isinstance(r, Exception)]
-        for i, error in errors:
-            if not isinstance(error, ResponseError):
-                annotate_pipeline_error(error, i + 1, queue[i][0])
-                raise error
-        if raise_on_error and errors:
-            i, error = errors[0]
-            annotate_pipeline_error(error, i + 1, queue[i][0])
-            raise error
 
     async def aclose(self) -> None:
         """redis-py's other name for :meth:`reset`."""

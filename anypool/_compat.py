@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -150,6 +150,25 @@ def annotate_pipeline_error(error: Exception, number: int, command: Iterable[obj
     _RedisPipeline.annotate_exception(None, error, number, command)  # type: ignore[arg-type]
 
 
+def raise_pipeline_errors(
+    queue: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], results: Sequence[Any],
+    raise_on_error: bool,
+) -> None:  # fmt: skip
+    """Raise as redis-py's pipelines do, annotated with its position and command: the first
+    error that is not a server's error reply (its ConnectionError family: LOADING, max
+    clients...), whatever ``raise_on_error`` says; else, with ``raise_on_error``, the first
+    error reply.  ``queue`` holds each command's (args, options)."""
+    errors = [(i, r) for i, r in enumerate(results) if isinstance(r, Exception)]
+    for i, error in errors:
+        if not isinstance(error, ResponseError):
+            annotate_pipeline_error(error, i + 1, queue[i][0])
+            raise error
+    if raise_on_error and errors:
+        i, error = errors[0]
+        annotate_pipeline_error(error, i + 1, queue[i][0])
+        raise error
+
+
 # --- redis-py's Retry objects (their parts are private attributes, stable since redis-py 4) ---
 
 
@@ -233,3 +252,18 @@ def lean_command_methods(base: type) -> dict[str, Callable[..., Any]]:
 
         methods[name] = functools.wraps(decorated)(method)
     return methods
+
+
+# --- the cluster client's routing tables (redis-py's RedisCluster class attributes) -----------
+
+
+def cluster_tables() -> tuple[dict[str, str], dict[str, Callable[..., Any]]]:
+    """redis-py's cluster routing for keyless commands, upper-case names: where each goes
+    (``"primaries"``, ``"all"``, ``"replicas"``, ``"random"``, ``"default-node"``, or
+    ``"slot-id"``) and how the replies of a command sent to several nodes are merged
+    (``callback(command, {node_name: reply})``)."""
+    from redis.cluster import AbstractRedisCluster
+
+    flags = {str(k).upper(): str(v) for k, v in AbstractRedisCluster.COMMAND_FLAGS.items()}
+    merges = {str(k).upper(): v for k, v in AbstractRedisCluster.RESULT_CALLBACKS.items()}
+    return flags, merges

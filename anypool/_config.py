@@ -214,6 +214,8 @@ class RedisConfig:
         encoding_errors: codec error handler (``"strict"``, ``"replace"``...).
         max_reply_size: largest reply, in bytes, the parser will buffer before failing with a
             ProtocolError (default 512 MiB, Redis's own ``proto-max-bulk-len``).
+        readonly: send ``READONLY`` on connect, so a cluster replica serves reads of the slots
+            its primary owns (``RedisCluster`` sets it on its replica pools for replica reads).
     """
 
     host: str = "localhost"
@@ -252,6 +254,7 @@ class RedisConfig:
     encoding: str = "utf-8"
     encoding_errors: str = "strict"
     max_reply_size: int = 512 * _MIB
+    readonly: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise through the back door, once, here
@@ -309,6 +312,7 @@ class RedisConfig:
                 "which has only the legacy shapes): upgrade redis-py, or leave it True",
             )  # fmt: skip
         _check_bool("decode_responses", self.decode_responses)
+        _check_bool("readonly", self.readonly)
         try:
             codecs.lookup(self.encoding)
         except (LookupError, TypeError):

@@ -205,6 +205,8 @@ class Connection:
             setup.append(("CLIENT", "SETINFO", "LIB-VER", config.lib_version))
         if config.db:
             setup.append(("SELECT", config.db))
+        if config.readonly:
+            setup.append(("READONLY",))
         if self.protocol != 2:  # the wire this config asks for (see RedisConfig.wire_protocol)
             hello: list[Arg] = ["HELLO", 3]
             if password is not None or username is not None:

@@ -29,6 +29,7 @@ ResponseError = _r.ResponseError
 __all__ = [
     "AnyPoolError",
     "AuthenticationError",
+    "ClusterError",
     "CommandNotAllowed",
     "ConfigError",
     "ConnectError",
@@ -36,6 +37,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionError",
     "ConnectionLost",
+    "CrossSlotError",
     "InvalidArgument",
     "MessagesLost",
     "PoolClosed",
@@ -77,6 +79,31 @@ class MessagesLost(ConnectionError):
         self.gap = gap
 
 
+class SubscriptionLost(ConnectionError):
+    """The server ended a subscription that anypool could not restore, so the subscription has
+    ended (consumers get this after the messages buffered before it): a cluster node
+    unsubscribed a sharded channel whose slot moved, on a pool that talks to that one node; or
+    resubscribing after a reconnect was refused (an ACL changed).  Subscribe again once the
+    cause is fixed; ``anypool.RedisCluster`` follows sharded channels across nodes itself.
+
+    Attributes:
+        kind: ``"channel"``, ``"pattern"`` or ``"shard"``.
+        names: the channels or patterns the server would not keep.
+    """
+
+    def __init__(self, message: str, *, kind: str = "channel", names: Any = ()) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.names = list(names)
+
+    def __reduce__(self) -> Any:
+        return (_subscription_lost, (str(self), self.kind, self.names))
+
+
+def _subscription_lost(message: str, kind: str, names: Any) -> SubscriptionLost:
+    return SubscriptionLost(message, kind=kind, names=names)
+
+
 class ConnectError(ConnectionError):
     """Connecting failed: refused, unreachable, unknown host, or TLS handshake rejected."""
 
@@ -95,6 +122,20 @@ class ConnectionClosed(ConnectionError):
 
 class AuthenticationError(ConnectionError, _r.AuthenticationError):
     """The server rejected the credentials (wrong password, unknown or disabled ACL user)."""
+
+
+# --- the cluster ------------------------------------------------------------------------------
+
+
+class ClusterError(AnyPoolError, _r.ClusterError):
+    """A cluster command found no node to run it: its slot has no reachable owner, or the
+    redirects and retries allowed ran out.  The message names the slot, the node and the
+    redirects seen; the command was not sent again after anything that may have run it."""
+
+
+class CrossSlotError(AnyPoolError, _r.ClusterCrossSlotError):
+    """A command's keys are in different slots of a cluster (nothing was sent); the message
+    names each key's slot."""
 
 
 class TimeoutError(AnyPoolError, _r.TimeoutError):

@@ -7,7 +7,7 @@ from ``BACKENDS`` and pass ``backend_options(id)`` along with ``backend_name(id)
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -92,3 +92,39 @@ async def cancel_after(checkpoints: int, body: Callable[[], Awaitable[None]]) ->
             completed = True
             group.cancel_scope.cancel()
     return completed
+
+
+async def together_cancelled_after(
+    checkpoints: int, calls: Sequence[Callable[[], Awaitable[T]]]
+) -> list[T | None]:
+    """Start every call in one task group and cancel them all after ``checkpoints`` scheduling
+    passes (see :func:`cancel_after`); each call's result, or None for one that did not
+    return."""
+    outcomes: list[T | None] = [None] * len(calls)
+
+    async def one(index: int) -> None:
+        outcomes[index] = await calls[index]()
+
+    async def all_of_them() -> None:
+        async with anyio.create_task_group() as group:
+            for index in range(len(calls)):
+                group.start_soon(one, index)
+
+    await cancel_after(checkpoints, all_of_them)
+    return outcomes
+
+
+def run_machine(machine: Any, *, examples: int, steps: int) -> None:
+    """Run a Hypothesis state machine over a live world (servers and a client opened by the
+    test's fixture): no deadline (a step may wait on a real server) and no health check (a
+    slow example is the servers' doing, not the strategy's)."""
+    from hypothesis import HealthCheck, settings
+
+    case = machine.TestCase
+    case.settings = settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    case().runTest()

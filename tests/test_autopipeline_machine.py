@@ -17,6 +17,7 @@ also wait for room.  ``AUTOPIPELINE_MACHINE_EXAMPLES`` / ``..._STEPS`` scale it 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,6 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -34,7 +34,7 @@ import anypool
 from anypool import RedisPool
 from anypool.testing import RedisServer
 
-from .backends import backend_params, cancel_after, start_portal
+from .backends import backend_params, run_machine, start_portal, together_cancelled_after
 
 EXAMPLES = int(os.environ.get("AUTOPIPELINE_MACHINE_EXAMPLES", "8"))
 STEPS = int(os.environ.get("AUTOPIPELINE_MACHINE_STEPS", "25"))
@@ -176,22 +176,10 @@ class AutopipelineMachine(RuleBasedStateMachine):
             call.counter = 1
             calls.append(call)
         redis = self.world.redis
-
-        async def together() -> list[tuple[str, Any]]:
-            outcomes: list[tuple[str, Any]] = [("cancelled", None)] * len(calls)
-
-            async def one(i: int) -> None:
-                outcomes[i] = await _run(redis, calls[i])
-
-            async def all_of_them() -> None:
-                async with anyio.create_task_group() as group:
-                    for i in range(len(calls)):
-                        group.start_soon(one, i)
-
-            await cancel_after(checkpoints, all_of_them)
-            return outcomes
-
-        for call, (outcome, value) in zip(calls, self.world.portal.call(together), strict=True):
+        runs = [functools.partial(_run, redis, call) for call in calls]
+        outcomes = self.world.portal.call(together_cancelled_after, checkpoints, runs)
+        for call, result in zip(calls, outcomes, strict=True):
+            outcome, value = result or ("cancelled", None)
             self._check(call, outcome, value)
 
     def _stall(self, count: int) -> list[_Call]:
@@ -329,11 +317,4 @@ def world(request: pytest.FixtureRequest) -> Iterator[_World]:
 @pytest.mark.parametrize("world", backend_params(), indirect=True)
 def test_autopipeline_machine(world: _World) -> None:
     AutopipelineMachine.world = world
-    run = AutopipelineMachine.TestCase
-    run.settings = settings(
-        max_examples=EXAMPLES,
-        stateful_step_count=STEPS,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    run().runTest()
+    run_machine(AutopipelineMachine, examples=EXAMPLES, steps=STEPS)

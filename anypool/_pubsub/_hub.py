@@ -23,22 +23,32 @@ the task reconnects with jittered backoff, subscribes again to every route (thos
 acknowledgements complete the subscribes that were waiting), and reports the gap to every
 subscription with a :class:`Reconnected` event.  Closing the pool ends every subscription with
 PoolClosed and stops every task.
+
+The server may also end a subscription on its own: a cluster node sends SUNSUBSCRIBE for the
+sharded channels of a slot that migrated away, or of every slot when it stops being a primary,
+and a resubscription after a reconnect may be refused (the slot moved, an ACL changed).  A hub
+with a :class:`Placement` (the cluster's) treats both like a broken socket: it asks the
+placement where to connect now and moves the whole connection there, with the gap reported.
+A hub without one (a pool talks to one server) ends the subscriptions that held the lost names
+with :class:`SubscriptionLost`: never a subscription that silently receives nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
+from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 
 from .._backoff import backoff_delay
 from .._config import BackoffPolicy, RedisConfig
@@ -51,6 +61,7 @@ from .._errors import (
     ProtocolError,
     ReplyDecodeError,
     ResponseError,
+    SubscriptionLost,
     TimeoutError,
 )
 from ._subscription import (
@@ -78,14 +89,42 @@ from ._wire import (
     classify,
 )
 
-if TYPE_CHECKING:
-    from .._pool import Pool
-
-__all__ = ["Hub", "SubscriberConnection", "subscription"]
+__all__ = ["Hub", "HubHost", "Placement", "SubscriberConnection", "subscription"]
 
 logger = logging.getLogger("anypool.pubsub")
 
 _KINDS: tuple[Kind, ...] = ("channel", "pattern", "shard")
+# Refusals that mean "this node is not the one to ask" (a cluster's redirects and transients):
+# redis-py's parser gives them these classes (their text drops the "MOVED "... prefix).
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
+
+
+class HubHost(Protocol):
+    """What a hub needs from the client that owns it (a pool, or a cluster client)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def check_open(self) -> None: ...
+
+    def closed_error(self, message: str) -> PoolClosed: ...
+
+    async def start_task(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None
+    ) -> Any: ...
+
+
+class Placement(Protocol):
+    """Where a hub's connections go when the server to ask may change (a cluster's slot
+    owner, or any node for classic channels)."""
+
+    def check(self, kind: Kind, keys: list[Any]) -> None:
+        """Raise a clear error unless names of ``kind`` can be subscribed through this hub."""
+
+    async def locate(self, moved: bool) -> RedisConfig:
+        """Where to connect now; ``moved``: the last server failed, refused or ended a
+        subscription, so the topology is to be read again first."""
+        ...
 
 
 class _Waiter:
@@ -123,23 +162,26 @@ class Hub:
     """The pool's pub/sub: places subscriptions on connections; starts and stops their tasks.
 
     Args:
-        config: how to connect.
-        pool: the pool whose task group runs the connection tasks (``Pool.start_task``).
+        config: how to connect (with a ``placement``: everything but the address).
+        pool: the pool (or cluster client) whose task group runs the connection tasks.
         per_connection: subscriptions per connection.
         keepalive: seconds of silence before a PING (None: never).
         backoff: the reconnect backoff.
+        placement: where to connect, for a hub whose server may change (None: ``config``'s).
     """
 
     def __init__(
         self,
         config: RedisConfig,
-        pool: Pool[Any],
+        pool: HubHost,
         *,
         per_connection: int,
         keepalive: float | None,
         backoff: BackoffPolicy,
+        placement: Placement | None = None,
     ) -> None:
         self.config = config
+        self.placement = placement
         self._pool = pool
         self.name = pool.name
         self.decode = config.decode_responses
@@ -155,7 +197,7 @@ class Hub:
         self.counters = {
             "messages": 0, "connection_failures": 0, "reconnect_failures": 0,
             "resubscribes": 0, "gap_events": 0, "protocol_errors": 0, "slow_consumers": 0,
-            "abandoned": 0,
+            "abandoned": 0, "ended_by_server": 0, "relocations": 0,
         }  # fmt: skip
         self.closed = False
         self._placing: anyio.Lock | None = None  # made inside the event loop
@@ -191,6 +233,13 @@ class Hub:
             raise InvalidArgument(
                 f"channel or pattern name {name!r:.60} cannot be coded as {self.encoding}: {exc}"
             ) from None
+
+    async def connect(self, moved: bool) -> Connection:
+        """A new connection to where this hub's subscriptions belong now."""
+        config = self.config
+        if self.placement is not None:
+            config = await self.placement.locate(moved)
+        return await Connection.connect(config)
 
     # --- placing, subscribing -------------------------------------------------------------------
 
@@ -260,6 +309,8 @@ class Hub:
         """
         connection = self._attached(sub)
         keys = [self.key(name) for name in names]
+        if self.placement is not None:
+            self.placement.check(kind, keys)
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled call changes nothing
         added = [key for key in dict.fromkeys(keys) if key not in sub.names[kind]]
         send = connection.route(sub, kind, added)
@@ -273,8 +324,10 @@ class Hub:
             with anyio.move_on_after(self.ack_timeout):
                 await waiter.event.wait()
             if not waiter.event.is_set():
+                moved = connection.last_move
                 raise TimeoutError(
                     f"{SUBSCRIBE[kind]} was not acknowledged within {self.ack_timeout}s"
+                    + ("" if moved is None else f" (the connection kept moving; last: {moved})")
                 )
             if waiter.error is not None:
                 raise waiter.error
@@ -448,6 +501,16 @@ class SubscriberConnection:
         # Routes a subscription just left, until the fence PING proves every message published
         # before that was read: what arrives for them is counted as discarded.
         self._draining: dict[tuple[Kind, Any], Counter[Subscription]] = {}
+        # The server ended a route (or refused to restore one) while this socket served: raised
+        # by the reader once the frames of that read are handled.
+        self._lost: BaseException | None = None
+        self._relocations = 0  # in a row, without a resubscription that went through
+        self.last_move: str | None = None  # why the connection last moved, while it keeps moving
+        # New subscriptions a node refused with a redirect (the placement's table was stale):
+        # the resubscription at the node the placement names next answers them.
+        self._redirected: list[Sent] = []
+        # Waiters of a resubscription refused with a redirect: they wait for the next one.
+        self._carried: list[Completion] = []
         self._scope = anyio.CancelScope()
         self._closed = False
 
@@ -555,16 +618,37 @@ class SubscriberConnection:
         hub = self.hub
         with self._scope:
             try:
-                connection = await Connection.connect(hub.config)
+                try:
+                    connection = await hub.connect(moved=False)
+                except (AnyPoolError, OSError):
+                    if hub.placement is None:
+                        raise
+                    # The node the table names may be gone (a failover nobody has seen yet):
+                    # read the topology again, once, and connect where it says.
+                    connection = await hub.connect(moved=True)
                 task_status.started()
                 gap: tuple[float, str] | None = None
                 while True:
                     failure = await self._serve(connection, gap)
                     gap = (time.time(), f"{type(failure).__name__}: {failure}")
-                    hub.counters["connection_failures"] += 1
-                    if isinstance(failure, ProtocolError | ReplyDecodeError):
-                        hub.counters["protocol_errors"] += 1
-                    logger.warning("pub/sub connection lost (%s); reconnecting", gap[1])
+                    if isinstance(failure, _Relocate):
+                        hub.counters["relocations"] += 1
+                        self._relocations += 1
+                        self.last_move = str(failure)
+                        logger.warning("pub/sub: %s; moving the connection", failure)
+                        if self._relocations > 1:  # the topology has not settled: pace it
+                            policy = hub.backoff
+                            await anyio.sleep(
+                                backoff_delay(
+                                    self._relocations - 1, base=policy.base, cap=policy.cap,
+                                    jitter=policy.jitter,
+                                )
+                            )  # fmt: skip
+                    else:
+                        hub.counters["connection_failures"] += 1
+                        if isinstance(failure, ProtocolError | ReplyDecodeError):
+                            hub.counters["protocol_errors"] += 1
+                        logger.warning("pub/sub connection lost (%s); reconnecting", gap[1])
                     connection = await self._reconnect()
             finally:
                 self._closed = True
@@ -596,7 +680,7 @@ class SubscriberConnection:
         failures = 0
         while True:
             try:
-                return await Connection.connect(hub.config)
+                return await hub.connect(moved=True)
             except (AnyPoolError, OSError) as exc:
                 failures += 1
                 hub.counters["reconnect_failures"] += 1
@@ -613,10 +697,18 @@ class SubscriberConnection:
         self.hub.counters["resubscribes"] += 1
         if self._gap_owed:  # the last gap was never reported: this one extends it
             gap_start = self._gap[0]
-        self._gap, self._gap_owed = (gap_start, error), set(self.subscriptions)
+        # A subscription whose every name was refused with a redirect on the old socket never
+        # received anything: it has no gap to hear of.
+        redirected = {
+            (sent.kind, key) for sent in self._redirected if sent.kind for key in sent.pending
+        }
+        owed = {sub for sub in self.subscriptions if not self._only(sub, redirected)}
+        self._gap, self._gap_owed = (gap_start, error), owed
         # Whoever waited for an answer on the old socket waits for the resubscription instead.
-        unanswered = self._book.take_all() + [sent for sent, _ in self._outbox]
-        waiting = [cb for sent in unanswered if sent.subscribe for cb in sent.done]
+        unanswered = self._redirected + self._book.take_all() + [sent for sent, _ in self._outbox]
+        self._redirected = []
+        waiting = [cb for sent in unanswered if sent.subscribe for cb in self._waiters(sent.done)]
+        waiting, self._carried = self._carried + waiting, []
         # A PING sent on the old socket is answered by nothing: its caller learns of the break.
         pings = [sent for sent in unanswered if sent.kind is None]
         waiting.append(lambda _error: self._report_gap(list(self._gap_owed)))
@@ -628,10 +720,115 @@ class SubscriberConnection:
         requests = [(kind, list(routes)) for kind, routes in self.routes.items() if routes]
         for index, (kind, keys) in enumerate(requests):
             last = index == len(requests) - 1
-            self.request(kind, True, keys, waiting if last else [])
+            then = waiting if last else []
+            self.request(
+                kind, True, keys, [functools.partial(self._restored, kind, keys, last, then)]
+            )
         if not requests:
             for callback in waiting:
                 callback(None)
+
+    @staticmethod
+    def _only(sub: Subscription, routes: set[tuple[Kind, Any]]) -> bool:
+        """Whether ``sub`` has names, all of them among ``routes``."""
+        names = [(kind, key) for kind in _KINDS for key in sub.names[kind]]
+        return bool(names) and all(route in routes for route in names)
+
+    def _waiters(self, done: list[Completion]) -> list[Completion]:
+        """The callbacks of an unanswered (re)subscription that must hear of its successor: an
+        earlier resubscription's bookkeeping is replaced by the new one, but whoever it held
+        back still waits."""
+        waiters: list[Completion] = []
+        for callback in done:
+            if self._is_restore(callback):
+                assert isinstance(callback, functools.partial)
+                waiters.extend(callback.args[3])
+            else:
+                waiters.append(callback)
+        return waiters
+
+    def _is_restore(self, callback: Completion) -> bool:
+        return isinstance(callback, functools.partial) and callback.func == self._restored
+
+    def _restored(
+        self,
+        kind: Kind,
+        keys: list[Any],
+        last: bool,
+        then: list[Completion],
+        error: BaseException | None,
+    ) -> None:
+        """The server answered a resubscription (from the reader); ``then`` hear of it after."""
+        command = SUBSCRIBE[kind]
+        if error is None:
+            if last:
+                self._relocations, self.last_move = 0, None
+        elif self.hub.placement is not None and isinstance(error, _REDIRECTS):
+            # Another node serves these now: move the connection (see _Relocate); whoever
+            # waited hears of the resubscription there instead.
+            self._lost = self._lost or _Relocate(
+                f"resubscribing with {command} {_names(keys)} was refused ({error})"
+            )
+            self._carried.extend(then)
+            return
+        elif len(keys) > 1:
+            # One refused name refuses the whole command (an ACL rule, say): ask for each name
+            # alone, so that only the subscriptions holding a refused name end (they learn of
+            # it by SubscriptionLost; whoever waited hears of success).
+            then = [functools.partial(_succeeded, callback) for callback in then]
+            for index, key in enumerate(keys):
+                final = index == len(keys) - 1
+                retry = functools.partial(
+                    self._restored, kind, [key], last and final, then if final else []
+                )
+                self.request(kind, True, [key], [retry])
+            return
+        else:
+            logger.warning("pub/sub: resubscribing with %s was refused: %s", command, error)
+            self._end_routes(
+                kind, keys,
+                f"resubscribing to {_names(keys)} ({command}) after a reconnect was refused by "
+                f"the server ({error}); the subscription has ended (subscribe again once the "
+                "cause is fixed)",
+                error,
+            )  # fmt: skip
+        for callback in then:
+            callback(error)
+
+    def _ended_by_server(self, kind: Kind, key: Any) -> None:
+        """The server unsubscribed ``key`` without being asked (from the reader)."""
+        self.hub.counters["ended_by_server"] += 1
+        command = UNSUBSCRIBE[kind]
+        if self.hub.placement is not None:
+            self._lost = self._lost or _Relocate(
+                f"the server ended the subscription to {_names([key])} ({command} nobody sent: "
+                "its slot moved to another node, or the node is no longer a primary)"
+            )
+            return
+        logger.warning("pub/sub: the server ended the subscription to %r (%s)", key, command)
+        self._end_routes(
+            kind, [key],
+            f"the server ended the subscription to {_names([key])} ({command} nobody sent: on "
+            "a cluster, the channel's slot moved to another node or the node is no longer a "
+            "primary); a pool talks to one server, so the subscription has ended (subscribe "
+            "through anypool.RedisCluster to follow a sharded channel across nodes)",
+            None,
+        )  # fmt: skip
+
+    def _end_routes(
+        self, kind: Kind, keys: list[Any], message: str, cause: BaseException | None
+    ) -> None:
+        """End every subscription that held one of ``keys``: it receives nothing more for
+        them, and its consumers get SubscriptionLost after what is buffered."""
+        ended: set[Subscription] = set()
+        for key in keys:
+            ended.update(self.routes[kind].get(key, ()))
+        for sub in ended:
+            self.unroute(sub, kind, keys)
+            self._gap_owed.discard(sub)  # it ends instead: no Reconnected for it
+            error = SubscriptionLost(message, kind=kind, names=keys)
+            error.__cause__ = cause
+            end(sub, error)
 
     def _report_gap(self, subs: Iterable[Subscription]) -> None:
         gap_start, error = self._gap
@@ -677,6 +874,9 @@ class SubscriberConnection:
                 continue
             for frame in frames:
                 await self._handle(frame)
+            if self._lost is not None:
+                lost, self._lost = self._lost, None
+                raise lost
 
     async def _handle(self, frame: Any) -> None:
         event = classify(frame)  # ProtocolError: the server's fault; reconnect
@@ -700,6 +900,13 @@ class SubscriberConnection:
                 await offer_blocking(sub, message)
         elif kind is Ack:
             assert isinstance(event, Ack)
+            if (
+                not event.subscribe
+                and event.name in self.routes[event.kind]
+                and not self._book.awaits(event)
+            ):
+                self._ended_by_server(event.kind, event.name)
+                return
             if event.subscribe and event.name in self.routes[event.kind]:
                 self.confirmed.add((event.kind, event.name))
             sent = self._book.on_ack(event)
@@ -712,12 +919,41 @@ class SubscriberConnection:
         elif kind is ErrorReply:
             assert isinstance(event, ErrorReply)
             sent = self._book.on_error(event.error)  # ProtocolError if it answers nothing
+            if (
+                self.hub.placement is not None
+                and sent.subscribe
+                and sent.kind is not None
+                and isinstance(event.error, _REDIRECTS)
+                and not any(self._is_restore(callback) for callback in sent.done)
+            ):
+                # A new subscription reached a node that does not serve it now: move the
+                # connection; its caller waits for the resubscription there (within its own
+                # acknowledgement deadline).
+                self._redirected.append(sent)
+                self._lost = self._lost or _Relocate(
+                    f"{SUBSCRIBE[sent.kind]} was refused ({type(event.error).__name__}: "
+                    f"{event.error})"
+                )
+                return
             if not sent.done:
                 what = "PING" if sent.kind is None else SUBSCRIBE[sent.kind]
                 logger.warning("pub/sub: the server refused %s: %s", what, event.error)
             sent.complete(event.error)
         else:
             logger.debug("pub/sub: ignored a frame of an unknown kind: %.80r", frame)
+
+
+class _Relocate(ConnectionLost):
+    """The server ended a route, or refused to restore one, on a hub with a placement: the
+    connection moves to where the placement says now."""
+
+
+def _succeeded(callback: Completion, _error: BaseException | None) -> None:
+    callback(None)
+
+
+def _names(keys: Iterable[Any]) -> str:
+    return ", ".join(repr(key) for key in keys)
 
 
 @asynccontextmanager
@@ -733,8 +969,9 @@ async def subscription(
     """Subscribe, wait for the acknowledgement, yield; leave (at once) on the way out."""
     sub = Subscription(hub, buffer=buffer, policy=policy, block_timeout=block_timeout)
     names = list(names)
-    for name in names:
-        hub.key(name)  # invalid names fail here, before any connection is made
+    keys = [hub.key(name) for name in names]  # invalid names fail here, before connecting
+    if hub.placement is not None:
+        hub.placement.check(kind, keys)
     await hub.attach(sub)
     try:
         await hub.add(sub, kind, names)

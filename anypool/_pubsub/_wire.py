@@ -190,6 +190,14 @@ class AckBook:
         """PINGs not answered yet."""
         return sum(sent.kind is None for sent in self._sent)
 
+    def awaits(self, ack: Ack) -> bool:
+        """Whether a command sent is waiting for this acknowledgement (False: the server sent
+        it on its own, as a cluster node's SUNSUBSCRIBE for a slot that moved away)."""
+        return any(
+            sent.kind == ack.kind and sent.subscribe == ack.subscribe and ack.name in sent.pending
+            for sent in self._sent
+        )
+
     def on_ack(self, ack: Ack) -> Sent | None:
         """The command this acknowledgement completes, if it is now complete (else None,
         including for an acknowledgement that answers nothing sent: ignored)."""

