@@ -8,6 +8,7 @@ always shown with the password redacted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -19,14 +20,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import anyio
+import anyio.lowlevel
+import anyio.to_thread
 from redis.exceptions import RedisError
 
 from . import __version__
 from ._client import RedisPool
+from ._cluster import SLOTS, Node, RedisCluster
 from ._config import split_url
 from ._connection import Connection
 from ._errors import AnyPoolError
 from ._pubsub import Message, Reconnected
+from .testing import RedisCluster as ClusterServers
 from .testing import RedisServer, RedisServerError
 
 T = TypeVar("T")
@@ -50,7 +55,49 @@ class CommandError(Exception):
 # --- ping ---------------------------------------------------------------------------------------
 
 
-async def _ping(url: str, timeout: float) -> str:
+def _cluster_enabled(info: Any) -> bool:
+    """Whether an ``INFO cluster`` reply (parsed, or as the server sent it) is a cluster
+    node's."""
+    if isinstance(info, dict):
+        return str(info.get("cluster_enabled")) == "1"
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return any(line.strip() == "cluster_enabled:1" for line in text.splitlines())
+
+
+def _open_cluster(url: str, timeout: float) -> RedisCluster:
+    """A cluster client for the tools: one connection per node, nothing in the background."""
+    return RedisCluster.from_url(
+        url, max_size=1, health_check_interval=None, autopipeline=False,
+        connect_timeout=timeout, socket_timeout=timeout,
+    )  # fmt: skip
+
+
+async def _ping_nodes(url: str, timeout: float) -> tuple[str, int]:
+    """PING every node of the cluster ``url`` is a node of: one line, and the exit code."""
+    async with _open_cluster(url, timeout) as cluster:
+        table = await cluster.refresh_topology()
+        times: list[float] = []
+        failing: list[str] = []
+        for node in table.nodes:
+            try:
+                with anyio.fail_after(timeout):
+                    started = time.perf_counter()
+                    await cluster.execute_command("PING", target_nodes=node)
+                    times.append(time.perf_counter() - started)
+            except (AnyPoolError, RedisError, TimeoutError) as exc:
+                failing.append(f"{node} ({_one_line(exc)})")
+    line = (
+        f"cluster: {len(times)} of {len(table.nodes)} nodes answered"
+        + (f", slowest in {max(times) * 1000:.2f} ms" if times else "")
+        + f"; {table.covered} of {SLOTS} slots covered"
+        + (f"; failing: {', '.join(failing)}" if failing else "")
+    )
+    return line, 0 if not failing and table.covered == SLOTS else 1
+
+
+async def _ping(url: str, timeout: float) -> tuple[list[str], int]:
+    """PING the server of ``url``; if it is a cluster node, every node of its cluster too.
+    Returns the lines to print and the exit code."""
     # split_url: a URL written for redis-py may carry pool options (max_connections...), which
     # mean nothing to one connection and are not an error here.
     config, _ = split_url(url, connect_timeout=timeout, socket_timeout=timeout)
@@ -60,6 +107,7 @@ async def _ping(url: str, timeout: float) -> str:
         connected = time.perf_counter()
         reply = await connection.execute("PING")
         answered = time.perf_counter()
+        cluster = _cluster_enabled(await connection.execute("INFO", "cluster"))
         version = connection.server_version
         if version is None:  # RESP2 fallback: ask INFO
             info = await connection.execute("INFO", "server")
@@ -72,11 +120,15 @@ async def _ping(url: str, timeout: float) -> str:
     finally:
         await connection.aclose()
     pong = reply.decode() if isinstance(reply, bytes) else str(reply)
-    return (
+    lines = [
         f"{pong} from {split_url(url)[0].to_url()} "
         f"in {(answered - connected) * 1000:.2f} ms "
         f"(connect {(connected - started) * 1000:.2f} ms, Redis {version})"
-    )
+    ]
+    if not cluster:
+        return lines, 0
+    line, code = await _ping_nodes(url, timeout)
+    return [*lines, line], code
 
 
 def run_on(backend: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -92,43 +144,73 @@ def run_on(backend: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
-    line = run_on(args.backend, _ping, args.url, args.timeout)
-    _console().print(line)
-    return 0
+    lines, code = run_on(args.backend, _ping, args.url, args.timeout)
+    console = _console()
+    for line in lines:
+        console.print(line)
+    return code
 
 
 # --- clients ------------------------------------------------------------------------------------
 
 
+async def _client_lists(url: str) -> list[tuple[str, list[dict[str, Any]], Any]]:
+    """The server's connections without this tool's own, as [("", clients, None)]; for a
+    cluster node, every node's, as [(node name, clients, node), ...]."""
+    pool = RedisPool.from_url(url, max_size=1, health_check_interval=None)
+    async with pool, pool.acquire() as conn:
+        own_id = await conn.client_id()
+        clients = [c for c in await conn.client_list() if int(c["id"]) != own_id]
+        cluster = _cluster_enabled(await conn.execute_command("INFO", "cluster"))
+    if not cluster:
+        return [("", clients, None)]
+    found: list[tuple[str, list[dict[str, Any]], Any]] = []
+    async with _open_cluster(url, 5.0) as nodes:
+        table = await nodes.refresh_topology()
+        for node in table.nodes:
+            own = await nodes.execute_command("CLIENT ID", target_nodes=node)
+            listed = await nodes.execute_command("CLIENT LIST", target_nodes=node)
+            found.append((str(node), [c for c in listed if int(c["id"]) != own], node))
+    return found
+
+
 async def _clients(args: argparse.Namespace) -> int:
     console = _console()
-    async with RedisPool.from_url(args.url, max_size=1, health_check_interval=None) as pool:
-        async with pool.acquire() as conn:
-            own_id = await conn.client_id()
-            clients = [c for c in await conn.client_list() if int(c["id"]) != own_id]
+    lists = await _client_lists(args.url)
+    per_node = lists[0][2] is not None
+    clients = [dict(c, node=node) for node, members, _ in lists for c in members]
+    async with contextlib.AsyncExitStack() as stack:
         selected = [
             c for c in clients
             if str(c.get("name", "")).startswith(args.name or "")
             and (args.idle_above is None or int(c["idle"]) >= args.idle_above)
         ]  # fmt: skip
-        groups: dict[str, list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for client in selected:
-            groups.setdefault(str(client.get("name") or "(no name)"), []).append(client)
+            name = str(client.get("name") or "(no name)")
+            groups.setdefault((client["node"], name), []).append(client)
         from rich.table import Table
 
-        table = Table(title=f"clients of {split_url(args.url)[0].to_url()}")
-        for column in ("name", "count", "idle min s", "idle max s", "pub/sub", "addresses"):
+        kind = "cluster" if per_node else "clients"
+        table = Table(title=f"{kind} of {split_url(args.url)[0].to_url()}")
+        columns = ("name", "count", "idle min s", "idle max s", "pub/sub", "addresses")
+        for column in ("node", *columns) if per_node else columns:
             table.add_column(column)
-        for name, members in sorted(groups.items()):
+        for (node, name), members in sorted(groups.items()):
             idles = [int(c["idle"]) for c in members]
-            pubsub = sum(1 for c in members if int(c.get("sub", 0)) or int(c.get("psub", 0)))
+            pubsub = sum(
+                1 for c in members
+                if int(c.get("sub", 0)) or int(c.get("psub", 0)) or int(c.get("ssub", 0))
+            )  # fmt: skip
             addresses = ", ".join(str(c["addr"]) for c in members[:3])
             if len(members) > 3:
                 addresses += ", ..."
-            table.add_row(name, str(len(members)), str(min(idles)), str(max(idles)),
-                          str(pubsub), addresses)  # fmt: skip
+            row = (name, str(len(members)), str(min(idles)), str(max(idles)), str(pubsub),
+                   addresses)  # fmt: skip
+            table.add_row(*((node, *row) if per_node else row))
         console.print(table)
-        console.print(f"{len(selected)} of {len(clients)} connections selected")
+        where = f" on {len(lists)} nodes" if per_node else ""
+        console.print(f"{len(selected)} of {len(clients)} connections selected{where}")
         if not args.kill or not selected:
             return 0
         if not args.yes:
@@ -141,14 +223,83 @@ async def _clients(args: argparse.Namespace) -> int:
                 console.print("nothing killed")
                 return 0
         killed = 0
-        for client in selected:
-            killed += int(await pool.client_kill_filter(_id=client["id"]) or 0)
+        if per_node:
+            cluster = await stack.enter_async_context(_open_cluster(args.url, 5.0))
+            nodes = {str(node): node for _, _, node in lists}
+            for client in selected:
+                killed += int(
+                    await cluster.execute_command(
+                        "CLIENT", "KILL", "ID", client["id"], target_nodes=nodes[client["node"]]
+                    )
+                    or 0
+                )
+        else:
+            pool = await stack.enter_async_context(
+                RedisPool.from_url(args.url, max_size=1, health_check_interval=None)
+            )
+            for client in selected:
+                killed += int(await pool.client_kill_filter(_id=client["id"]) or 0)
         console.print(f"killed {killed} connections")
         return 0
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
     result: int = run_on(args.backend, _clients, args)
+    return result
+
+
+# --- cluster ---------------------------------------------------------------------------------
+
+
+def _slot_ranges(ranges: Sequence[tuple[int, int]]) -> str:
+    shown = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges[:4])
+    return shown + (f" (+{len(ranges) - 4} more)" if len(ranges) > 4 else "")
+
+
+async def _cluster(args: argparse.Namespace) -> int:
+    console = _console()
+    async with RedisCluster.from_url(
+        args.url, max_size=1, health_check_interval=None, autopipeline=False,
+        connect_timeout=args.timeout, socket_timeout=args.timeout,
+    ) as cluster:  # fmt: skip
+        table = await cluster.refresh_topology()
+        by_primary: dict[Node, list[tuple[int, int]]] = {}
+        for first, last, shard in table.ranges():
+            if shard is not None:
+                by_primary.setdefault(shard.primary, []).append((first, last))
+        from rich.table import Table
+
+        view = Table(title=f"cluster of {split_url(args.url)[0].to_url()}")
+        for column in ("node", "role", "slots", "health"):
+            view.add_column(column)
+        failing = 0
+        for shard in table.shards:
+            for node in shard.nodes:
+                try:
+                    with anyio.fail_after(args.timeout):
+                        started = time.perf_counter()
+                        await cluster.execute_command("PING", target_nodes=node)
+                        health = f"ok ({(time.perf_counter() - started) * 1000:.2f} ms)"
+                except (AnyPoolError, RedisError, TimeoutError) as exc:
+                    failing += 1
+                    health = f"failing: {_one_line(exc)}"
+                role = "primary" if node == shard.primary else f"replica of {shard.primary}"
+                slots = by_primary.get(node, []) if node == shard.primary else []
+                count = sum(b - a + 1 for a, b in slots)
+                shown = f"{count} ({_slot_ranges(slots)})" if slots else "-"
+                view.add_row(str(node), role, shown, health)
+        console.print(view)
+        uncovered = table.uncovered()
+        console.print(
+            f"{len(table.shards)} shards, {len(table.nodes)} nodes; "
+            f"{table.covered} of {SLOTS} slots covered"
+            + (f"; uncovered: {_slot_ranges(uncovered)}" if uncovered else "")
+        )
+        return 0 if not uncovered and not failing else 1
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    result: int = run_on(args.backend, _cluster, args)
     return result
 
 
@@ -475,6 +626,91 @@ async def _tour(url: str, server: RedisServer | None) -> None:
         logging.getLogger("anypool").removeHandler(capture)
 
 
+async def _cluster_tour(servers: ClusterServers) -> None:
+    say = _console().print
+    async with RedisCluster.from_url(
+        servers.url, connect_timeout=1.0, socket_timeout=5.0, decode_responses=True,
+        cluster_refresh_interval=1.0,
+    ) as redis:  # fmt: skip
+        table = await redis.refresh_topology()
+        say(f"[bold]anypool {__version__}[/]: RedisCluster found {len(table.shards)} shards, "
+            f"{len(table.nodes)} nodes, {table.covered} slots covered")  # fmt: skip
+
+        say("\n[bold]1. Commands go where their keys are[/]")
+        keys = [f"demo:{i}" for i in range(100)]
+        await redis.mset({key: i for i, key in enumerate(keys)})
+        values = await redis.mget(keys)
+        slots = {redis.keyslot(key) for key in keys}
+        say(f"  MSET and MGET of 100 keys in {len(slots)} slots on "
+            f"{len(redis.node_statistics())} nodes: split per slot, merged in order: "
+            f"{values[:3]}...{values[-1:]}")  # fmt: skip
+        pipe = redis.pipeline()
+        for key in keys[:50]:
+            pipe.incr(key)
+        replies = await pipe.execute()
+        say(f"  a pipeline of 50 INCRs across nodes, one write per node: {replies[:5]}...")
+
+        say("\n[bold]2. A slot moves to another primary under load[/]")
+        counters = [f"demo:{{load}}:{i}" for i in range(16)]
+        stop = anyio.Event()
+        done = [0] * len(counters)
+
+        async def worker(index: int) -> None:
+            while not stop.is_set():
+                await redis.incr(counters[index])
+                done[index] += 1
+                await anyio.lowlevel.checkpoint()
+
+        slot = redis.keyslot(counters[0])
+        source = servers.node_for_slot(slot)
+        target = next(n for n in servers.primaries() if n.port != source.port)
+        async with anyio.create_task_group() as tg:
+            for index in range(len(counters)):
+                tg.start_soon(worker, index)
+            await anyio.to_thread.run_sync(servers.migrate_slot, slot, target)
+            stop.set()
+        counts = [int(v or 0) for v in await redis.mget(counters)]
+        stats = redis.cluster_statistics()
+        say(f"  slot {slot} moved from port {source.port} to {target.port} while 16 tasks "
+            f"ran {sum(done)} INCRs: {stats['moved']} MOVED and {stats['ask']} ASK followed, "
+            f"every counter exact: {counts == done}")  # fmt: skip
+
+        say("\n[bold]3. A primary dies; its replica takes over[/]")
+        victim = servers.node_for_slot(slot)
+        started = time.perf_counter()
+        await anyio.to_thread.run_sync(servers.kill, victim)
+        say(f"  primary on port {victim.port} killed (SIGKILL)")
+        try:
+            await redis.incr(counters[0])
+            say(f"  an INCR of its slot sent right after waited for the promotion (it could "
+                f"not have run: no connection) and succeeded after "
+                f"{time.perf_counter() - started:.1f}s")  # fmt: skip
+        except (AnyPoolError, RedisError) as exc:
+            say(f"  an INCR of its slot sent right after failed clearly: {_one_line(exc)}")
+        await anyio.to_thread.run_sync(servers.wait_until_stable)
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    await redis.incr(counters[0])
+                    break
+                except (AnyPoolError, RedisError):
+                    await anyio.sleep(0.1)
+        shard = redis.topology.shard(slot) if redis.topology is not None else None
+        promoted = shard.primary if shard else "a replica"
+        say(f"  {promoted} was promoted; the client healed on its own after "
+            f"{time.perf_counter() - started:.1f}s (the cluster's node timeout)")  # fmt: skip
+
+        say("\n[bold]4. Statistics[/]")
+        from rich.table import Table
+
+        view = Table()
+        view.add_column("statistic")
+        view.add_column("value", justify="right")
+        for key, value in redis.cluster_statistics().items():
+            view.add_row(key, str(value))
+        say(view)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # The tour prints what matters: anypool's own log records stay quiet while it runs, and the
     # logger is left exactly as it was found (level, propagation) when it ends.
@@ -483,6 +719,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log.setLevel(logging.WARNING)
     log.propagate = False
     try:
+        if args.cluster:
+            if args.url is not None:
+                raise CommandError(
+                    "--cluster starts its own nodes (it kills one): it does not take --url"
+                )
+            with ClusterServers(3, 1) as servers:
+                _console().print(f"started an embedded cluster of {len(servers.nodes)} "
+                                 "nodes (3 primaries, a replica each)")  # fmt: skip
+                run_on(args.backend, _cluster_tour, servers)
+            return 0
         if args.url is not None:
             run_on(args.backend, _tour, args.url, None)
             return 0
@@ -528,6 +774,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", help="use this server instead of an embedded one (the kill/restart step is "
         "skipped)",
     )  # fmt: skip
+    demo.add_argument(
+        "--cluster", action="store_true",
+        help="tour a cluster of embedded nodes instead (routing, a slot moving, a failover)",
+    )  # fmt: skip
     demo.set_defaults(func=cmd_demo)
 
     bench = commands.add_parser(
@@ -563,6 +813,15 @@ def build_parser() -> argparse.ArgumentParser:
     clients.add_argument("--yes", action="store_true", help="do not ask before killing")
     clients.add_argument("--backend", choices=BACKENDS, default="asyncio", help=backend_help)
     clients.set_defaults(func=cmd_clients)
+
+    cluster = commands.add_parser(
+        "cluster", help="a cluster's nodes, roles, slot coverage and health (exit 0/1)",
+        formatter_class=fmt,
+    )  # fmt: skip
+    cluster.add_argument("url", nargs="?", help="any node's " + url_help)
+    cluster.add_argument("--timeout", type=float, default=5.0, help="seconds per node")
+    cluster.add_argument("--backend", choices=BACKENDS, default="asyncio", help=backend_help)
+    cluster.set_defaults(func=cmd_cluster)
     return parser
 
 
@@ -570,7 +829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``anypool`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("ping", "clients") and args.url is None:
+    if args.command in ("ping", "clients", "cluster") and args.url is None:
         # Read when the command runs, never at import or in --help (the URL may hold a password).
         args.url = os.environ.get("REDIS_URL") or None
         if args.url is None:

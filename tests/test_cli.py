@@ -12,8 +12,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+import anypool
 from anypool import RedisPool
 from anypool._cli import build_parser, main
+from anypool.testing import RedisCluster as ClusterServers
 from anypool.testing import RedisServer
 
 from .backends import needs_uvloop
@@ -126,6 +128,25 @@ def test_demo_on_an_embedded_server(capsys: pytest.CaptureFixture[str], backend:
         assert expected in out, expected
 
 
+def test_demo_on_an_embedded_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    """The cluster tour: routing, a slot moving under load with exact counters, a failover the
+    client heals from on its own."""
+    code, out, err = run(capsys, "demo", "--cluster", "--backend", "trio")
+    assert code == 0, err
+    for expected in (
+        "3 shards, 6 nodes, 16384 slots covered",
+        "split per slot, merged in order",
+        "every counter exact: True",
+        "killed (SIGKILL)",
+        "was promoted; the client healed on its own",
+        "covered_slots",
+    ):
+        assert expected in out, (expected, out)
+    code, _, err = run(capsys, "demo", "--cluster", "--url", "redis://127.0.0.1:1")
+    assert code == 1
+    assert "does not take --url" in err
+
+
 def test_bench_writes_json_and_prints_ratios(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -185,9 +206,9 @@ def test_help_and_module_entry_point() -> None:
         [sys.executable, "-m", "anypool", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0
-    for command in ("demo", "bench", "ping", "clients"):
+    for command in ("demo", "bench", "ping", "clients", "cluster"):
         assert command in result.stdout
-    for command in ("demo", "bench", "ping", "clients"):
+    for command in ("demo", "bench", "ping", "clients", "cluster"):
         with pytest.raises(SystemExit) as info:
             main([command, "--help"])
         assert info.value.code == 0
@@ -198,7 +219,7 @@ def test_every_argument_has_help_and_shows_its_default() -> None:
     subparsers = next(
         action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
     )
-    assert set(subparsers.choices) == {"demo", "bench", "ping", "clients"}
+    assert set(subparsers.choices) == {"demo", "bench", "ping", "clients", "cluster"}
     for name, command in subparsers.choices.items():
         text = command.format_help()
         for action in command._actions:
@@ -227,8 +248,82 @@ def test_ping_without_a_url_says_how_to_give_one(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    for command in ("ping", "clients"):
+    for command in ("ping", "clients", "cluster"):
         with pytest.raises(SystemExit) as info:
             main([command])
         assert info.value.code == 2
         assert "give a URL, or set REDIS_URL" in capsys.readouterr().err
+
+
+def test_cluster_shows_nodes_roles_coverage_and_health(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with ClusterServers(3, 1, password="s3cret-pass") as servers:
+        url = servers.url
+        code, out, _ = run(capsys, "cluster", url)
+        assert code == 0, out
+        assert "3 shards, 6 nodes; 16384 of 16384 slots covered" in out
+        assert out.count("primary") == 3 and out.count("replica of") == 3
+        assert out.count("ok (") == 6
+        assert "s3cret-pass" not in out
+        victim = servers.replicas(servers.primaries()[0])[0]
+        victim.pause()
+        try:
+            code, out, _ = run(capsys, "cluster", url, "--timeout", "1")
+        finally:
+            victim.resume()
+        assert code == 1
+        assert "failing:" in out
+
+
+def test_cluster_on_a_closed_port_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, _, err = run(capsys, "cluster", f"redis://127.0.0.1:{port}", "--timeout", "1")
+    assert code == 1
+    assert err.startswith("anypool cluster: error:") and str(port) in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_ping_and_clients_see_every_node_of_a_cluster(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A cluster node's URL: ping answers for every node (exit 1 when one fails), clients
+    lists and kills connections on every node."""
+    with ClusterServers(3, 0, password="s3cret-pass") as servers:
+        url = servers.url
+        code, out, _ = run(capsys, "ping", url)
+        assert code == 0, out
+        assert "cluster: 3 of 3 nodes answered" in out and "16384 of 16384 slots" in out
+
+        async def hold() -> None:
+            cluster = anypool.RedisCluster.from_url(url, client_name="held", max_size=2)
+            async with cluster:
+                for i in range(30):  # a connection to every node
+                    await cluster.set(f"held:{i}", i)
+                code, out, _ = await anyio.to_thread.run_sync(
+                    lambda: run(capsys, "clients", url, "--name", "held")
+                )
+                assert code == 0, out
+                assert out.count("held") >= 3 and "on 3 nodes" in out
+                code, out, _ = await anyio.to_thread.run_sync(
+                    lambda: run(capsys, "clients", url, "--name", "held", "--kill", "--yes")
+                )
+                assert code == 0, out
+                killed = int(out.split("killed ")[1].split()[0])
+                assert killed >= 3, out  # one per node at least (the shared connections)
+                assert await cluster.get("held:1") == b"1"  # a new connection, transparently
+
+        anyio.run(hold)
+        assert "s3cret-pass" not in out
+        paused = next(n for n in servers.primaries() if n.url != url)
+        paused.pause()
+        try:
+            code, out, _ = run(capsys, "ping", url, "--timeout", "1")
+        finally:
+            paused.resume()
+        assert code == 1
+        assert "cluster: 2 of 3 nodes answered" in out and "failing:" in out
