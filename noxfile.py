@@ -28,6 +28,15 @@ REDIS_FACING = [
     "tests/test_keywords.py", "tests/test_open_close.py", "tests/test_pubsub_redispy.py",
     "tests/test_helper_parity.py", "tests/test_plugin.py", "tests/test_pytest_asyncio.py",
     "tests/test_autopipeline.py", "tests/test_autopipeline_machine.py",
+    "tests/test_cluster.py", "tests/test_cluster_pubsub.py", "tests/test_cluster_machine.py",
+]  # fmt: skip
+
+# The tests that start whole clusters (several servers each, with failovers and migrations):
+# the `tests` session runs them (and `stress`, `soak`); `interpreters` leaves them out to keep
+# CI within its time, since nothing in them depends on the Python version that the rest of
+# the suite does not already cover there (the pure routing tables still run there).
+CLUSTER_HEAVY = [
+    "tests/test_cluster.py", "tests/test_cluster_pubsub.py", "tests/test_cluster_machine.py",
 ]  # fmt: skip
 
 # The tests whose guarantees must hold with auto-pipelining off too (every command on its own
@@ -95,16 +104,18 @@ _OTHERS = _other_interpreters()
 
 @nox.session(python=_OTHERS or False)
 def interpreters(session: nox.Session) -> None:
-    """The whole test suite on every other supported Python the machine has (pyenv's, for
-    CI), while a CPU burner holds one core: the `stress` proof, on every test.
+    """The test suite (but the whole-cluster tests, see CLUSTER_HEAVY) on every other
+    supported Python the machine has (pyenv's, for CI), while a CPU burner holds one core:
+    the `stress` proof, on every test.
 
     Skipped (not failed) on a machine with one interpreter: `tests` covers that one.
     """
     if not _OTHERS:
         session.skip(f"no Python among {SUPPORTED_PYTHONS} besides this one on PATH")
     session.install("-e", ".[test]")
+    skip_clusters = [f"--ignore={path}" for path in CLUSTER_HEAVY]
     with _busy_core():
-        session.run("pytest", *session.posargs)
+        session.run("pytest", *skip_clusters, *session.posargs)
 
 
 @contextlib.contextmanager
@@ -148,12 +159,13 @@ def soak(session: nox.Session) -> None:
     session.run(
         "pytest", "tests/test_reliability.py", "tests/test_pool_machine.py",
         "tests/test_state_machine.py", "tests/test_pubsub_machine.py", "tests/test_hostile.py",
-        "tests/test_autopipeline_machine.py", *session.posargs,
+        "tests/test_autopipeline_machine.py", "tests/test_cluster_machine.py", *session.posargs,
         env={
             "ANYPOOL_SOAK": "1", "PUBSUB_MACHINE_EXAMPLES": "300",
             "ANYPOOL_STATE_MACHINE_EXAMPLES": "600", "HOSTILE_EXAMPLES": "600",
             "HOSTILE_PUBSUB_EXAMPLES": "600", "AUTOPIPELINE_MACHINE_EXAMPLES": "100",
-            "AUTOPIPELINE_MACHINE_STEPS": "60",
+            "AUTOPIPELINE_MACHINE_STEPS": "60", "CLUSTER_MACHINE_EXAMPLES": "40",
+            "CLUSTER_MACHINE_STEPS": "30",
         },
     )  # fmt: skip
 
