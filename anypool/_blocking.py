@@ -391,7 +391,7 @@ class BlockingRedisCluster(BlockingRedisPool):
             print(redis.mget(["{user:1}:name", "other"]))
 
     Args:
-        host, port, **options: as :class:`RedisCluster`.
+        host, port, options: as :class:`RedisCluster` (keyword options).
         backend, backend_options: as :class:`BlockingRedisPool`.
         client: an existing (not yet entered) RedisCluster to run, instead of making one.
 
