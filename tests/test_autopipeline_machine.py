@@ -314,6 +314,9 @@ def world(request: pytest.FixtureRequest) -> Iterator[_World]:
             portal.call(redis.aclose)
 
 
+# The whole run is bounded by its size (the machine bounds each step itself, HANG): on a
+# loaded machine, or with the soak's examples, 120 s is not enough for a healthy run.
+@pytest.mark.timeout(max(300, EXAMPLES * STEPS))
 @pytest.mark.parametrize("world", backend_params(), indirect=True)
 def test_autopipeline_machine(world: _World) -> None:
     AutopipelineMachine.world = world

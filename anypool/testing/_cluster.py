@@ -392,15 +392,51 @@ class RedisCluster:
         if not candidates:
             raise RedisServerError(f"{primary!r} has no running replica to promote")
         chosen = candidates[0]
-        if primary.running:
-            self.call(chosen, "CLUSTER", "FAILOVER")
-        else:
-            self.call(chosen, "CLUSTER", "FAILOVER", "FORCE")
-        self._wait(
-            deadline, f"{chosen!r} to become a primary", lambda: self._role(chosen) == "master"
+        described = next(d for d in self.view() if d["port"] == primary.port)
+        if not described["slots"]:
+            raise RedisServerError(f"{primary!r} serves no slots")
+        slot = described["slots"][0][0]
+        # The server gives a manual failover a fixed window (5 s) and then drops it, and the
+        # other primaries refuse to vote for a replica of a shard they voted on within
+        # 2 * node_timeout; on a loaded machine, or right after an earlier failover of the
+        # same shard, the window can pass with the replica still a replica.  And INFO's role
+        # is no witness: a replica reports "master" for a moment when the failover begins,
+        # then goes back to following.  So: ask, wait until the replica serves the shard's
+        # slots in its own view, wait until every node agrees, and check it still serves
+        # them; else ask again, until the overall deadline.
+        attempt_window = 5.0 + 3.0 * max(1.0, self.node_timeout / 1000)
+        last = "no attempt made"
+        for _ in range(1_000):
+            if time.monotonic() >= deadline:
+                break
+            if primary.running:
+                self.call(chosen, "CLUSTER", "FAILOVER")
+            else:
+                self.call(chosen, "CLUSTER", "FAILOVER", "FORCE")
+            try:
+                self._wait(
+                    min(deadline, time.monotonic() + attempt_window),
+                    f"{chosen!r} to serve slot {slot}",
+                    lambda: self._serves(chosen, slot),
+                )
+                self.wait_until_stable(timeout=max(1.0, deadline - time.monotonic()))
+            except RedisServerError as exc:
+                last = str(exc)
+                continue
+            if self.node_for_slot(slot).port == chosen.port:
+                return chosen
+            last = f"{chosen!r} was elected, then followed again"
+        raise RedisServerError(
+            f"timed out waiting for {chosen!r} to become a primary in place of {primary!r}"
+            f" (last: {last})"
         )
-        self.wait_until_stable(timeout=max(1.0, deadline - time.monotonic()))
-        return chosen
+
+    def _serves(self, node: RedisServer, slot: int) -> bool:
+        """``node`` says it is a primary serving ``slot``."""
+        mine = next(d for d in self.view(node) if "myself" in d["flags"])
+        return "master" in mine["flags"] and any(
+            first <= slot <= last for first, last in mine["slots"]
+        )
 
     def _replicas_by_view(self, primary: RedisServer) -> list[RedisServer]:
         view = self.view(next(n for n in self.nodes if n.running))
