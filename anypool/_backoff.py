@@ -12,6 +12,11 @@ from collections.abc import Callable
 
 __all__ = ["BreakerState", "CircuitBreaker", "backoff_delay"]
 
+# anypool's own source of jitter: the global ``random`` stream belongs to the application (a
+# seeded simulation, Hypothesis checking that nothing draws from it mid-test); a library's
+# background retries must not advance it.
+_JITTER = random.Random()
+
 
 def backoff_delay(
     attempt: int,
@@ -19,7 +24,7 @@ def backoff_delay(
     base: float,
     cap: float,
     jitter: float,
-    rand: Callable[[], float] = random.random,
+    rand: Callable[[], float] = _JITTER.random,
 ) -> float:
     """Seconds to wait before retry number ``attempt`` (1 for the first retry).
 

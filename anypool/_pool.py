@@ -61,6 +61,10 @@ __all__ = ["DEFAULT", "Pool", "ResourceFactory"]
 
 logger = logging.getLogger("anypool.pool")
 
+# Lifetime jitter draws from anypool's own stream, never the application's global ``random``
+# (which a background refill would otherwise advance at unpredictable moments).
+_LIFETIME_JITTER = random.Random()
+
 R = TypeVar("R")
 
 
@@ -194,7 +198,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         config: PoolConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        rand: Callable[[], float] = random.random,
+        rand: Callable[[], float] = _LIFETIME_JITTER.random,
         **options: Any,
     ) -> None:
         config = config or PoolConfig()

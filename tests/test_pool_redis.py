@@ -195,3 +195,39 @@ async def test_max_lifetime_expiry_under_load_keeps_the_pool(redis_server: Redis
         stats = redis.statistics()
         assert stats.expired > 0  # connections did expire
         assert (stats.in_use, stats.opening, stats.requests_waiting) == (0, 0, 0)
+
+
+async def test_background_work_never_draws_from_the_global_random_stream() -> None:
+    """Jitter (connection lifetimes, reconnect backoff, pub/sub and cluster retries) comes from
+    anypool's own stream: an application that seeds ``random`` (or Hypothesis, which checks
+    that nothing advances it during a draw) sees it untouched by the pool's background work."""
+    from anypool._backoff import backoff_delay
+
+    random.seed(1234)
+    before = random.getstate()
+    with RedisServer() as server:
+        config = RedisConfig.from_url(server.url, connect_timeout=1.0)
+        async with redis_pool(
+            config,
+            min_size=2,
+            max_size=4,
+            max_lifetime=600.0,
+            lifetime_jitter=0.5,
+            reconnect_backoff=BackoffPolicy(base=0.01, cap=0.05, jitter=0.5),
+            health_check_interval=0.05,
+        ) as pool:
+            await pool.wait(timeout=5)
+            server.kill()
+            with anyio.fail_after(30):  # the refill retries (with jitter) until it has tried
+                while pool.statistics().reconnect_attempts < 3:
+                    try:
+                        async with pool.acquire(timeout=1) as conn:
+                            await conn.execute("PING")
+                    except (anypool.ConnectionError, anypool.PoolUnavailable):
+                        await anyio.sleep(0.01)
+            server.restart()
+            with anyio.fail_after(30):  # new connections, each with a jittered lifetime
+                while pool.health is not Health.HEALTHY or pool.statistics().pool_size < 2:
+                    await anyio.sleep(0.05)
+    assert backoff_delay(3, base=1.0, cap=10.0, jitter=0.5) > 0
+    assert random.getstate() == before, "anypool advanced the application's random stream"
