@@ -58,9 +58,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import traceback
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -586,25 +586,31 @@ async def run_command(redis: RedisPool, command: Command) -> Outcome:
     return Outcome(hang=True)
 
 
-@asynccontextmanager
-async def _acquire_for_clean_phase(redis: RedisPool) -> AsyncIterator[Any]:
-    """A connection from the pool.  What is checked are the connections the pool already
-    holds: one it has to open now gets the hostile phase's short connect_timeout, which a
-    loaded machine can overrun, so a failed connect is tried again (a bounded number of
-    times)."""
+T = TypeVar("T")
+
+
+async def _connect_retried(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, tried again (a bounded number of times) when it fails to connect: what is
+    checked after a hostile phase are the connections the pool already holds; one it has to
+    open now gets the scenario's short connect_timeout, which a loaded machine can overrun."""
     for attempt in range(20):
         try:
-            lease = await redis.pool.lease(timeout=CLEAN_TIMEOUT)
+            return await call()
         except anypool.ConnectError:
             if attempt == 19:
                 raise
             await anyio.sleep(0.01)
-            continue
-        try:
-            yield lease.resource
-        finally:
-            await redis.pool.release(lease)
-        return
+    raise AssertionError("unreachable")
+
+
+@asynccontextmanager
+async def _acquire_for_clean_phase(redis: RedisPool) -> AsyncIterator[Any]:
+    """A connection from the pool (a failed connect tried again: :func:`_connect_retried`)."""
+    lease = await _connect_retried(lambda: redis.pool.lease(timeout=CLEAN_TIMEOUT))
+    try:
+        yield lease.resource
+    finally:
+        await redis.pool.release(lease)
 
 
 async def clean_phase(
@@ -905,17 +911,6 @@ def judge_messages(
         report.add(MessageStreamBroken, f"the subscription ended ({ending}) before END")
 
 
-async def _echo_after(redis: RedisPool) -> Any:
-    for attempt in range(20):
-        try:
-            return await redis.echo("after")
-        except anypool.ConnectError:
-            if attempt == 19:
-                raise
-            await anyio.sleep(0.01)
-    raise AssertionError("unreachable")
-
-
 async def run_pub_scenario(scenario: PubScenario, transport: str) -> Report:
     report = Report()
     async with HostileServer(pub_script=scenario.script, pub_glue=scenario.glue) as server:
@@ -954,11 +949,9 @@ async def run_pub_scenario(scenario: PubScenario, transport: str) -> Report:
                                         break
                     except Exception as exc:
                         ending = exc
-                    # the pool still serves commands (a connection it has to open now gets
-                    # the short connect_timeout, which a loaded machine can overrun: a failed
-                    # connect is tried again, a bounded number of times, as in clean_phase)
+                    # the pool still serves commands (a failed connect tried again)
                     try:
-                        got = await _echo_after(redis)
+                        got = await _connect_retried(lambda: redis.echo("after"))
                     except Exception as exc:
                         report.add(CleanPhaseFailed, f"ECHO after the subscription: {exc!r}")
                     else:
