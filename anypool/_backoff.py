@@ -10,12 +10,17 @@ import enum
 import random
 from collections.abc import Callable
 
-__all__ = ["BreakerState", "CircuitBreaker", "backoff_delay"]
+__all__ = ["BreakerState", "CircuitBreaker", "backoff_delay", "uniform"]
 
 # anypool's own source of jitter: the global ``random`` stream belongs to the application (a
 # seeded simulation, Hypothesis checking that nothing draws from it mid-test); a library's
 # background retries must not advance it.
 _JITTER = random.Random()
+
+
+def uniform() -> float:
+    """A uniform number in [0, 1) from anypool's own stream (every jitter anypool draws)."""
+    return _JITTER.random()
 
 
 def backoff_delay(
@@ -24,7 +29,7 @@ def backoff_delay(
     base: float,
     cap: float,
     jitter: float,
-    rand: Callable[[], float] = _JITTER.random,
+    rand: Callable[[], float] = uniform,
 ) -> float:
     """Seconds to wait before retry number ``attempt`` (1 for the first retry).
 

@@ -23,6 +23,8 @@ from redis.commands.core import AsyncCoreCommands
 from redis.exceptions import RedisError, ResponseError
 from redis.lock import Lock as _RedisLock
 
+from ._backoff import uniform
+
 try:  # redis-py 8: the tables moved, and a selector picks one per (protocol, legacy_responses)
     from redis._parsers.response_callbacks import get_response_callbacks as _get_callbacks
 
@@ -200,7 +202,21 @@ def default_retry() -> Any:
         from redis.backoff import NoBackoff
 
         return Retry(NoBackoff(), 1)
-    return Retry(ExponentialWithJitterBackoff(base=1, cap=10), 3)
+
+    class _OwnStreamBackoff(ExponentialWithJitterBackoff):
+        """redis-py's backoff (equal to it, same formula), drawing its jitter from anypool's
+        own stream: redis-py's draws from the global ``random``, which belongs to the
+        application."""
+
+        def __init__(self, base: float, cap: float) -> None:
+            super().__init__(base=base, cap=cap)
+            self._own = (base, cap)
+
+        def compute(self, failures: int) -> float:
+            base, cap = self._own
+            return float(min(cap, uniform() * base * 2**failures))
+
+    return Retry(_OwnStreamBackoff(base=1, cap=10), 3)
 
 
 def _closure(function: Any) -> dict[str, Any]:

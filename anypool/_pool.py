@@ -37,7 +37,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import random
 import time
 import traceback
 from collections import deque
@@ -51,7 +50,7 @@ import anyio.lowlevel
 from anyio import AsyncContextManagerMixin
 
 from . import _health
-from ._backoff import BreakerState, CircuitBreaker, backoff_delay
+from ._backoff import BreakerState, CircuitBreaker, backoff_delay, uniform
 from ._config import PoolConfig
 from ._errors import PoolClosed, PoolExhausted, PoolTimeout, PoolUnavailable, TooManyWaiters
 from ._owner import Owner
@@ -60,10 +59,6 @@ from ._stats import Health, PoolStatistics
 __all__ = ["DEFAULT", "Pool", "ResourceFactory"]
 
 logger = logging.getLogger("anypool.pool")
-
-# Lifetime jitter draws from anypool's own stream, never the application's global ``random``
-# (which a background refill would otherwise advance at unpredictable moments).
-_LIFETIME_JITTER = random.Random()
 
 R = TypeVar("R")
 
@@ -198,7 +193,7 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         config: PoolConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        rand: Callable[[], float] = _LIFETIME_JITTER.random,
+        rand: Callable[[], float] = uniform,
         **options: Any,
     ) -> None:
         config = config or PoolConfig()

@@ -202,6 +202,7 @@ async def test_background_work_never_draws_from_the_global_random_stream() -> No
     anypool's own stream: an application that seeds ``random`` (or Hypothesis, which checks
     that nothing advances it during a draw) sees it untouched by the pool's background work."""
     from anypool._backoff import backoff_delay
+    from anypool._compat import default_retry
 
     random.seed(1234)
     before = random.getstate()
@@ -230,4 +231,6 @@ async def test_background_work_never_draws_from_the_global_random_stream() -> No
                 while pool.health is not Health.HEALTHY or pool.statistics().pool_size < 2:
                     await anyio.sleep(0.05)
     assert backoff_delay(3, base=1.0, cap=10.0, jitter=0.5) > 0
+    # the command retry anypool picks when given retry_on_error/retry_on_timeout alone
+    assert default_retry()._backoff.compute(3) >= 0
     assert random.getstate() == before, "anypool advanced the application's random stream"

@@ -409,10 +409,11 @@ class RedisCluster:
         for _ in range(1_000):
             if time.monotonic() >= deadline:
                 break
-            if primary.running:
-                self.call(chosen, "CLUSTER", "FAILOVER")
-            else:
-                self.call(chosen, "CLUSTER", "FAILOVER", "FORCE")
+            if not self._serves(chosen, slot):  # (a late win of the last attempt: no ask)
+                if primary.running:
+                    self.call(chosen, "CLUSTER", "FAILOVER")
+                else:
+                    self.call(chosen, "CLUSTER", "FAILOVER", "FORCE")
             try:
                 self._wait(
                     min(deadline, time.monotonic() + attempt_window),
