@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import gc
 from collections.abc import Callable
 from typing import Any
@@ -45,26 +46,65 @@ def _pong_fix(message: Any, ping_data: Any) -> Any:
     return message
 
 
-async def play(client: Any, p: Any, ops: list[Op]) -> list[Any]:
+class _AckTracker:
+    """ACKS_FIRST, checked while a scenario plays: a PUBLISH to a channel whose (p/s)subscribe
+    acknowledgement has not been read yet is a race between two sockets, so the scenario is
+    refused instead of being left to fail once in a while."""
+
+    KINDS = ("subscribe", "psubscribe", "ssubscribe")
+
+    def __init__(self, ignoring: bool) -> None:
+        self.ignoring = ignoring  # the PubSub's ignore_subscribe_messages
+        self.pending: list[tuple[str, str]] = []  # (kind, name), in the order sent
+
+    def sent(self, kind: str, names: list[Any]) -> None:
+        self.pending.extend((kind, n if isinstance(n, str) else n.decode()) for n in names)
+
+    def read(self, message: Any, ignoring: bool) -> None:
+        if message is None and (ignoring or self.ignoring) and self.pending:
+            self.pending.pop(0)  # an acknowledgement, consumed and hidden
+        elif isinstance(message, dict) and message["type"] in self.KINDS:
+            name = message["channel"]
+            key = (message["type"], name if isinstance(name, str) else name.decode())
+            if key in self.pending:
+                self.pending.remove(key)
+
+    def check_publish(self, channel: Any) -> None:
+        channel = channel if isinstance(channel, str) else channel.decode()
+        for kind, name in self.pending:
+            if name == channel or (kind == "psubscribe" and fnmatch.fnmatchcase(channel, name)):
+                raise AssertionError(
+                    f"scenario publishes to {channel!r} before reading the {kind} "
+                    f"acknowledgement of {name!r}: see ACKS_FIRST"
+                )
+
+
+async def play(client: Any, p: Any, ops: list[Op], ignoring: bool = False) -> list[Any]:
     """Run ``ops`` on a PubSub ``p`` of ``client``; what each returned or observed."""
     out: list[Any] = []
     ping_data: Any = None
+    acks = _AckTracker(ignoring)
     for op in ops:
         name, *args = op
+        if name in _AckTracker.KINDS:
+            acks.sent(name, args[0])
         if name == "ping":
             ping_data = args[0][0] if args[0] else ""
             if not client.get_encoder().decode_responses:
                 ping_data = ping_data.encode()
         if name == "publish":
+            acks.check_publish(args[0])
             await client.publish(*args)
         elif name == "get":  # one get_message(); a None is recorded too
-            out.append(await p.get_message(timeout=args[0], **(args[1] if args[1:] else {})))
+            options = args[1] if args[1:] else {}
+            out.append(await p.get_message(timeout=args[0], **options))
+            acks.read(out[-1], options.get("ignore_subscribe_messages", False))
         elif name == "drain":  # after a ping: everything up to and including the pong
             for _ in range(50):
-                message = _pong_fix(
-                    await p.get_message(timeout=10, **(args[0] if args else {})), ping_data
-                )
+                options = args[0] if args else {}
+                message = _pong_fix(await p.get_message(timeout=10, **options), ping_data)
                 out.append(message)
+                acks.read(message, options.get("ignore_subscribe_messages", False))
                 if message is not None and message["type"] == "pong":
                     break
             else:
@@ -90,7 +130,7 @@ def redispy_run(url: str, protocol: int, decode: bool, ops: list[Op], **kw: Any)
         client = redis.asyncio.Redis.from_url(url, protocol=protocol, decode_responses=decode)
         try:
             async with client.pubsub(**kw) as p:
-                return await play(client, p, ops)
+                return await play(client, p, ops, kw.get("ignore_subscribe_messages", False))
         finally:
             await client.aclose()
 
@@ -100,7 +140,7 @@ def redispy_run(url: str, protocol: int, decode: bool, ops: list[Op], **kw: Any)
 async def anypool_run(url: str, protocol: int, decode: bool, ops: list[Op], **kw: Any) -> Any:
     async with RedisPool.from_url(url, protocol=protocol, decode_responses=decode) as client:
         async with client.pubsub(**kw) as p:
-            return await play(client, p, ops)
+            return await play(client, p, ops, kw.get("ignore_subscribe_messages", False))
 
 
 # ACKS_FIRST: each scenario reads a subscription's acknowledgement before it publishes to
@@ -119,7 +159,9 @@ SCENARIOS: dict[str, tuple[list[Op], dict[str, Any]]] = {
             ("publish", "d:a", "x"),
             ("publish", "d:b", b"\x00y"),
             ("psubscribe", ["d:p*"]),
-            ("get", 10),
+            ("get", 10),  # x
+            ("get", 10),  # y
+            ("get", 10),  # the pattern's acknowledgement, read before publishing to it
             ("publish", "d:pa", "z"),
             ("subscribe", ["d:a"]),  # again: acknowledged again, same count
             ("ping", []),
@@ -214,6 +256,26 @@ SCENARIOS: dict[str, tuple[list[Op], dict[str, Any]]] = {
         {},
     ),
 }
+
+
+def test_scenarios_that_race_their_own_publish_are_refused() -> None:
+    """The ACKS_FIRST check can fail: publishing to a pattern (or channel) whose
+    acknowledgement is unread is refused, reading it (or, when acknowledgements are ignored,
+    the None that consumed it) clears it; other channels are not affected."""
+    acks = _AckTracker(ignoring=False)
+    acks.sent("subscribe", ["d:a"])
+    acks.sent("psubscribe", [b"d:p*"])
+    acks.check_publish("d:other")
+    for channel in ("d:a", b"d:pa"):
+        with pytest.raises(AssertionError, match="before reading the"):
+            acks.check_publish(channel)
+    acks.read({"type": "subscribe", "pattern": None, "channel": b"d:a", "data": 1}, False)
+    acks.check_publish("d:a")
+    acks.read(None, False)  # a timeout: nothing consumed
+    with pytest.raises(AssertionError, match="psubscribe acknowledgement of 'd:p\\*'"):
+        acks.check_publish("d:pa")
+    acks.read(None, True)  # ignore_subscribe_messages: the ack was read and hidden
+    acks.check_publish("d:pa")
 
 
 @pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
@@ -729,10 +791,10 @@ async def test_aclose_unsubscribes_and_allows_reuse(redis_server: RedisServer) -
 SHARDED: list[Op] = [
     ("ssubscribe", ["s:a", "s:b"]),
     ("subscribe", ["s:plain"]),  # the sharded count is separate
+    ("get", 10),
+    ("get", 10),
+    ("get", 10),  # the three acknowledgements, before publishing: see ACKS_FIRST
     ("publish", "s:plain", "p"),
-    ("get", 10),
-    ("get", 10),
-    ("get", 10),
     ("get", 10),
     ("sunsubscribe", ["s:a"]),
     ("get", 10),
