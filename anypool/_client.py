@@ -30,11 +30,12 @@ from redis.exceptions import (
     LockError,
     LockNotOwnedError,
     NoScriptError,
+    ReadOnlyError,
     ResponseError,
     WatchError,
 )
 
-from . import _pubsub
+from . import _pubsub, _sentinel
 from ._compat import (
     EMPTY_RESPONSE,
     LOCK_EXTEND_SCRIPT,
@@ -51,7 +52,7 @@ from ._compat import (
 )
 from ._config import PoolConfig, RedisConfig, split_url_over
 from ._connection import Connection, ConnectionFactory
-from ._errors import CommandNotAllowed, ConfigError, ConnectionClosed, ProtocolError
+from ._errors import CommandNotAllowed, ConfigError, ConnectionClosed, PoolClosed, ProtocolError
 from ._keywords import connection_kwargs, sort_options
 from ._multiplex import Multiplexer
 from ._owner import Owner
@@ -204,11 +205,17 @@ class _Commands(AsyncCoreCommands):
         name = name_of(args[0])
         try:
             reply = await connection.execute(*wire_args(args), decode=NEVER_DECODE not in options)
-        except ResponseError:
+        except ResponseError as exc:
+            if isinstance(exc, ReadOnlyError):
+                self._answered_readonly(connection)
             if EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
             raise
         return self._shape(connection.protocol, name, reply, options)
+
+    def _answered_readonly(self, connection: Connection) -> None:
+        """``connection``'s server answered READONLY (a Sentinel pool learns from it that its
+        primary was demoted)."""
 
 
 # redis-py 8's ``set`` inspects every call's arguments to warn about experimental ones: skip that
@@ -233,6 +240,9 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
     Args:
         config: how to connect (default: localhost:6379, db 0).
         pool_config: how to pool (see :class:`PoolConfig`).
+        sentinel: a pool of the primary (or replicas) of a service watched by Sentinel, which
+            :meth:`from_sentinel` and a ``redis+sentinel://`` URL make; ``config``'s host and
+            port are then not used (see docs/sentinel.md).
         **options: any :class:`RedisConfig` or :class:`PoolConfig` field, overriding the two
             records (``max_size=16``, ``decode_responses=True``, ``protocol=2``...), and
             redis-py's ``Redis()`` keywords with redis-py's meaning (``max_connections``,
@@ -251,6 +261,7 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         config: RedisConfig | None = None,
         *,
         pool_config: PoolConfig | None = None,
+        sentinel: _sentinel.SentinelSettings | None = None,
         **options: Any,
     ) -> None:
         connection_options, pool_options, client_options = sort_options(options)
@@ -260,10 +271,20 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         pool_config = (pool_config or PoolConfig()).replace(**pool_options)
         self._mux = _multiplexer(client_options, pool_config)  # before the retry options
         if pool_config.name is None:
-            pool_config = pool_config.replace(name=f"redis {config.address}/{config.db}")
+            where = (
+                config.address
+                if sentinel is None
+                else f"sentinel {sentinel.service_name!r} {sentinel.role}"
+            )
+            pool_config = pool_config.replace(name=f"redis {where}/{config.db}")
         self._retry = RetryRule.from_options(**client_options)
         self._config = config
-        self._factory = ConnectionFactory(config)
+        self._sentinel: _sentinel.SentinelConnectionFactory | None = None
+        if sentinel is not None:
+            self._factory: ConnectionFactory = _sentinel.SentinelConnectionFactory(config, sentinel)
+            self._sentinel = self._factory
+        else:
+            self._factory = ConnectionFactory(config)
         self._pool: Pool[Connection] = Pool(self._factory, pool_config)
         self._shared: Multiplexer | None = None
         if self._mux is not None:
@@ -291,10 +312,91 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
                 part of a password is shown).
         """
         pool_config = options.pop("pool_config", None)  # RedisPool's own record, not a keyword
+        if _sentinel.is_sentinel_url(url):
+            return cls._from_sentinel_url(url, pool_config, options)
         redis_options, pool_options, client_options = sort_options(options)
         config, url_options = split_url_over(url, redis_options)
         merged = {**pool_options, **client_options, **url_options}
         return cls(config, pool_config=pool_config, **merged)
+
+    @classmethod
+    def _from_sentinel_url(
+        cls, url: str, pool_config: PoolConfig | None, options: dict[str, Any]
+    ) -> RedisPool:
+        sentinel_options: dict[str, Any] = {
+            name: options.pop(name)
+            for name in ("role", "sentinel_username", "sentinel_password", "sentinel_options")
+            if name in options
+        }
+        redis_options, pool_options, client_options = sort_options(options)
+        sentinels, service, url_sentinel, config, url_options = _sentinel.split_sentinel_url(
+            url, redis_options
+        )
+        sentinel_options.update(url_sentinel)  # what the URL says wins, as for the rest
+        settings = _sentinel.settings(sentinels, service, config, **sentinel_options)
+        merged = {**pool_options, **client_options, **url_options}
+        return cls(config, pool_config=pool_config, sentinel=settings, **merged)
+
+    @classmethod
+    def from_sentinel(
+        cls,
+        sentinels: Sequence[tuple[str, int] | str],
+        service_name: str,
+        role: str = "primary",
+        *,
+        sentinel_username: str | None = None,
+        sentinel_password: str | None = None,
+        sentinel_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RedisPool:
+        """A pool of the primary (``role="primary"``) or of the healthy replicas
+        (``role="replica"``) of ``service_name``, wherever the sentinels say they are, that
+        follows failovers on its own.
+
+        ::
+
+            async with anypool.RedisPool.from_sentinel(
+                [("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26379)], "mymaster",
+                password="data-node-secret", sentinel_password="sentinel-secret",
+            ) as redis:
+                await redis.set("k", "v")
+
+        The same as a URL: ``redis+sentinel://:data-node-secret@10.0.0.1,10.0.0.2,10.0.0.3/
+        mymaster?sentinel_password=sentinel-secret`` (:meth:`from_url`).
+
+        Args:
+            sentinels: ``(host, port)`` of each sentinel (or ``"host:port"``; port 26379 if
+                left out), asked in turn, the last that answered first.
+            service_name: the name the sentinels monitor the primary under.
+            role: ``"primary"`` (reads and writes; redis-py's ``"master"`` too) or
+                ``"replica"`` (reads spread over the replicas that are up and linked to the
+                primary; the primary when there is none; redis-py's ``"slave"`` too).
+            sentinel_username, sentinel_password: the sentinels' credentials (the data
+                nodes' are ``username``/``password`` among ``options``: they are not sent to
+                the sentinels, nor these to the data nodes).
+            sentinel_options: any other :class:`RedisConfig` field for the connections to
+                the sentinels (TLS files, timeouts...).  By default they use the data nodes'
+                TLS settings, keepalive and client name, and allow 2 s (or the data nodes'
+                shorter timeouts) to connect and to answer.
+            **options: as :class:`RedisPool` (for the data nodes and the pool).
+
+        Opening does no I/O.  The first connection asks the sentinels; each new connection
+        is checked with ``ROLE``.  What a failover does is in docs/sentinel.md.
+
+        Raises:
+            ConfigError: an option is invalid.
+        """
+        pool_config = options.pop("pool_config", None)
+        config = options.pop("config", None)
+        redis_options, pool_options, client_options = sort_options(options)
+        config = (config or RedisConfig()).replace(**redis_options)
+        settings = _sentinel.settings(
+            sentinels, service_name, config, role=role, sentinel_username=sentinel_username,
+            sentinel_password=sentinel_password, sentinel_options=sentinel_options,
+        )  # fmt: skip
+        return cls(
+            config, pool_config=pool_config, sentinel=settings, **pool_options, **client_options
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> RedisPool:
@@ -320,6 +422,11 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
                 shared = self._shared
                 if shared is not None:
                     await self._pool.start_task(shared.run_upkeep, name="anypool autopipeline")
+                if self._sentinel is not None:
+                    await self._pool.start_task(
+                        self._sentinel.run, self._node_left, self._pool.config.reconnect_backoff,
+                        name="anypool sentinel watcher",
+                    )  # fmt: skip
                 try:
                     yield self
                 finally:
@@ -391,6 +498,23 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
                 )
             return
         await self._owner.close()
+
+    async def _node_left(self, address: tuple[str, int], reason: str) -> None:
+        """A node stopped serving this Sentinel pool's role (a failover demoted the primary, a
+        replica went down): close idle connections now and retire leased ones on return,
+        stop queueing on shared connections to it, and move subscriptions away from it."""
+        try:
+            await self._pool.reset()
+        except PoolClosed:
+            return  # closing: every connection is being closed anyway
+        if self._shared is not None:
+            await self._shared.upkeep()
+        if self._pubsub is not None:
+            await self._pubsub.move_from(address, reason)
+
+    def _answered_readonly(self, connection: Connection) -> None:
+        if self._sentinel is not None:
+            self._sentinel.note_readonly(connection)
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -641,6 +765,7 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
                 self._config, self._pool, per_connection=100,
                 keepalive=pool_config.health_check_interval,
                 backoff=pool_config.reconnect_backoff,
+                placement=None if self._sentinel is None else self._sentinel.placement(),
             )  # fmt: skip
         return self._pubsub
 

@@ -105,6 +105,7 @@ class Connection:
         # unless the connection is closed.
         self._owed = 0
         self._closed_by: str | None = None  # why the connection was closed, once it is
+        self._refused_by: str | None = None  # why nothing more may be sent (see refuse())
         self.protocol = config.wire_protocol
         self.server_version: str | None = None
         self.client_id: int | None = None
@@ -372,10 +373,8 @@ class Connection:
         timeout: Timeout,
         decode: bool | Sequence[bool] = True,
     ) -> list[Any]:
-        if self._closed_by is not None:
-            raise ConnectionClosed(
-                f"the connection to {self.config.address} is closed ({self._closed_by})"
-            )
+        if self._closed_by is not None or self._refused_by is not None:
+            raise self._unusable()
         if self._owed:
             # Between exchanges nothing is owed: another task is mid-exchange right now.
             raise RuntimeError(
@@ -450,10 +449,8 @@ class Connection:
         Cancellation: a send cut short may leave half a command on the wire, so the connection
         is closed (the multiplexing engine shields its writes for that reason).
         """
-        if self._closed_by is not None:
-            raise ConnectionClosed(
-                f"the connection to {self.config.address} is closed ({self._closed_by})"
-            )
+        if self._closed_by is not None or self._refused_by is not None:
+            raise self._unusable()
         try:
             if timeout is None:
                 await self._stream.send(data)
@@ -599,6 +596,29 @@ class Connection:
             raise exc
         raise error from exc
 
+    def _unusable(self) -> ConnectionClosed:
+        if self._closed_by is not None:
+            return ConnectionClosed(
+                f"the connection to {self.config.address} is closed ({self._closed_by})"
+            )
+        return ConnectionClosed(
+            f"nothing was sent: the connection to {self.config.address} was retired "
+            f"({self._refused_by})"
+        )
+
+    def refuse(self, reason: str) -> None:
+        """Send nothing more on this connection (its server is no longer the one to talk to:
+        a primary demoted by a failover).  Every later command fails with
+        :class:`ConnectionClosed` saying ``reason`` and that it was not sent; replies already
+        owed are still read.  Its holder returns it, and the pool closes it."""
+        if self._refused_by is None:
+            self._refused_by = reason
+
+    @property
+    def refused(self) -> str | None:
+        """Why :meth:`refuse` was called, or None."""
+        return self._refused_by
+
     # --- state --------------------------------------------------------------------------------
 
     @property
@@ -615,7 +635,12 @@ class Connection:
     def is_reusable(self) -> bool:
         """Whether another caller may use this connection: open, nothing owed, nothing unread
         (in the parser, or buffered by the transport above the kernel socket)."""
-        if self._closed_by is not None or self._owed or self._parser.has_data():
+        if (
+            self._closed_by is not None
+            or self._refused_by is not None
+            or self._owed
+            or self._parser.has_data()
+        ):
             return False
         readable_now = self._readable_now
         return readable_now is None or not readable_now()

@@ -470,6 +470,17 @@ class Hub:
                 end(sub, self.ended_error())
             connection.close()
 
+    async def move_from(self, address: tuple[str, int], reason: str) -> int:
+        """Move every subscriber connection to ``address`` (host, port) to where the
+        placement says now: its socket is closed, and it reconnects, resubscribes and reports
+        the gap (one :class:`~anypool.Reconnected` per subscription), as after any lost
+        connection.  Returns how many were moved."""
+        moved = 0
+        for connection in [*self.connections, *self._starting]:
+            if await connection.leave_server(address, reason):
+                moved += 1
+        return moved
+
     def statistics(self) -> dict[str, int]:
         return {
             **self.counters,
@@ -513,6 +524,7 @@ class SubscriberConnection:
         self._carried: list[Completion] = []
         self._scope = anyio.CancelScope()
         self._closed = False
+        self._socket: Connection | None = None  # the connection served now
 
     # --- routes (synchronous; user tasks call these) -------------------------------------------
 
@@ -658,6 +670,7 @@ class SubscriberConnection:
     async def _serve(self, connection: Connection, gap: tuple[float, str] | None) -> BaseException:
         """Read and write until the socket fails; returns why.  Always closes it."""
         self._write_failure = None
+        self._socket = connection
         failure: BaseException | None = None
         try:
             if gap is not None:
@@ -674,6 +687,17 @@ class SubscriberConnection:
                 await connection.aclose()
         assert failure is not None  # _read returns only by raising
         return self._write_failure or failure
+
+    async def leave_server(self, address: tuple[str, int], reason: str) -> bool:
+        """If this connection's server is ``address``, close its socket (``reason`` is the
+        gap's error): the task reconnects where the placement says.  Whether it did."""
+        socket = self._socket
+        if socket is None or socket.closed:
+            return False
+        if (socket.config.host, socket.config.port) != address:
+            return False
+        await socket.abandon(reason)
+        return True
 
     async def _reconnect(self) -> Connection:
         hub = self.hub

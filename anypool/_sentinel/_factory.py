@@ -1,0 +1,433 @@
+"""Connections to where the sentinels say a service's primary (or a healthy replica) is, and
+the background task that follows the sentinels' announcements.
+
+What the pool sees is an ordinary connection factory: ``create()`` makes a connection that
+said ``ROLE`` master (or a linked replica), and a connection to a node that no longer serves
+the role is *stale*: the pool does not hand it out from idle, closes it when it comes back,
+and the multiplexing engine stops queueing on it.  A connection to a demoted primary is also
+*refused* at once: whoever holds it cannot send anything more on it.
+
+Where the primary is, is asked of the sentinels (one lookup at a time, however many callers
+need it) when nothing is known yet, when a node said it is not the primary (``ROLE`` on a new
+connection, or ``READONLY`` to a command), and when connecting to it failed.  A supervised
+task also listens to the sentinels' ``+switch-master``, so the pool moves as soon as they
+announce a failover, before the old primary is demoted (about 8-10 s later), during which it
+would still accept writes that the failover then loses.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .._backoff import backoff_delay
+from .._config import BackoffPolicy, RedisConfig
+from .._connection import Connection, ConnectionFactory
+from .._errors import (
+    AnyPoolError,
+    ConnectError,
+    ConnectionClosed,
+    ConnectionLost,
+    PrimaryNotFound,
+    ReplicaNotFound,
+)
+from ._discovery import Address, Discovery, NotTheRole, show
+from ._settings import SentinelSettings
+
+__all__ = ["SentinelConnectionFactory"]
+
+logger = logging.getLogger("anypool.sentinel")
+
+# Sentinel events the watcher listens to (names kept from the "slave" days, on Valkey too).
+_EVENTS = ("+switch-master", "+sdown", "-sdown", "+slave", "+slave-reconf-done")
+_KEEPALIVE = 5.0  # seconds of silence from the sentinel before a PING (twice: reconnect)
+Mover = Callable[[Address, str], Awaitable[None]]
+
+
+class _Flight:
+    """One lookup of the primary that other callers wait for instead of asking again."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.address: Address | None = None
+        self.error: Exception | None = None
+
+
+class SentinelConnectionFactory(ConnectionFactory):
+    """A :class:`ConnectionFactory` whose server is wherever the sentinels say the service's
+    primary (``settings.role == "primary"``) or a healthy replica is.
+
+    Args:
+        config: how to connect to a data node (its host and port are not used).
+        settings: the sentinels, the service and the role.
+    """
+
+    def __init__(self, config: RedisConfig, settings: SentinelSettings) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self.role = settings.role
+        self.service = settings.service_name
+        self.discovery = Discovery(settings, config)
+        # The primary: ``known`` is the last one adopted (connections to it serve);
+        # ``primary`` is None when it must be asked for again before connecting.
+        self.known: Address | None = None
+        self.primary: Address | None = None
+        self.replicas: list[Address] = []  # healthy replicas (role "replica")
+        self._turn = 0
+        self._flight: _Flight | None = None
+        self._live: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._moves: list[tuple[Address, str]] = []  # demoted nodes the mover must act on
+        self._moved: anyio.Event | None = None
+        self._replicas_stale = True
+        self.counters = {
+            "switches": 0, "wrong_role": 0, "readonly": 0, "watch_failures": 0,
+            "announcements": 0,
+        }  # fmt: skip
+
+    # --- what serves ------------------------------------------------------------------------
+
+    def serves(self, connection: Connection) -> bool:
+        """Whether ``connection`` goes to a node that serves this factory's role now."""
+        address = (connection.config.host, connection.config.port)
+        if self.role == "primary":
+            return address == self.known
+        return address in self.replicas if self.replicas else address == self.known
+
+    def is_stale(self, resource: Connection) -> bool:
+        return not self.serves(resource) or super().is_stale(resource)
+
+    async def check(self, resource: Connection) -> None:
+        if not self.serves(resource):
+            raise ConnectionClosed(f"{resource.config.address} no longer serves {self._what()}")
+        await super().check(resource)
+
+    async def reset(self, resource: Connection) -> bool:
+        if not self.serves(resource):
+            return False
+        return await super().reset(resource)
+
+    def _what(self) -> str:
+        return f"as {self.role} of {self.service!r}"
+
+    # --- making connections -----------------------------------------------------------------
+
+    async def create(self) -> Connection:
+        generation = self.credentials_generation
+        if self.role == "primary":
+            connection = await self._primary_connection()
+        else:
+            connection = await self._replica_connection()
+        connection.auth_generation = generation
+        self._live.add(connection)
+        return connection
+
+    async def _primary_connection(self) -> Connection:
+        for _ in range(4):  # bounded: the primary would have to move at every step
+            address = self.primary
+            if address is None:
+                address, connection = await self.find_primary()
+                if address is None:
+                    continue  # the lookup waited for was cancelled: look up again
+                if connection is not None:
+                    if self.known == address:
+                        return connection
+                    await connection.aclose()
+                    continue
+            try:
+                connection = await self.discovery.connect_checked(address, "master")
+            except NotTheRole as exc:
+                self.counters["wrong_role"] += 1
+                self.demoted(address, str(exc))
+                continue
+            except (AnyPoolError, OSError):
+                self.forget(address)  # down, or failed over: the next attempt asks
+                raise
+            if self.known != address:  # it moved while we connected
+                await connection.aclose()
+                continue
+            return connection
+        raise ConnectError(
+            f"the primary of {self.service!r} moved at every attempt to connect to it; "
+            "the sentinels may still be failing over"
+        )
+
+    async def find_primary(self) -> tuple[Address | None, Connection | None]:
+        """Ask the sentinels where the primary is (or wait for the lookup under way) and adopt
+        the answer.  Returns the address and, for the caller that asked, a connection to it
+        that said ``ROLE`` master (None for those that waited); ``(None, None)`` if the lookup
+        waited for was cancelled.
+
+        Raises:
+            PrimaryNotFound: no sentinel named a primary that answered as one.
+        """
+        flight = self._flight
+        if flight is not None:
+            await flight.done.wait()
+            if isinstance(flight.error, PrimaryNotFound):
+                error = flight.error
+                raise PrimaryNotFound(str(error), error.attempts) from None
+            if flight.error is not None:
+                raise ConnectError(f"looking up the primary failed: {flight.error}")
+            return flight.address, None
+        flight = self._flight = _Flight()
+        try:
+            address, connection = await self.discovery.primary()
+            flight.address = address
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            self._flight = None
+            flight.done.set()
+        self.adopt(address, "named by the sentinels and checked with ROLE")
+        return address, connection
+
+    async def _replica_connection(self) -> Connection:
+        if self._replicas_stale or not self.replicas:
+            await self.refresh_replicas()
+        if not self.replicas:  # none healthy: reads go to the primary (as redis-py's)
+            return await self._primary_connection()
+        candidates = list(self.replicas)
+        failures = []
+        for i in range(len(candidates)):
+            address = candidates[(self._turn + i) % len(candidates)]
+            try:
+                connection = await self.discovery.connect_checked(address, "slave")
+            except (AnyPoolError, OSError) as exc:
+                failures.append(f"{show(address)}: {type(exc).__name__}: {exc}")
+                continue
+            self._turn = (self._turn + i + 1) % len(candidates)
+            return connection
+        self._replicas_stale = True
+        raise ReplicaNotFound(
+            f"no replica of {self.service!r} the sentinels listed could be used "
+            f"({'; '.join(failures)})"
+        )
+
+    async def refresh_replicas(self) -> None:
+        """Ask the sentinels for the healthy replicas; with none, reads go to the primary."""
+        try:
+            replicas = await self.discovery.replicas()
+        except ReplicaNotFound as exc:
+            if self.replicas:
+                logger.warning("%s: %s; reads go to the primary", self.service, exc)
+            replicas = []
+        self._replicas_stale = False
+        if replicas != self.replicas:
+            removed = set(self.replicas) - set(replicas)
+            self.replicas = replicas
+            for address in removed:
+                self._queue_move(address, f"{show(address)} is no longer a healthy replica")
+        if not replicas and self.known is None:
+            await self.find_primary()
+
+    # --- subscriptions ----------------------------------------------------------------------
+
+    def placement(self) -> _Placement:
+        """Where the pool's pub/sub connections go (the pub/sub hub's placement)."""
+        return _Placement(self)
+
+    async def locate(self, moved: bool) -> RedisConfig:
+        """Where a subscriber connection goes now: the primary (role "primary", or no healthy
+        replica), else the next healthy replica.  ``moved``: the last one failed or stopped
+        serving, so the sentinels are asked again first."""
+        if self.role == "replica":
+            if moved or self._replicas_stale or not self.replicas:
+                await self.refresh_replicas()
+            if self.replicas:
+                address = self.replicas[self._turn % len(self.replicas)]
+                self._turn = (self._turn + 1) % len(self.replicas)
+                return self.discovery.data_config(address)
+        found = self.primary
+        if found is None or moved:
+            found, connection = await self.find_primary()
+            if connection is not None:
+                await connection.aclose()
+        if found is None:  # the lookup waited for was cancelled: ask ourselves
+            found, connection = await self.find_primary()
+            if connection is not None:
+                await connection.aclose()
+        if found is None:
+            raise ConnectError(f"the primary of {self.service!r} is not known yet")
+        return self.discovery.data_config(found)
+
+    # --- what changes where -----------------------------------------------------------------
+
+    def adopt(self, address: Address, why: str) -> None:
+        """``address`` is the primary now: new connections go there; connections to the
+        previous one are refused and closed (see :meth:`demoted`)."""
+        old, self.known, self.primary = self.known, address, address
+        if old is not None and old != address:
+            self.counters["switches"] += 1
+            logger.warning(
+                "%s: the primary moved from %s to %s (%s)", self.service, show(old),
+                show(address), why,
+            )  # fmt: skip
+            self._retire(old, f"{show(old)} is no longer the primary of {self.service!r}: {why}")
+
+    def forget(self, address: Address) -> None:
+        """Connecting to ``address`` failed: ask the sentinels before the next connection.
+        Connections to it are left alone (if it is still the primary, they work)."""
+        if self.primary == address:
+            self.primary = None
+
+    def demoted(self, address: Address, why: str) -> None:
+        """``address`` said it is not the primary (``ROLE``, or ``READONLY`` to a command):
+        nothing more is sent to it, and the sentinels are asked again."""
+        self.forget(address)
+        if self.known == address:
+            self.known = None
+            self._retire(address, f"{show(address)} is not the primary of {self.service!r}: {why}")
+
+    def note_readonly(self, connection: Connection) -> None:
+        """A command on ``connection`` was answered ``READONLY``: its node is a replica now."""
+        if self.role == "primary":
+            self.counters["readonly"] += 1
+            address = (connection.config.host, connection.config.port)
+            self.demoted(address, "it answered READONLY")
+
+    def _retire(self, address: Address, reason: str) -> None:
+        for connection in list(self._live):
+            if (connection.config.host, connection.config.port) == address:
+                connection.refuse(reason)
+        self._queue_move(address, reason)
+
+    def _queue_move(self, address: Address, reason: str) -> None:
+        self._moves.append((address, reason))
+        if self._moved is not None:
+            self._moved.set()
+
+    # --- the background task ----------------------------------------------------------------
+
+    async def run(
+        self, on_move: Mover, backoff: BackoffPolicy, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        """Until cancelled: listen to the sentinels' announcements (one sentinel at a time,
+        the next after a failure, with ``backoff``), and call ``on_move(address, reason)``
+        for each node that stopped serving (the pool closes its idle connections there and
+        moves its subscriptions)."""
+        self._moved = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._move_loop, on_move)
+            task_status.started()
+            await self._listen_loop(backoff)
+
+    async def _move_loop(self, on_move: Mover) -> None:
+        while True:
+            assert self._moved is not None
+            await self._moved.wait()
+            self._moved = anyio.Event()
+            moves, self._moves = self._moves, []
+            for address, reason in moves:
+                await on_move(address, reason)
+
+    async def _listen_loop(self, backoff: BackoffPolicy) -> None:
+        failures = 0
+        while True:
+            for sentinel in self.discovery.sentinels:
+                try:
+                    await self._listen(sentinel)
+                except (AnyPoolError, OSError) as exc:
+                    failures += 1
+                    self.counters["watch_failures"] += 1
+                    delay = backoff_delay(
+                        failures, base=backoff.base, cap=backoff.cap, jitter=backoff.jitter
+                    )
+                    logger.info(
+                        "%s: listening to sentinel %s failed (%s: %s); next in %.2fs",
+                        self.service, show(sentinel), type(exc).__name__, exc, delay,
+                    )  # fmt: skip
+                    await anyio.sleep(delay)
+                else:  # pragma: no cover - _listen returns only by raising
+                    failures = 0
+
+    async def _listen(self, sentinel: Address) -> None:
+        connection = await Connection.connect(self.discovery.sentinel_config(sentinel))
+        try:
+            await connection.send_commands([("SUBSCRIBE", *_EVENTS)], timeout=_KEEPALIVE)
+            acknowledged = 0
+            pinged = False
+            while True:
+                with anyio.move_on_after(_KEEPALIVE) as scope:
+                    frames = await connection.read_messages()
+                if scope.cancelled_caught:
+                    if pinged:
+                        raise ConnectionLost(
+                            f"sentinel {show(sentinel)} answered nothing for {2 * _KEEPALIVE}s"
+                        )
+                    await connection.send_commands([("PING",)], timeout=_KEEPALIVE)
+                    pinged = True
+                    continue
+                pinged = False
+                for frame in frames:
+                    kind = _text(frame[0]) if isinstance(frame, list) and frame else ""
+                    if kind == "subscribe":
+                        acknowledged += 1
+                        if acknowledged == len(_EVENTS):
+                            # Listening now: anything announced before is learnt by asking.
+                            await self._catch_up()
+                    elif kind == "message" and len(frame) == 3:
+                        await self._announced(_text(frame[1]), _text(frame[2]), sentinel)
+        finally:
+            await connection.aclose()
+
+    async def _catch_up(self) -> None:
+        try:
+            if self.role == "primary" or not self.replicas:
+                _, connection = await self.find_primary()
+                if connection is not None:
+                    await connection.aclose()
+            if self.role == "replica":
+                await self.refresh_replicas()
+        except (AnyPoolError, OSError) as exc:
+            logger.info("%s: looking up the nodes failed (%s); later", self.service, exc)
+
+    async def _announced(self, channel: str, data: str, sentinel: Address) -> None:
+        words = data.split()
+        if channel == "+switch-master":
+            # <name> <old-ip> <old-port> <new-ip> <new-port>
+            if len(words) == 5 and words[0] == self.service and words[4].isdigit():
+                self.counters["announcements"] += 1
+                self.adopt(
+                    (words[3], int(words[4])),
+                    f"+switch-master announced by sentinel {show(sentinel)}",
+                )
+                if self.role == "replica":
+                    self._replicas_stale = True
+            return
+        # "<type> <name> <ip> <port> @ <master-name> <master-ip> <master-port>"
+        if self.role != "replica" or len(words) < 8 or words[0] != "slave":
+            return
+        if words[5] != self.service or not words[3].isdigit():
+            return
+        self._replicas_stale = True  # asked again at the next new connection
+        address = (words[2], int(words[3]))
+        if channel == "+sdown" and address in self.replicas:
+            self.replicas.remove(address)
+            self._queue_move(address, f"{show(address)} is down (+sdown from {show(sentinel)})")
+
+    def __repr__(self) -> str:
+        where = show(self.known) if self.known else "not yet known"
+        return f"<SentinelConnectionFactory {self.service!r} {self.role} at {where}>"
+
+
+class _Placement:
+    """The pub/sub hub's view of a Sentinel factory (see ``_pubsub.Placement``)."""
+
+    def __init__(self, factory: SentinelConnectionFactory) -> None:
+        self._factory = factory
+
+    def check(self, kind: str, keys: list[Any]) -> None:
+        """Every kind of subscription works on one server."""
+
+    async def locate(self, moved: bool) -> RedisConfig:
+        return await self._factory.locate(moved)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
