@@ -35,7 +35,9 @@ from ._errors import PoolError as PoolError
 from ._errors import PoolExhausted as PoolExhausted
 from ._errors import PoolTimeout as PoolTimeout
 from ._errors import PoolUnavailable as PoolUnavailable
+from ._errors import PrimaryNotFound as PrimaryNotFound
 from ._errors import ProtocolError as ProtocolError
+from ._errors import ReplicaNotFound as ReplicaNotFound
 from ._errors import ReplyDecodeError as ReplyDecodeError
 from ._errors import ResponseError as ResponseError
 from ._errors import SlowConsumer as SlowConsumer
@@ -94,7 +96,9 @@ __all__ = [
     "PoolStatistics",
     "PoolTimeout",
     "PoolUnavailable",
+    "PrimaryNotFound",
     "ProtocolError",
+    "ReplicaNotFound",
     "PubSub",
     "Reconnected",
     "RedisConfig",

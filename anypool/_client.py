@@ -52,7 +52,14 @@ from ._compat import (
 )
 from ._config import PoolConfig, RedisConfig, split_url_over
 from ._connection import Connection, ConnectionFactory
-from ._errors import CommandNotAllowed, ConfigError, ConnectionClosed, PoolClosed, ProtocolError
+from ._errors import (
+    CommandNotAllowed,
+    ConfigError,
+    ConnectionClosed,
+    ConnectionRetired,
+    PoolClosed,
+    ProtocolError,
+)
 from ._keywords import connection_kwargs, sort_options
 from ._multiplex import Multiplexer
 from ._owner import Owner
@@ -504,6 +511,7 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         replica went down): close idle connections now and retire leased ones on return,
         stop queueing on shared connections to it, and move subscriptions away from it."""
         try:
+            self._pool.probe_now()  # the breaker and health describe the service, not a node
             await self._pool.reset()
         except PoolClosed:
             return  # closing: every connection is being closed anyway
@@ -511,6 +519,23 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
             await self._shared.upkeep()
         if self._pubsub is not None:
             await self._pubsub.move_from(address, reason)
+
+    def sentinel_statistics(self) -> dict[str, Any]:
+        """A Sentinel pool's view (:meth:`from_sentinel`, ``redis+sentinel://``): ``service``,
+        ``role``, ``primary`` (``"host:port"`` now, None before the first lookup),
+        ``replicas`` used (role "replica"), ``sentinels`` (in the order they are asked), and
+        counters: ``switches`` (primary changes followed), ``announcements``
+        (``+switch-master`` heard), ``wrong_role`` (new connections whose ``ROLE`` was not
+        the one asked for), ``readonly`` (``READONLY`` replies), ``primary_lookups``,
+        ``replica_lookups``, ``sentinel_failures`` (a sentinel that could not answer a
+        lookup), ``watch_failures`` (the listening connection to a sentinel failed).
+
+        Raises:
+            RuntimeError: this pool is not managed by Sentinel.
+        """
+        if self._sentinel is None:
+            raise RuntimeError(f"{self._pool.name} is not a Sentinel pool (see from_sentinel)")
+        return self._sentinel.statistics()
 
     def _answered_readonly(self, connection: Connection) -> None:
         if self._sentinel is not None:
@@ -533,6 +558,16 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         Cancellation: the connection is closed if the reply was still owed; the pool slot is
         always returned; a cancelled retry sleep ends the call.
         """
+        if self._sentinel is None:
+            return await self._execute(args, options)
+        try:
+            return await self._execute(args, options)
+        except ConnectionRetired:
+            # Not sent: its connection went to a primary a failover demoted.  Once more, on
+            # a connection to where the primary is now.
+            return await self._execute(args, options)
+
+    async def _execute(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
         shared = self._shared
         if shared is not None:
             name = shareable_name(args)  # the fast path: decided by the name alone

@@ -40,6 +40,7 @@ from ._errors import (
     ConnectError,
     ConnectionClosed,
     ConnectionLost,
+    ConnectionRetired,
     ConnectTimeout,
     ProtocolError,
     TimeoutError,
@@ -601,7 +602,7 @@ class Connection:
             return ConnectionClosed(
                 f"the connection to {self.config.address} is closed ({self._closed_by})"
             )
-        return ConnectionClosed(
+        return ConnectionRetired(
             f"nothing was sent: the connection to {self.config.address} was retired "
             f"({self._refused_by})"
         )
@@ -609,7 +610,7 @@ class Connection:
     def refuse(self, reason: str) -> None:
         """Send nothing more on this connection (its server is no longer the one to talk to:
         a primary demoted by a failover).  Every later command fails with
-        :class:`ConnectionClosed` saying ``reason`` and that it was not sent; replies already
+        :class:`ConnectionRetired` saying ``reason`` and that it was not sent; replies already
         owed are still read.  Its holder returns it, and the pool closes it."""
         if self._refused_by is None:
             self._refused_by = reason

@@ -39,6 +39,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionError",
     "ConnectionLost",
+    "ConnectionRetired",
     "CrossSlotError",
     "InvalidArgument",
     "MessagesLost",
@@ -124,6 +125,12 @@ class ConnectionClosed(ConnectionError):
     """The connection was already closed by anypool (after an error, a cancellation or close)."""
 
 
+class ConnectionRetired(ConnectionClosed):
+    """Nothing was sent: the connection's server stopped serving what the pool is for (a
+    failover demoted the primary).  Sending the command again is safe; a Sentinel pool does
+    it once on its own."""
+
+
 class AuthenticationError(ConnectionError, _r.AuthenticationError):
     """The server rejected the credentials (wrong password, unknown or disabled ACL user)."""
 
@@ -147,6 +154,9 @@ class PrimaryNotFound(
     def __init__(self, message: str, attempts: Any = ()) -> None:
         super().__init__(message)
         self.attempts = list(attempts)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.attempts))
 
 
 class ReplicaNotFound(

@@ -44,7 +44,21 @@ __all__ = ["SentinelConnectionFactory"]
 logger = logging.getLogger("anypool.sentinel")
 
 # Sentinel events the watcher listens to (names kept from the "slave" days, on Valkey too).
-_EVENTS = ("+switch-master", "+sdown", "-sdown", "+slave", "+slave-reconf-done")
+# +promoted-slave comes from the sentinel leading a failover as soon as the replica answers as
+# primary (the point of no return), up to a second before +switch-master: writes the old
+# primary takes after it are lost, so the pool moves on whichever it hears first.
+# +failover-state-send-slaveof-noone: the leader is promoting a replica; writes the old primary
+# takes from then on will be lost, so a primary pool stops writing until the promotion is
+# announced (or the failover aborts, or _PAUSE_LIMIT passes).
+_ABORTS = (
+    "-failover-abort-not-elected", "-failover-abort-no-good-slave",
+    "-failover-abort-slave-timeout", "+failover-end-for-timeout",
+)  # fmt: skip
+_EVENTS = (
+    "+switch-master", "+promoted-slave", "+failover-state-send-slaveof-noone", *_ABORTS,
+    "+sdown", "-sdown", "+slave", "+slave-reconf-done",
+)  # fmt: skip
+_PAUSE_LIMIT = 10.0
 _KEEPALIVE = 5.0  # seconds of silence from the sentinel before a PING (twice: reconnect)
 Mover = Callable[[Address, str], Awaitable[None]]
 
@@ -84,6 +98,10 @@ class SentinelConnectionFactory(ConnectionFactory):
         self._moves: list[tuple[Address, str]] = []  # demoted nodes the mover must act on
         self._moved: anyio.Event | None = None
         self._replicas_stale = True
+        self._subscribed: dict[Address, bool] = {}  # sentinels listened to since last failure
+        # Set while a failover promotes a replica: new primary connections wait for it.
+        self._promoting: anyio.Event | None = None
+        self._leaving: Address | None = None  # the primary a failover is replacing
         self.counters = {
             "switches": 0, "wrong_role": 0, "readonly": 0, "watch_failures": 0,
             "announcements": 0,
@@ -126,7 +144,26 @@ class SentinelConnectionFactory(ConnectionFactory):
         self._live.add(connection)
         return connection
 
+    async def _wait_promotion(self) -> None:
+        """While a failover promotes a replica, wait (bounded) for its announcement."""
+        promoting = self._promoting
+        if promoting is not None:
+            with anyio.move_on_after(_PAUSE_LIMIT):
+                await promoting.wait()
+            if self._promoting is promoting:  # never announced: ask the sentinels
+                logger.warning(
+                    "%s: no promotion announced within %ss of the failover's start; asking "
+                    "the sentinels", self.service, _PAUSE_LIMIT,
+                )  # fmt: skip
+                self._promoted()
+
+    def _promoted(self) -> None:
+        promoting, self._promoting = self._promoting, None
+        if promoting is not None:
+            promoting.set()
+
     async def _primary_connection(self) -> Connection:
+        await self._wait_promotion()
         for _ in range(4):  # bounded: the primary would have to move at every step
             address = self.primary
             if address is None:
@@ -243,6 +280,7 @@ class SentinelConnectionFactory(ConnectionFactory):
                 address = self.replicas[self._turn % len(self.replicas)]
                 self._turn = (self._turn + 1) % len(self.replicas)
                 return self.discovery.data_config(address)
+        await self._wait_promotion()
         found = self.primary
         if found is None or moved:
             found, connection = await self.find_primary()
@@ -261,7 +299,9 @@ class SentinelConnectionFactory(ConnectionFactory):
     def adopt(self, address: Address, why: str) -> None:
         """``address`` is the primary now: new connections go there; connections to the
         previous one are refused and closed (see :meth:`demoted`)."""
-        old, self.known, self.primary = self.known, address, address
+        old = self.known if self.known is not None else self._leaving
+        self.known, self.primary, self._leaving = address, address, None
+        self._promoted()
         if old is not None and old != address:
             self.counters["switches"] += 1
             logger.warning(
@@ -327,24 +367,33 @@ class SentinelConnectionFactory(ConnectionFactory):
                 await on_move(address, reason)
 
     async def _listen_loop(self, backoff: BackoffPolicy) -> None:
+        """One listener per sentinel: the leader of a failover announces it first, and any
+        sentinel may be down."""
+        async with anyio.create_task_group() as tg:
+            for sentinel in self.discovery.sentinels:
+                tg.start_soon(self._listen_forever, sentinel, backoff)
+
+    async def _listen_forever(self, sentinel: Address, backoff: BackoffPolicy) -> None:
         failures = 0
         while True:
-            for sentinel in self.discovery.sentinels:
-                try:
-                    await self._listen(sentinel)
-                except (AnyPoolError, OSError) as exc:
-                    failures += 1
-                    self.counters["watch_failures"] += 1
-                    delay = backoff_delay(
-                        failures, base=backoff.base, cap=backoff.cap, jitter=backoff.jitter
-                    )
-                    logger.info(
-                        "%s: listening to sentinel %s failed (%s: %s); next in %.2fs",
-                        self.service, show(sentinel), type(exc).__name__, exc, delay,
-                    )  # fmt: skip
-                    await anyio.sleep(delay)
-                else:  # pragma: no cover - _listen returns only by raising
-                    failures = 0
+            try:
+                await self._listen(sentinel)
+            except (AnyPoolError, OSError) as exc:
+                self.counters["watch_failures"] += 1
+                if self._heard_from(sentinel):
+                    failures = 0  # it served for a while: start the backoff again
+                failures += 1
+                delay = backoff_delay(
+                    failures, base=backoff.base, cap=backoff.cap, jitter=backoff.jitter
+                )
+                logger.info(
+                    "%s: listening to sentinel %s failed (%s: %s); again in %.2fs",
+                    self.service, show(sentinel), type(exc).__name__, exc, delay,
+                )  # fmt: skip
+                await anyio.sleep(delay)
+
+    def _heard_from(self, sentinel: Address) -> bool:
+        return self._subscribed.pop(sentinel, False)
 
     async def _listen(self, sentinel: Address) -> None:
         connection = await Connection.connect(self.discovery.sentinel_config(sentinel))
@@ -369,6 +418,7 @@ class SentinelConnectionFactory(ConnectionFactory):
                     if kind == "subscribe":
                         acknowledged += 1
                         if acknowledged == len(_EVENTS):
+                            self._subscribed[sentinel] = True
                             # Listening now: anything announced before is learnt by asking.
                             await self._catch_up()
                     elif kind == "message" and len(frame) == 3:
@@ -389,6 +439,13 @@ class SentinelConnectionFactory(ConnectionFactory):
 
     async def _announced(self, channel: str, data: str, sentinel: Address) -> None:
         words = data.split()
+        if channel in _ABORTS:  # "master <name> <ip> <port>"
+            if len(words) >= 2 and words[1] == self.service and self._promoting is not None:
+                logger.warning(
+                    "%s: the failover ended without a promotion (%s)", self.service, channel
+                )
+                self._promoted()  # the sentinels are asked (the primary is not known)
+            return
         if channel == "+switch-master":
             # <name> <old-ip> <old-port> <new-ip> <new-port>
             if len(words) == 5 and words[0] == self.service and words[4].isdigit():
@@ -401,15 +458,49 @@ class SentinelConnectionFactory(ConnectionFactory):
                     self._replicas_stale = True
             return
         # "<type> <name> <ip> <port> @ <master-name> <master-ip> <master-port>"
-        if self.role != "replica" or len(words) < 8 or words[0] != "slave":
+        if len(words) < 8 or words[0] != "slave" or words[5] != self.service:
             return
-        if words[5] != self.service or not words[3].isdigit():
+        if not words[3].isdigit():
+            return
+        if channel == "+failover-state-send-slaveof-noone":
+            old = (words[6], int(words[7])) if words[7].isdigit() else None
+            if self.role == "primary" and old is not None and old == self.known:
+                self.counters["announcements"] += 1
+                logger.warning(
+                    "%s: a failover is promoting %s; writes wait for it (the old primary's "
+                    "would be lost)", self.service, show((words[2], int(words[3]))),
+                )  # fmt: skip
+                self._promoting = anyio.Event()
+                self._leaving, self.known, self.primary = old, None, None
+                self._retire(old, f"{show(old)} is being failed over by the sentinels")
+            return
+        if channel == "+promoted-slave":
+            self.counters["announcements"] += 1
+            self.adopt(
+                (words[2], int(words[3])),
+                f"+promoted-slave announced by sentinel {show(sentinel)}",
+            )
+            self._replicas_stale = True
+            return
+        if self.role != "replica":
             return
         self._replicas_stale = True  # asked again at the next new connection
         address = (words[2], int(words[3]))
         if channel == "+sdown" and address in self.replicas:
             self.replicas.remove(address)
             self._queue_move(address, f"{show(address)} is down (+sdown from {show(sentinel)})")
+
+    def statistics(self) -> dict[str, Any]:
+        """What :meth:`RedisPool.sentinel_statistics` reports."""
+        return {
+            "service": self.service,
+            "role": self.role,
+            "primary": show(self.known) if self.known else None,
+            "replicas": [show(a) for a in self.replicas],
+            "sentinels": [show(a) for a in self.discovery.sentinels],
+            **self.counters,
+            **self.discovery.counters,
+        }
 
     def __repr__(self) -> str:
         where = show(self.known) if self.known else "not yet known"
