@@ -14,6 +14,8 @@ make sense, and a connection left in a changed state is closed on return, not re
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -287,6 +289,15 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         self._retry = RetryRule.from_options(**client_options)
         self._config = config
         self._sentinel: _sentinel.SentinelConnectionFactory | None = None
+        self._replica: RedisPool | None = None
+        if sentinel is not None and sentinel.role == "primary":
+            # The read pool over the replicas (``redis.replica``): connections on first use.
+            self._replica = type(self)(
+                config,
+                pool_config=pool_config.replace(name=f"{pool_config.name} replicas", min_size=0),
+                sentinel=dataclasses.replace(sentinel, role="replica"),
+                **client_options,
+            )
         if sentinel is not None:
             self._factory: ConnectionFactory = _sentinel.SentinelConnectionFactory(config, sentinel)
             self._sentinel = self._factory
@@ -435,7 +446,10 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
                         name="anypool sentinel watcher",
                     )  # fmt: skip
                 try:
-                    yield self
+                    async with contextlib.AsyncExitStack() as stack:
+                        if self._replica is not None:
+                            await stack.enter_async_context(self._replica)
+                        yield self
                 finally:
                     # First of all: every subscription ends with PoolClosed, its task stops.
                     if self._pubsub is not None:
@@ -519,6 +533,44 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
             await self._shared.upkeep()
         if self._pubsub is not None:
             await self._pubsub.move_from(address, reason)
+
+    @property
+    def replica(self) -> RedisPool:
+        """A Sentinel pool's read pool: the same command API on the service's replicas that
+        are up and linked to the primary (each new connection is checked with ``ROLE``),
+        spread across them; on the primary while there is none.  Opened and closed with this
+        pool; its connections are made on first use.  ::
+
+            await redis.set("k", "v")           # the primary
+            value = await redis.replica.get("k")  # a replica: may not have "k" yet
+
+        Consistency: replication is asynchronous.  A read on a replica may miss writes the
+        primary acknowledged a moment ago (``WAIT`` on the primary first for read-your-
+        writes), and after a failover a replica may serve data the new primary lost.
+        Writes sent to it fail with ``ReadOnlyError``.
+
+        Raises:
+            RuntimeError: this pool is not a Sentinel pool of the primary.
+        """
+        if self._replica is None:
+            raise RuntimeError(
+                f"{self._pool.name} has no replica pool: only a Sentinel pool of the primary "
+                "has one (from_sentinel(..., role='primary'), or a redis+sentinel:// URL)"
+            )
+        return self._replica
+
+    async def sentinel_views(self) -> dict[str, str]:
+        """Ask every sentinel of a Sentinel pool where the primary is now:
+        ``{"host:port" of the sentinel: "host:port" of the primary it names}``, or why it
+        could not answer (down, timed out, does not know the service).  They may disagree
+        for a moment during a failover.
+
+        Raises:
+            RuntimeError: this pool is not managed by Sentinel.
+        """
+        if self._sentinel is None:
+            raise RuntimeError(f"{self._pool.name} is not a Sentinel pool (see from_sentinel)")
+        return await self._sentinel.discovery.views()
 
     def sentinel_statistics(self) -> dict[str, Any]:
         """A Sentinel pool's view (:meth:`from_sentinel`, ``redis+sentinel://``): ``service``,

@@ -101,6 +101,39 @@ async def test_replica_role_reads_from_replicas(shared_setup: RedisSentinel) -> 
         await writer.delete("replicated")
 
 
+async def test_the_replica_pool_of_a_primary_pool(shared_setup: RedisSentinel) -> None:
+    async with pool(shared_setup) as redis_:
+        await redis_.set("via-replica", "1")
+        assert await redis_.execute_command("WAIT", 2, 10_000) == 2
+        assert await redis_.replica.get("via-replica") == b"1"
+        async with redis_.replica.acquire() as connection:
+            assert (await connection.execute_command("ROLE"))[0] == b"slave"
+        assert redis_.replica.sentinel_statistics()["role"] == "replica"
+        with pytest.raises(RuntimeError, match="only a Sentinel pool of the primary"):
+            redis_.replica.replica  # noqa: B018
+        await redis_.delete("via-replica")
+    with pytest.raises(anypool.PoolClosed):
+        await redis_.replica.get("via-replica")  # closed with the primary's pool
+    async with RedisPool.from_url(shared_setup.servers[0].url) as plain:
+        with pytest.raises(RuntimeError, match="has no replica pool"):
+            plain.replica  # noqa: B018
+        with pytest.raises(RuntimeError, match="not a Sentinel pool"):
+            plain.sentinel_statistics()
+
+
+def test_blocking_pool_from_sentinel(shared_setup: RedisSentinel) -> None:
+    with anypool.BlockingRedisPool.from_sentinel(
+        shared_setup.sentinel_addresses, "mymaster", password="dpw"
+    ) as redis_:
+        redis_.set("blocking", "1")
+        assert redis_.get("blocking") == b"1"
+        assert redis_.replica.ping() is True
+        assert redis_.sentinel_statistics()["primary"] == address(shared_setup.primary)
+        redis_.delete("blocking")
+    with anypool.BlockingRedisPool.from_url(shared_setup.url) as redis_:
+        assert redis_.ping() is True
+
+
 async def test_the_same_answers_as_redis_py_sentinel(shared_setup: RedisSentinel) -> None:
     """redis.asyncio.sentinel on the same set-up: the same primary and replicas, and the same
     results for commands through master_for()."""
@@ -469,3 +502,45 @@ async def test_cancellation_storm_across_a_failover(own_setup: RedisSentinel) ->
         for key in keys:
             assert await redis.get(key) == key.encode()
         assert redis.statistics().in_use == 0
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from anypool._cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ping_and_clients_take_a_sentinel_url(
+    shared_setup: RedisSentinel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "ping", shared_setup.url)
+    assert code == 0, err
+    primary = address(shared_setup.primary)
+    assert f"PONG from the primary {primary} of 'mymaster'" in out
+    assert out.count(f": {primary}") == 3  # every sentinel names it
+    assert "dpw" not in out
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        down = probe.getsockname()[1]
+    url = shared_setup.url.replace("@", f"@127.0.0.1:{down},", 1)
+    code, out, _ = run_cli(capsys, "ping", url, "--timeout", "2")
+    assert code == 1  # one sentinel does not answer
+    assert f"sentinel 127.0.0.1:{down}: ConnectError" in out
+    code, out, err = run_cli(capsys, "clients", shared_setup.url)
+    assert code == 0, err
+    assert "clients of the primary of redis+sentinel://:***@" in out
+    assert "dpw" not in out
+
+
+def test_demo_shows_a_failover(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "demo", "--sentinel", "--backend", "asyncio")
+    assert code == 0, err
+    assert "redis.replica.get() -> 'hello'" in out
+    assert "0 errors, 0 acknowledged writes missing on the new primary" in out
+    code, _, err = run_cli(capsys, "demo", "--sentinel", "--cluster")
+    assert code != 0 and "takes neither --url nor --cluster" in err

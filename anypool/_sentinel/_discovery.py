@@ -180,6 +180,21 @@ class Discovery:
             attempts,
         )
 
+    async def views(self) -> dict[str, str]:
+        """What each sentinel says the primary is: ``{"host:port": "host:port"}``, or why it
+        could not say."""
+        views = {}
+        for sentinel in list(self._order):
+            try:
+                named = parse_address(
+                    await self.ask(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                )
+            except _FAILURES as exc:
+                views[show(sentinel)] = f"{type(exc).__name__}: {exc}"
+                continue
+            views[show(sentinel)] = show(named) if named else "does not know the service"
+        return views
+
     async def replicas(self) -> list[Address]:
         """Ask the sentinels in turn for the service's replicas; the first that lists healthy
         ones gives the answer.  Healthy: not down (subjectively or objectively), not
