@@ -29,14 +29,17 @@ REDIS_FACING = [
     "tests/test_helper_parity.py", "tests/test_plugin.py", "tests/test_pytest_asyncio.py",
     "tests/test_autopipeline.py", "tests/test_autopipeline_machine.py",
     "tests/test_cluster.py", "tests/test_cluster_pubsub.py", "tests/test_cluster_machine.py",
+    "tests/test_sentinel.py",
 ]  # fmt: skip
 
-# The tests that start whole clusters (several servers each, with failovers and migrations):
-# the `tests` session runs them (and `stress`, `soak`); `interpreters` leaves them out to keep
-# CI within its time, since nothing in them depends on the Python version that the rest of
-# the suite does not already cover there (the pure routing tables still run there).
-CLUSTER_HEAVY = [
+# The tests that start whole clusters or Sentinel set-ups (several servers each, with failovers
+# and migrations): the `tests` session runs them (and `stress`, `soak`); `interpreters` leaves
+# them out to keep CI within its time, since nothing in them depends on the Python version that
+# the rest of the suite does not already cover there (the pure routing tables and Sentinel
+# settings still run there).
+SETUP_HEAVY = [
     "tests/test_cluster.py", "tests/test_cluster_pubsub.py", "tests/test_cluster_machine.py",
+    "tests/test_sentinel.py",
 ]  # fmt: skip
 
 # The tests whose guarantees must hold with auto-pipelining off too (every command on its own
@@ -104,7 +107,7 @@ _OTHERS = _other_interpreters()
 
 @nox.session(python=_OTHERS or False)
 def interpreters(session: nox.Session) -> None:
-    """The test suite (but the whole-cluster tests, see CLUSTER_HEAVY) on every other
+    """The test suite (but the whole-cluster and Sentinel tests, see SETUP_HEAVY) on every other
     supported Python the machine has (pyenv's, for CI), while a CPU burner holds one core:
     the `stress` proof, on every test.
 
@@ -113,7 +116,7 @@ def interpreters(session: nox.Session) -> None:
     if not _OTHERS:
         session.skip(f"no Python among {SUPPORTED_PYTHONS} besides this one on PATH")
     session.install("-e", ".[test]")
-    skip_clusters = [f"--ignore={path}" for path in CLUSTER_HEAVY]
+    skip_clusters = [f"--ignore={path}" for path in SETUP_HEAVY]
     with _busy_core():
         session.run("pytest", *skip_clusters, *session.posargs)
 

@@ -24,6 +24,7 @@ from ._errors import CommandNotAllowed as CommandNotAllowed
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectError as ConnectError
 from ._errors import ConnectionClosed as ConnectionClosed
+from ._errors import ConnectionRetired as ConnectionRetired
 from ._errors import ConnectionError as ConnectionError
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import ConnectTimeout as ConnectTimeout
@@ -77,6 +78,7 @@ __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "ConnectionClosed",
+    "ConnectionRetired",
     "ConnectionError",
     "ConnectionLost",
     "CrossSlotError",

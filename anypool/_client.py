@@ -650,17 +650,19 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         """One command (``args``, as sent) auto-pipelined on a shared connection (see
         _multiplex.py)."""
         assert self._shared is not None
-        replies, protocol = await self._shared.execute(
+        replies, connection = await self._shared.execute(
             (args,), _RAW if NEVER_DECODE in options else _DECODED, sent
         )
         reply = replies[0]
         if isinstance(reply, Exception):
+            if isinstance(reply, ReadOnlyError):
+                self._answered_readonly(connection)
             if isinstance(reply, ResponseError) and EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
             raise reply
         if sent is not None:
             options = dict(options)  # a retry would need them as they were
-        return self._shape(protocol, name, reply, options)
+        return self._shape(connection.protocol, name, reply, options)
 
     def autopipeline_statistics(self) -> dict[str, int]:
         """Counters of auto-pipelining (see docs/performance.md): requests, writes and the
@@ -705,7 +707,10 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         shared = self._shared
         if shared is not None and not needs_own_connection(args):
             decodes = (True, NEVER_DECODE not in options)
-            replies, protocol = await shared.execute(commands, decodes[-len(commands) :], sent)
+            replies, connection = await shared.execute(
+                commands, decodes[-len(commands) :], sent
+            )
+            protocol = connection.protocol
         else:
             lease = await self._pool.lease()
             try:

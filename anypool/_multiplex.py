@@ -179,9 +179,10 @@ class Multiplexer:
         commands: Sequence[Sequence[Arg]],
         decodes: Sequence[bool],
         sent: Sent | None = None,
-    ) -> tuple[list[Any], int]:
+    ) -> tuple[list[Any], Connection]:
         """Run ``commands`` (contiguous on one connection) and return their replies in order,
-        error replies in their place as exception instances, and the RESP version spoken.
+        error replies in their place as exception instances, and the connection they ran on
+        (its ``protocol``: the RESP version spoken; read it, do not use it).
 
         Args:
             commands: the commands.
@@ -256,7 +257,7 @@ class Multiplexer:
         error = request.error
         if error is not None:
             raise error
-        return request.replies, lane.connection.protocol
+        return request.replies, lane.connection
 
     async def _resume(self, lane: _Lane) -> bool:
         """Take a parked lane back into use; False (and the lane dropped) if the pool took

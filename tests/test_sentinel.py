@@ -544,3 +544,33 @@ def test_demo_shows_a_failover(capsys: pytest.CaptureFixture[str]) -> None:
     assert "0 errors, 0 acknowledged writes missing on the new primary" in out
     code, _, err = run_cli(capsys, "demo", "--sentinel", "--cluster")
     assert code != 0 and "takes neither --url nor --cluster" in err
+
+
+@pytest.mark.parametrize("autopipeline", [True, False])
+async def test_readonly_makes_the_pool_ask_again(
+    own_setup: RedisSentinel, autopipeline: bool
+) -> None:
+    """A primary demoted behind the sentinels' back answers READONLY: the pool sends nothing
+    more to it, asks the sentinels, and does not take their stale word for it (ROLE)."""
+    primary, replica = own_setup.primary, own_setup.replicas[0]
+    async with pool(own_setup, autopipeline=autopipeline) as redis_:
+        await redis_.set("ro", 1)
+        own_setup.call(primary, "REPLICAOF", replica.host, replica.port)
+        try:
+            with pytest.raises(redis.exceptions.ReadOnlyError):
+                await redis_.set("ro", 2)
+            stats = redis_.sentinel_statistics()
+            assert stats["readonly"] == 1 and stats["primary"] is None
+            with anyio.fail_after(HANG), pytest.raises(anypool.PrimaryNotFound) as info:
+                await redis_.set("ro", 3)  # the sentinels still name it; ROLE says otherwise
+            assert "says ROLE slave, not master" in str(info.value)
+        finally:
+            own_setup.call(primary, "REPLICAOF", "NO", "ONE")
+        with anyio.fail_after(HANG):
+            while True:
+                try:
+                    await redis_.set("ro", 4)
+                    break
+                except (anypool.PrimaryNotFound, anypool.PoolUnavailable):  # breaker: fail fast
+                    await anyio.sleep(0.1)
+        assert own_setup.call(primary, "GET", "ro") == b"4"
