@@ -615,3 +615,31 @@ async def test_a_username_without_a_password_authenticates_as_that_user(
                 assert await client.acl_whoami() == user
         finally:
             await admin.acl_deluser(user)
+
+
+async def test_a_refused_connection_sends_nothing_and_still_reads_what_is_owed(
+    config: RedisConfig,
+) -> None:
+    """refuse(): no later command is written (ConnectionRetired, writes unchanged: provably
+    not sent); the reply owed to the command in flight is still read; then it is not
+    reusable, so the pool closes it."""
+    async with connected(config) as conn:
+        results: list[object] = []
+        async with anyio.create_task_group() as tg:
+
+            async def in_flight() -> None:
+                results.append(await conn.execute("DEBUG", "SLEEP", "0.2"))
+
+            tg.start_soon(in_flight)
+            await anyio.wait_all_tasks_blocked()
+            conn.refuse("the primary was demoted")
+            writes = conn.writes
+        assert results == [b"OK"]  # the owed reply arrived
+        with pytest.raises(anypool.ConnectionRetired, match="nothing was sent.*was demoted"):
+            await conn.execute("SET", "refused", "1")
+        with pytest.raises(anypool.ConnectionRetired):
+            await conn.send_commands([("PING",)])
+        assert conn.writes == writes
+        assert conn.refused == "the primary was demoted"
+        assert not conn.is_reusable and not conn.looks_alive()
+    assert isinstance(anypool.ConnectionRetired("x"), anypool.ConnectionClosed)
