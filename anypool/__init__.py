@@ -24,9 +24,9 @@ from ._errors import CommandNotAllowed as CommandNotAllowed
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectError as ConnectError
 from ._errors import ConnectionClosed as ConnectionClosed
-from ._errors import ConnectionRetired as ConnectionRetired
 from ._errors import ConnectionError as ConnectionError
 from ._errors import ConnectionLost as ConnectionLost
+from ._errors import ConnectionRetired as ConnectionRetired
 from ._errors import ConnectTimeout as ConnectTimeout
 from ._errors import CrossSlotError as CrossSlotError
 from ._errors import InvalidArgument as InvalidArgument
@@ -78,9 +78,9 @@ __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "ConnectionClosed",
-    "ConnectionRetired",
     "ConnectionError",
     "ConnectionLost",
+    "ConnectionRetired",
     "CrossSlotError",
     "Health",
     "InvalidArgument",
@@ -100,13 +100,13 @@ __all__ = [
     "PoolUnavailable",
     "PrimaryNotFound",
     "ProtocolError",
-    "ReplicaNotFound",
     "PubSub",
     "Reconnected",
     "RedisConfig",
     "RedisCluster",
     "RedisConnection",
     "RedisPool",
+    "ReplicaNotFound",
     "ReplyDecodeError",
     "ResourceFactory",
     "ResponseError",

@@ -707,9 +707,7 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         shared = self._shared
         if shared is not None and not needs_own_connection(args):
             decodes = (True, NEVER_DECODE not in options)
-            replies, connection = await shared.execute(
-                commands, decodes[-len(commands) :], sent
-            )
+            replies, connection = await shared.execute(commands, decodes[-len(commands) :], sent)
             protocol = connection.protocol
         else:
             lease = await self._pool.lease()

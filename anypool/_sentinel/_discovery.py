@@ -9,6 +9,7 @@ connection, which is kept only if the node is what was asked for.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
@@ -140,8 +141,15 @@ class Discovery:
             raise
         return connection
 
-    async def primary(self) -> tuple[Address, Connection]:
+    async def primary(
+        self, refuse: Callable[[Address], str | None] | None = None
+    ) -> tuple[Address, Connection]:
         """Ask the sentinels in turn for the primary's address and check it with ``ROLE``.
+
+        Args:
+            refuse: says why an address named must not be taken (or None to take it): the
+                caller knows better than a sentinel that lags (a node a failover replaced
+                still says ``ROLE`` master until the sentinels demote it).
 
         Returns:
             The primary's address and a new connection to it that said ``ROLE`` master.
@@ -165,6 +173,10 @@ class Discovery:
                 continue
             if named is None:
                 attempts.append((sentinel, f"does not know the service {self.service!r}"))
+                continue
+            why_not = refuse(named) if refuse is not None else None
+            if why_not is not None:
+                attempts.append((sentinel, f"named {show(named)}, but {why_not}"))
                 continue
             try:
                 connection = await self.connect_checked(named, "master")

@@ -58,7 +58,13 @@ _EVENTS = (
     "+switch-master", "+promoted-slave", "+failover-state-send-slaveof-noone", *_ABORTS,
     "+sdown", "-sdown", "+slave", "+slave-reconf-done",
 )  # fmt: skip
-_PAUSE_LIMIT = 10.0
+_PAUSE_LIMIT = 5.0
+_PROMOTION_POLL = 0.05  # while paused: how often the replica being promoted is asked ROLE
+_REPLICA_REFRESH = 5.0  # a replica pool asks for the healthy replicas this often
+# How long a primary a failover replaced is not taken back from a lookup: a sentinel that has
+# not caught up still names it, and it still says ROLE master until the sentinels demote it
+# (8-10 s later).  Only an announcement (+switch-master...) brings it back sooner.
+_LEFT_MEMORY = 60.0
 _KEEPALIVE = 5.0  # seconds of silence from the sentinel before a PING (twice: reconnect)
 Mover = Callable[[Address, str], Awaitable[None]]
 
@@ -102,6 +108,12 @@ class SentinelConnectionFactory(ConnectionFactory):
         # Set while a failover promotes a replica: new primary connections wait for it.
         self._promoting: anyio.Event | None = None
         self._leaving: Address | None = None  # the primary a failover is replacing
+        self._selected: Address | None = None  # the replica it is promoting
+        self._pause_began = anyio.Event()  # wakes the promotion poll (made in the loop)
+        self._left: dict[Address, float] = {}  # primaries failovers replaced, and when
+        # Counts what the sentinels announced (a promotion begun or done): a lookup that
+        # began before one does not override it.
+        self._announced_count = 0
         self.counters = {
             "switches": 0, "wrong_role": 0, "readonly": 0, "watch_failures": 0,
             "announcements": 0,
@@ -164,28 +176,37 @@ class SentinelConnectionFactory(ConnectionFactory):
 
     async def _primary_connection(self) -> Connection:
         await self._wait_promotion()
-        for _ in range(4):  # bounded: the primary would have to move at every step
+        moves = 0
+        for _ in range(1000):  # bounded; each pass waits for a lookup or a connect
+            if moves >= 4:  # the primary would have had to move at every step
+                break
             address = self.primary
             if address is None:
                 address, connection = await self.find_primary()
                 if address is None:
-                    continue  # the lookup waited for was cancelled: look up again
+                    # The lookup waited for was cancelled (its caller left), or a failover
+                    # began meanwhile: look up again (not a move).
+                    await self._wait_promotion()
+                    continue
                 if connection is not None:
                     if self.known == address:
                         return connection
                     await connection.aclose()
+                    moves += 1
                     continue
             try:
                 connection = await self.discovery.connect_checked(address, "master")
             except NotTheRole as exc:
                 self.counters["wrong_role"] += 1
                 self.demoted(address, str(exc))
+                moves += 1
                 continue
             except (AnyPoolError, OSError):
                 self.forget(address)  # down, or failed over: the next attempt asks
                 raise
             if self.known != address:  # it moved while we connected
                 await connection.aclose()
+                moves += 1
                 continue
             return connection
         raise ConnectError(
@@ -212,17 +233,30 @@ class SentinelConnectionFactory(ConnectionFactory):
                 raise ConnectError(f"looking up the primary failed: {flight.error}")
             return flight.address, None
         flight = self._flight = _Flight()
+        announced = self._announced_count
+        found: Address | None
+        connection: Connection | None
         try:
-            address, connection = await self.discovery.primary()
-            flight.address = address
+            found, connection = await self.discovery.primary(self._replaced)
+            if self._announced_count != announced:
+                # A failover was announced while the sentinels were asked: the answer may
+                # predate it.  What was announced stands; the caller connects there.
+                await connection.aclose()
+                found, connection = self.primary, None
+            flight.address = found
         except Exception as exc:
             flight.error = exc
             raise
         finally:
             self._flight = None
             flight.done.set()
-        self.adopt(address, "named by the sentinels and checked with ROLE")
-        return address, connection
+        if found is not None and connection is not None:
+            why_not = self._replaced(found)  # a failover began while the sentinels were asked
+            if why_not is not None:
+                await connection.aclose()
+                return None, None
+            self.adopt(found, "named by the sentinels and checked with ROLE")
+        return found, connection
 
     async def _replica_connection(self) -> Connection:
         if self._replicas_stale or not self.replicas:
@@ -301,14 +335,29 @@ class SentinelConnectionFactory(ConnectionFactory):
         previous one are refused and closed (see :meth:`demoted`)."""
         old = self.known if self.known is not None else self._leaving
         self.known, self.primary, self._leaving = address, address, None
+        self._left.pop(address, None)
         self._promoted()
         if old is not None and old != address:
             self.counters["switches"] += 1
+            self._left[old] = anyio.current_time()
             logger.warning(
                 "%s: the primary moved from %s to %s (%s)", self.service, show(old),
                 show(address), why,
             )  # fmt: skip
             self._retire(old, f"{show(old)} is no longer the primary of {self.service!r}: {why}")
+
+    def _replaced(self, address: Address) -> str | None:
+        """Why a lookup must not take ``address`` back (see _LEFT_MEMORY), or None."""
+        if self._promoting is not None and address == self._leaving:
+            return "a failover is promoting a replica in its place"
+        left = self._left.get(address)
+        if left is None:
+            return None
+        age = anyio.current_time() - left
+        if age >= _LEFT_MEMORY:
+            del self._left[address]
+            return None
+        return f"a failover replaced it {age:.1f}s ago (that sentinel has not caught up)"
 
     def forget(self, address: Address) -> None:
         """Connecting to ``address`` failed: ask the sentinels before the next connection.
@@ -352,10 +401,45 @@ class SentinelConnectionFactory(ConnectionFactory):
         for each node that stopped serving (the pool closes its idle connections there and
         moves its subscriptions)."""
         self._moved = anyio.Event()
+        self._pause_began = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._move_loop, on_move)
+            tg.start_soon(self._promotion_loop)
+            if self.role == "replica":
+                tg.start_soon(self._replica_loop)
             task_status.started()
             await self._listen_loop(backoff)
+
+    async def _promotion_loop(self) -> None:
+        """While a failover promotes a replica, ask that replica ``ROLE`` every
+        ``_PROMOTION_POLL`` s: as soon as it says master it is adopted (the leader announces
+        it only after its next INFO, up to a second later), and writes resume there."""
+        while True:
+            await self._pause_began.wait()
+            self._pause_began = anyio.Event()
+            promoting, target = self._promoting, self._selected
+            if promoting is None or target is None:
+                continue
+            with anyio.move_on_after(_PAUSE_LIMIT):
+                while self._promoting is promoting:
+                    try:
+                        connection = await self.discovery.connect_checked(target, "master")
+                    except (AnyPoolError, OSError):
+                        await anyio.sleep(_PROMOTION_POLL)
+                        continue
+                    await connection.aclose()
+                    if self._promoting is promoting:
+                        self.adopt(target, f"{show(target)} said ROLE master during the failover")
+
+    async def _replica_loop(self) -> None:
+        """A replica pool asks for the healthy replicas every ``_REPLICA_REFRESH`` s: a
+        replica whose link to the primary broke is not announced by the sentinels."""
+        while True:
+            await anyio.sleep(_REPLICA_REFRESH)
+            try:
+                await self.refresh_replicas()
+            except (AnyPoolError, OSError) as exc:
+                logger.info("%s: asking for the replicas failed (%s); later", self.service, exc)
 
     async def _move_loop(self, on_move: Mover) -> None:
         while True:
@@ -450,6 +534,7 @@ class SentinelConnectionFactory(ConnectionFactory):
             # <name> <old-ip> <old-port> <new-ip> <new-port>
             if len(words) == 5 and words[0] == self.service and words[4].isdigit():
                 self.counters["announcements"] += 1
+                self._announced_count += 1
                 self.adopt(
                     (words[3], int(words[4])),
                     f"+switch-master announced by sentinel {show(sentinel)}",
@@ -471,11 +556,15 @@ class SentinelConnectionFactory(ConnectionFactory):
                     "would be lost)", self.service, show((words[2], int(words[3]))),
                 )  # fmt: skip
                 self._promoting = anyio.Event()
+                self._announced_count += 1
                 self._leaving, self.known, self.primary = old, None, None
+                self._selected = (words[2], int(words[3]))
+                self._pause_began.set()
                 self._retire(old, f"{show(old)} is being failed over by the sentinels")
             return
         if channel == "+promoted-slave":
             self.counters["announcements"] += 1
+            self._announced_count += 1
             self.adopt(
                 (words[2], int(words[3])),
                 f"+promoted-slave announced by sentinel {show(sentinel)}",
