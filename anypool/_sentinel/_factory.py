@@ -281,13 +281,29 @@ class SentinelConnectionFactory(ConnectionFactory):
         )
 
     async def refresh_replicas(self) -> None:
-        """Ask the sentinels for the healthy replicas; with none, reads go to the primary."""
+        """Ask the sentinels for the healthy replicas, and keep those that say so themselves
+        (``ROLE``: a replica with its link to the primary up; the sentinels notice a broken
+        link only at their next INFO, up to 10 s later).  With none, reads go to the
+        primary."""
         try:
-            replicas = await self.discovery.replicas()
+            listed = await self.discovery.replicas()
         except ReplicaNotFound as exc:
             if self.replicas:
                 logger.warning("%s: %s; reads go to the primary", self.service, exc)
-            replicas = []
+            listed = []
+        replicas = []
+        for address in listed:
+            try:
+                connection = await self.discovery.connect_checked(address, "slave")
+            except (AnyPoolError, OSError) as exc:
+                logger.info("%s: not reading from %s: %s", self.service, show(address), exc)
+                continue
+            await connection.aclose()
+            replicas.append(address)
+        if listed and not replicas and self.replicas:
+            logger.warning(
+                "%s: no replica is linked to the primary; reads go to the primary", self.service
+            )
         self._replicas_stale = False
         if replicas != self.replicas:
             removed = set(self.replicas) - set(replicas)
