@@ -122,7 +122,10 @@ class SentinelConnectionFactory(ConnectionFactory):
     # --- what serves ------------------------------------------------------------------------
 
     def serves(self, connection: Connection) -> bool:
-        """Whether ``connection`` goes to a node that serves this factory's role now."""
+        """Whether ``connection`` goes to a node that serves this factory's role now (and
+        was not refused: see :meth:`Connection.refuse`)."""
+        if connection.refused is not None:
+            return False
         address = (connection.config.host, connection.config.port)
         if self.role == "primary":
             return address == self.known
