@@ -576,8 +576,9 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         """A Sentinel pool's view (:meth:`from_sentinel`, ``redis+sentinel://``): ``service``,
         ``role``, ``primary`` (``"host:port"`` now, None before the first lookup),
         ``replicas`` used (role "replica"), ``sentinels`` (in the order they are asked), and
-        counters: ``switches`` (primary changes followed), ``announcements``
-        (``+switch-master`` heard), ``wrong_role`` (new connections whose ``ROLE`` was not
+        counters: ``switches`` (primary changes followed), ``announcements`` (failover
+        announcements acted on: a promotion begun, ``+promoted-slave``, ``+switch-master``),
+        ``wrong_role`` (new connections whose ``ROLE`` was not
         the one asked for), ``readonly`` (``READONLY`` replies), ``primary_lookups``,
         ``replica_lookups``, ``sentinel_failures`` (a sentinel that could not answer a
         lookup), ``watch_failures`` (the listening connection to a sentinel failed).

@@ -151,6 +151,7 @@ class SentinelMachine(RuleBasedStateMachine):
         # Connections handed out before their node was said not to be the primary (by an
         # announcement, or READONLY): they must send nothing more.
         self.must_refuse: list[FakeConnection] = []
+        self.demotions = 0  # the factory's wrong_role + readonly counts, last seen
         self.errors: list[BaseException] = []
         # The pool starts having found the primary (a first lookup went through).
         self.call(self.factory.adopt, NODES[0], "the first lookup")
@@ -179,6 +180,12 @@ class SentinelMachine(RuleBasedStateMachine):
         self.harvest()
 
     def harvest(self) -> None:
+        demotions = self.factory.counters["wrong_role"] + self.factory.counters["readonly"]
+        if demotions != self.demotions:
+            # The primary adopted last said it is not one (ROLE, READONLY): a node replaced
+            # before it may legitimately be primary again (docs: a missed failback).
+            self.demotions = demotions
+            self.told_not_primary.clear()
         for future in [f for f in self.lookups if f.done()]:
             self.lookups.remove(future)
             future.result()  # raises what the lookup did not expect

@@ -126,6 +126,12 @@ class Placement(Protocol):
         subscription, so the topology is to be read again first."""
         ...
 
+    def serves(self, config: RedisConfig) -> bool:
+        """Whether the server a connection was made to (``config``) is still where the
+        subscriptions belong: it may have stopped while the connection was being made (a
+        failover), and the connection then moves before subscribing."""
+        ...
+
 
 class _Waiter:
     """A subscriber waiting for its command's answer."""
@@ -672,6 +678,15 @@ class SubscriberConnection:
         self._write_failure = None
         self._socket = connection
         failure: BaseException | None = None
+        placement = self.hub.placement
+        if placement is not None and not placement.serves(connection.config):
+            # Its server stopped serving while it was being connected (move_from() could not
+            # reach it): move it before anything is subscribed there.
+            await connection.aclose()
+            return ConnectionLost(
+                f"{connection.config.address} stopped serving these subscriptions while the "
+                "connection was being made"
+            )
         try:
             if gap is not None:
                 self._resubscribe(*gap)

@@ -16,7 +16,14 @@ import redis.exceptions
 
 from .._config import RedisConfig
 from .._connection import Connection
-from .._errors import AnyPoolError, ConnectError, PrimaryNotFound, ProtocolError, ReplicaNotFound
+from .._errors import (
+    AnyPoolError,
+    AuthenticationError,
+    ConnectError,
+    PrimaryNotFound,
+    ProtocolError,
+    ReplicaNotFound,
+)
 from ._settings import SentinelSettings, addresses_text
 
 __all__ = ["Discovery", "NotTheRole", "parse_state"]
@@ -127,7 +134,15 @@ class Discovery:
         connection = await Connection.connect(self.data_config(address))
         try:
             # Bounded even with no socket_timeout: a node that hangs is not the primary.
-            reply = await connection.execute("ROLE", timeout=self._data.connect_timeout or 10.0)
+            try:
+                reply = await connection.execute("ROLE", timeout=self._data.connect_timeout or 10.0)
+            except redis.exceptions.NoPermissionError as exc:
+                raise AuthenticationError(
+                    f"{show(address)} refused ROLE ({exc}): the data nodes' user needs the "
+                    "ROLE command (+role) for a Sentinel pool to check whom it talks to"
+                ) from exc
+            except redis.exceptions.ResponseError as exc:  # BUSY, LOADING...
+                raise ConnectError(f"{show(address)} answered ROLE with an error: {exc}") from exc
             said = _text(reply[0]) if isinstance(reply, list) and reply else repr(reply)
             if said != role:
                 raise NotTheRole(f"{show(address)} says ROLE {said}, not {role}")

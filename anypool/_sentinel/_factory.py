@@ -24,12 +24,12 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from redis.exceptions import RedisError
 
 from .._backoff import backoff_delay
 from .._config import BackoffPolicy, RedisConfig
 from .._connection import Connection, ConnectionFactory
 from .._errors import (
-    AnyPoolError,
     ConnectError,
     ConnectionClosed,
     ConnectionLost,
@@ -109,6 +109,7 @@ class SentinelConnectionFactory(ConnectionFactory):
         self._promoting: anyio.Event | None = None
         self._leaving: Address | None = None  # the primary a failover is replacing
         self._selected: Address | None = None  # the replica it is promoting
+        self._pause_deadline = 0.0  # when a pause ends without an announcement
         self._pause_began = anyio.Event()  # wakes the promotion poll (made in the loop)
         self._left: dict[Address, float] = {}  # primaries failovers replaced, and when
         # Counts what the sentinels announced (a promotion begun or done): a lookup that
@@ -126,7 +127,10 @@ class SentinelConnectionFactory(ConnectionFactory):
         was not refused: see :meth:`Connection.refuse`)."""
         if connection.refused is not None:
             return False
-        address = (connection.config.host, connection.config.port)
+        return self.serves_address((connection.config.host, connection.config.port))
+
+    def serves_address(self, address: Address) -> bool:
+        """Whether a connection to ``address`` would serve this factory's role now."""
         if self.role == "primary":
             return address == self.known
         return address in self.replicas if self.replicas else address == self.known
@@ -163,14 +167,18 @@ class SentinelConnectionFactory(ConnectionFactory):
         """While a failover promotes a replica, wait (bounded) for its announcement."""
         promoting = self._promoting
         if promoting is not None:
-            with anyio.move_on_after(_PAUSE_LIMIT):
+            with anyio.move_on_at(self._pause_deadline):
                 await promoting.wait()
-            if self._promoting is promoting:  # never announced: ask the sentinels
-                logger.warning(
-                    "%s: no promotion announced within %ss of the failover's start; asking "
-                    "the sentinels", self.service, _PAUSE_LIMIT,
-                )  # fmt: skip
-                self._promoted()
+            self._pause_expired(promoting)
+
+    def _pause_expired(self, promoting: anyio.Event) -> None:
+        """End the pause ``promoting`` if it is still on and past its deadline."""
+        if self._promoting is promoting and anyio.current_time() >= self._pause_deadline:
+            logger.warning(
+                "%s: no promotion announced within %ss of the failover's start; asking the "
+                "sentinels", self.service, _PAUSE_LIMIT,
+            )  # fmt: skip
+            self._promoted()
 
     def _promoted(self) -> None:
         promoting, self._promoting = self._promoting, None
@@ -204,7 +212,7 @@ class SentinelConnectionFactory(ConnectionFactory):
                 self.demoted(address, str(exc))
                 moves += 1
                 continue
-            except (AnyPoolError, OSError):
+            except (RedisError, OSError):
                 self.forget(address)  # down, or failed over: the next attempt asks
                 raise
             if self.known != address:  # it moved while we connected
@@ -272,7 +280,7 @@ class SentinelConnectionFactory(ConnectionFactory):
             address = candidates[(self._turn + i) % len(candidates)]
             try:
                 connection = await self.discovery.connect_checked(address, "slave")
-            except (AnyPoolError, OSError) as exc:
+            except (RedisError, OSError) as exc:
                 failures.append(f"{show(address)}: {type(exc).__name__}: {exc}")
                 continue
             self._turn = (self._turn + i + 1) % len(candidates)
@@ -298,7 +306,7 @@ class SentinelConnectionFactory(ConnectionFactory):
         for address in listed:
             try:
                 connection = await self.discovery.connect_checked(address, "slave")
-            except (AnyPoolError, OSError) as exc:
+            except (RedisError, OSError) as exc:
                 logger.info("%s: not reading from %s: %s", self.service, show(address), exc)
                 continue
             await connection.aclose()
@@ -314,7 +322,9 @@ class SentinelConnectionFactory(ConnectionFactory):
             for address in removed:
                 self._queue_move(address, f"{show(address)} is no longer a healthy replica")
         if not replicas and self.known is None:
-            await self.find_primary()
+            _, checked = await self.find_primary()
+            if checked is not None:
+                await checked.aclose()
 
     # --- subscriptions ----------------------------------------------------------------------
 
@@ -390,6 +400,9 @@ class SentinelConnectionFactory(ConnectionFactory):
         self.forget(address)
         if self.known == address:
             self.known = None
+            # The primary adopted last is not one any more: a node replaced before it may
+            # legitimately be primary again (a failback whose announcement was missed).
+            self._left.clear()
             self._retire(address, f"{show(address)} is not the primary of {self.service!r}: {why}")
 
     def note_readonly(self, connection: Connection) -> None:
@@ -439,16 +452,18 @@ class SentinelConnectionFactory(ConnectionFactory):
             promoting, target = self._promoting, self._selected
             if promoting is None or target is None:
                 continue
-            with anyio.move_on_after(_PAUSE_LIMIT):
+            with anyio.move_on_at(self._pause_deadline):
                 while self._promoting is promoting:
                     try:
                         connection = await self.discovery.connect_checked(target, "master")
-                    except (AnyPoolError, OSError):
+                    except (RedisError, OSError):
                         await anyio.sleep(_PROMOTION_POLL)
                         continue
                     await connection.aclose()
                     if self._promoting is promoting:
                         self.adopt(target, f"{show(target)} said ROLE master during the failover")
+            if promoting is not None:
+                self._pause_expired(promoting)  # never promoted: the sentinels are asked
 
     async def _replica_loop(self) -> None:
         """A replica pool asks for the healthy replicas every ``_REPLICA_REFRESH`` s: a
@@ -457,7 +472,7 @@ class SentinelConnectionFactory(ConnectionFactory):
             await anyio.sleep(_REPLICA_REFRESH)
             try:
                 await self.refresh_replicas()
-            except (AnyPoolError, OSError) as exc:
+            except (RedisError, OSError) as exc:
                 logger.info("%s: asking for the replicas failed (%s); later", self.service, exc)
 
     async def _move_loop(self, on_move: Mover) -> None:
@@ -481,7 +496,7 @@ class SentinelConnectionFactory(ConnectionFactory):
         while True:
             try:
                 await self._listen(sentinel)
-            except (AnyPoolError, OSError) as exc:
+            except (RedisError, OSError) as exc:
                 self.counters["watch_failures"] += 1
                 if self._heard_from(sentinel):
                     failures = 0  # it served for a while: start the backoff again
@@ -537,7 +552,7 @@ class SentinelConnectionFactory(ConnectionFactory):
                     await connection.aclose()
             if self.role == "replica":
                 await self.refresh_replicas()
-        except (AnyPoolError, OSError) as exc:
+        except (RedisError, OSError) as exc:
             logger.info("%s: looking up the nodes failed (%s); later", self.service, exc)
 
     async def _announced(self, channel: str, data: str, sentinel: Address) -> None:
@@ -568,13 +583,14 @@ class SentinelConnectionFactory(ConnectionFactory):
             return
         if channel == "+failover-state-send-slaveof-noone":
             old = (words[6], int(words[7])) if words[7].isdigit() else None
-            if self.role == "primary" and old is not None and old == self.known:
+            if self.role == "primary" and old is not None and self.known in (old, None):
                 self.counters["announcements"] += 1
                 logger.warning(
                     "%s: a failover is promoting %s; writes wait for it (the old primary's "
                     "would be lost)", self.service, show((words[2], int(words[3]))),
                 )  # fmt: skip
                 self._promoting = anyio.Event()
+                self._pause_deadline = anyio.current_time() + _PAUSE_LIMIT
                 self._announced_count += 1
                 self._leaving, self.known, self.primary = old, None, None
                 self._selected = (words[2], int(words[3]))
@@ -626,6 +642,9 @@ class _Placement:
 
     async def locate(self, moved: bool) -> RedisConfig:
         return await self._factory.locate(moved)
+
+    def serves(self, config: RedisConfig) -> bool:
+        return self._factory.serves_address((config.host, config.port))
 
 
 def _text(value: Any) -> str:
