@@ -449,14 +449,16 @@ async def test_looks_alive_notices_a_server_side_close(config: RedisConfig) -> N
 
 async def test_concurrent_use_is_refused_without_harm(config: RedisConfig) -> None:
     async with connected(config) as conn, anyio.create_task_group() as tg:
-        tg.start_soon(conn.execute, "DEBUG", "SLEEP", "1")
-        await anyio.wait_all_tasks_blocked()  # ~0.1 s steps on asyncio: the sleep outlasts it
+        # wait_all_tasks_blocked() takes ~0.1 s steps on asyncio (more on a loaded machine):
+        # the server's sleep outlasts it.
+        tg.start_soon(conn.execute, "DEBUG", "SLEEP", "3")
+        await anyio.wait_all_tasks_blocked()
         with pytest.raises(RuntimeError, match="in use by another task"):
             await conn.execute("PING")
     assert conn.closed  # closed by `connected` on exit, not by the refused call
     async with connected(config) as conn:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(conn.execute, "DEBUG", "SLEEP", "1")
+            tg.start_soon(conn.execute, "DEBUG", "SLEEP", "3")
             await anyio.wait_all_tasks_blocked()
             with pytest.raises(RuntimeError):
                 await conn.execute("PING")

@@ -47,32 +47,43 @@ def _pong_fix(message: Any, ping_data: Any) -> Any:
 
 
 class _AckTracker:
-    """ACKS_FIRST, checked while a scenario plays: a PUBLISH to a channel whose (p/s)subscribe
-    acknowledgement has not been read yet is a race between two sockets, so the scenario is
-    refused instead of being left to fail once in a while."""
+    """ACKS_FIRST, checked while a scenario plays.  A PUBLISH on another connection races
+    every (un)subscribe whose acknowledgement is unread: to a channel (or pattern) still being
+    subscribed, the message may be missed; after an UNSUBSCRIBE (of any channel), the message
+    and the acknowledgement may arrive in either order.  Such a scenario is refused instead of
+    being left to fail once in a while."""
 
     KINDS = ("subscribe", "psubscribe", "ssubscribe")
+    UNKINDS = ("unsubscribe", "punsubscribe", "sunsubscribe")
 
     def __init__(self, ignoring: bool) -> None:
         self.ignoring = ignoring  # the PubSub's ignore_subscribe_messages
-        self.pending: list[tuple[str, str]] = []  # (kind, name), in the order sent
+        # (kind, name) in the order sent; name None: "every name" (an unsubscribe of all),
+        # which only a pong (read after every acknowledgement sent before it) clears.
+        self.pending: list[tuple[str, str | None]] = []
 
     def sent(self, kind: str, names: list[Any]) -> None:
+        if not names:
+            self.pending.append((kind, None))
         self.pending.extend((kind, n if isinstance(n, str) else n.decode()) for n in names)
 
     def read(self, message: Any, ignoring: bool) -> None:
         if message is None and (ignoring or self.ignoring) and self.pending:
             self.pending.pop(0)  # an acknowledgement, consumed and hidden
-        elif isinstance(message, dict) and message["type"] in self.KINDS:
+        elif isinstance(message, dict) and message["type"] == "pong":
+            self.pending.clear()
+        elif isinstance(message, dict) and message["type"] in self.KINDS + self.UNKINDS:
             name = message["channel"]
-            key = (message["type"], name if isinstance(name, str) else name.decode())
+            key = (message["type"], name if isinstance(name, str | None) else name.decode())
             if key in self.pending:
                 self.pending.remove(key)
 
     def check_publish(self, channel: Any) -> None:
         channel = channel if isinstance(channel, str) else channel.decode()
         for kind, name in self.pending:
-            if name == channel or (kind == "psubscribe" and fnmatch.fnmatchcase(channel, name)):
+            if kind in self.UNKINDS or (
+                name == channel or (kind == "psubscribe" and fnmatch.fnmatchcase(channel, name))
+            ):
                 raise AssertionError(
                     f"scenario publishes to {channel!r} before reading the {kind} "
                     f"acknowledgement of {name!r}: see ACKS_FIRST"
@@ -86,7 +97,7 @@ async def play(client: Any, p: Any, ops: list[Op], ignoring: bool = False) -> li
     acks = _AckTracker(ignoring)
     for op in ops:
         name, *args = op
-        if name in _AckTracker.KINDS:
+        if name in _AckTracker.KINDS + _AckTracker.UNKINDS:
             acks.sent(name, args[0])
         if name == "ping":
             ping_data = args[0][0] if args[0] else ""
@@ -166,9 +177,9 @@ SCENARIOS: dict[str, tuple[list[Op], dict[str, Any]]] = {
             ("subscribe", ["d:a"]),  # again: acknowledged again, same count
             ("ping", []),
             ("drain",),
+            ("publish", "d:b", "w"),  # before the unsubscribe: see ACKS_FIRST
             ("unsubscribe", ["d:a", "d:never"]),
             ("state",),  # d:a stays until its acknowledgement is read (redis-py's rule)
-            ("publish", "d:b", "w"),
             ("ping", ["fence"]),
             ("drain",),
             ("state",),
@@ -276,6 +287,17 @@ def test_scenarios_that_race_their_own_publish_are_refused() -> None:
         acks.check_publish("d:pa")
     acks.read(None, True)  # ignore_subscribe_messages: the ack was read and hidden
     acks.check_publish("d:pa")
+    acks.sent("unsubscribe", ["d:a"])
+    with pytest.raises(AssertionError, match="unsubscribe acknowledgement"):
+        acks.check_publish("d:other")  # message and acknowledgement: either order
+    acks.read({"type": "unsubscribe", "pattern": None, "channel": "d:a", "data": 0}, False)
+    acks.check_publish("d:other")
+    acks.sent("punsubscribe", [])  # every pattern: only a pong says all are acknowledged
+    acks.read({"type": "punsubscribe", "pattern": None, "channel": "d:p*", "data": 0}, False)
+    with pytest.raises(AssertionError, match="punsubscribe acknowledgement of None"):
+        acks.check_publish("d:other")
+    acks.read({"type": "pong", "pattern": None, "channel": None, "data": ""}, False)
+    acks.check_publish("d:other")
 
 
 @pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
