@@ -637,7 +637,7 @@ async def test_a_refused_connection_sends_nothing_and_still_reads_what_is_owed(
             conn.refuse("the primary was demoted")
             writes = conn.writes
         assert results == [b"OK"]  # the owed reply arrived
-        with pytest.raises(anypool.ConnectionRetired, match="nothing was sent.*was demoted"):
+        with pytest.raises(anypool.ConnectionRetired, match=r"nothing was sent.*was demoted"):
             await conn.execute("SET", "refused", "1")
         with pytest.raises(anypool.ConnectionRetired):
             await conn.send_commands([("PING",)])
