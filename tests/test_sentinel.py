@@ -617,3 +617,32 @@ async def test_a_lagging_sentinel_does_not_take_the_pool_back(own_setup: RedisSe
                 await redis_.publish("lag-news", "after")
                 with anyio.fail_after(HANG):
                     assert (await subscription.get()).data == b"after"
+
+
+async def test_a_pool_follows_the_sentinels_only_once_used(shared_setup: RedisSentinel) -> None:
+    """Opening does no I/O; the first command starts the watch (one subscription per
+    sentinel); the replica pool nobody reads from opens nothing.  (The sentinel connections
+    carry the pool's client name.)"""
+
+    def ours() -> list[dict[str, str]]:
+        found = []
+        for sentinel in shared_setup.sentinels:
+            for line in shared_setup.call(sentinel, "CLIENT", "LIST").decode().splitlines():
+                fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+                if fields.get("name") == "used-once":
+                    found.append(fields)
+        return found
+
+    async with pool(shared_setup, client_name="used-once") as redis_:
+        await anyio.sleep(0.2)
+        assert ours() == []  # opened, unused: nothing
+        await redis_.ping()
+        with anyio.fail_after(HANG):
+            while sum(int(c.get("sub", "0")) > 0 for c in ours()) < 3:
+                await anyio.sleep(0.02)
+        await anyio.sleep(0.3)
+        listening = [c for c in ours() if int(c.get("sub", "0")) > 0]
+        assert len(listening) == 3  # the primary pool's, one per sentinel; none for replicas
+    with anyio.fail_after(HANG):
+        while ours():  # closed with the pool
+            await anyio.sleep(0.02)

@@ -111,6 +111,7 @@ class SentinelConnectionFactory(ConnectionFactory):
         self._selected: Address | None = None  # the replica it is promoting
         self._pause_deadline = 0.0  # when a pause ends without an announcement
         self._pause_began = anyio.Event()  # wakes the promotion poll (made in the loop)
+        self._wanted = anyio.Event()  # set by the first connection wanted: starts the watch
         self._left: dict[Address, float] = {}  # primaries failovers replaced, and when
         # Counts what the sentinels announced (a promotion begun or done): a lookup that
         # began before one does not override it.
@@ -154,6 +155,7 @@ class SentinelConnectionFactory(ConnectionFactory):
     # --- making connections -----------------------------------------------------------------
 
     async def create(self) -> Connection:
+        self._wanted.set()
         generation = self.credentials_generation
         if self.role == "primary":
             connection = await self._primary_connection()
@@ -336,6 +338,7 @@ class SentinelConnectionFactory(ConnectionFactory):
         """Where a subscriber connection goes now: the primary (role "primary", or no healthy
         replica), else the next healthy replica.  ``moved``: the last one failed or stopped
         serving, so the sentinels are asked again first."""
+        self._wanted.set()
         if self.role == "replica":
             if moved or self._replicas_stale or not self.replicas:
                 await self.refresh_replicas()
@@ -437,9 +440,12 @@ class SentinelConnectionFactory(ConnectionFactory):
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._move_loop, on_move)
             tg.start_soon(self._promotion_loop)
+            task_status.started()
+            # Nothing to follow until a connection is wanted: a pool never used (a primary
+            # pool's ``replica`` nobody reads from) opens no connection to the sentinels.
+            await self._wanted.wait()
             if self.role == "replica":
                 tg.start_soon(self._replica_loop)
-            task_status.started()
             await self._listen_loop(backoff)
 
     async def _promotion_loop(self) -> None:
