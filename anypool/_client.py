@@ -611,16 +611,9 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         Cancellation: the connection is closed if the reply was still owed; the pool slot is
         always returned; a cancelled retry sleep ends the call.
         """
-        if self._sentinel is None:
-            return await self._execute(args, options)
-        try:
-            return await self._execute(args, options)
-        except ConnectionRetired:
-            # Not sent: its connection went to a primary a failover demoted.  Once more, on
-            # a connection to where the primary is now.
-            return await self._execute(args, options)
-
-    async def _execute(self, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        # A Sentinel pool sends a command once more when its connection was retired before
+        # it was sent (its server is a primary a failover demoted): _run_shared, _attempt and
+        # the end of this method.  The others pay nothing for it (no extra call layer).
         shared = self._shared
         if shared is not None:
             name = shareable_name(args)  # the fast path: decided by the name alone
@@ -637,13 +630,21 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         else:
             refuse_on_pool(args)
         if self._retry is not None:
-            return await self._retry.call(lambda sent: self._attempt(args, options, sent))
+            resend = self._sentinel is not None
+            return await self._retry.call(
+                lambda sent: self._attempt(args, options, sent, resend=resend)
+            )
         pool = self._pool
         lease = await pool.lease()
         try:
             return await self._run(lease.resource, args, options)
+        except ConnectionRetired:
+            if self._sentinel is None:
+                raise
         finally:
             await pool.release(lease)
+        # Not sent: once more, on a connection to where the primary is now.
+        return await self._attempt(args, options, Sent(), resend=False)
 
     async def _run_shared(
         self, name: str, args: tuple[Any, ...], options: dict[str, Any], sent: Sent | None
@@ -651,9 +652,14 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         """One command (``args``, as sent) auto-pipelined on a shared connection (see
         _multiplex.py)."""
         assert self._shared is not None
-        replies, connection = await self._shared.execute(
-            (args,), _RAW if NEVER_DECODE in options else _DECODED, sent
-        )
+        decode = _RAW if NEVER_DECODE in options else _DECODED
+        try:
+            replies, connection = await self._shared.execute((args,), decode, sent)
+        except ConnectionRetired:
+            if self._sentinel is None:
+                raise
+            # Not sent (a Sentinel pool; see execute_command): once more, where the primary is.
+            replies, connection = await self._shared.execute((args,), decode, sent)
         reply = replies[0]
         if isinstance(reply, Exception):
             if isinstance(reply, ReadOnlyError):
@@ -676,8 +682,12 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
             return dict.fromkeys(_AUTOPIPELINE_STATISTICS, 0)
         return self._shared.statistics()
 
-    async def _attempt(self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent) -> Any:
-        """One try of a command under ``retry=``; ``sent`` tells whether its write began."""
+    async def _attempt(
+        self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent, *, resend: bool
+    ) -> Any:
+        """One try of a command on a connection of its own (under ``retry=``, or a Sentinel
+        pool's second send); ``sent`` tells whether its write began.  With ``resend``, a
+        connection retired before the command was sent is followed by one more try."""
         pool = self._pool
         lease = await pool.lease()
         try:
@@ -685,10 +695,14 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
             writes = connection.writes
             try:
                 return await self._run(connection, args, dict(options))
+            except ConnectionRetired:
+                if not resend:
+                    raise
             finally:
                 sent.value = connection.writes != writes
         finally:
             await pool.release(lease)
+        return await self._attempt(args, options, sent, resend=False)  # see execute_command
 
     async def execute_command_once(
         self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent, *, asking: bool = False
