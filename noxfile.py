@@ -108,9 +108,11 @@ _OTHERS = _other_interpreters()
 @nox.session(python=_OTHERS or False)
 def interpreters(session: nox.Session) -> None:
     """The test suite (but the whole-cluster and Sentinel tests, see SETUP_HEAVY) on every other
-    supported Python the machine has (pyenv's, for CI), while a CPU burner holds one core:
-    the `stress` proof, on every test.
+    supported Python the machine has (pyenv's, for CI), on asyncio and trio, while a CPU
+    burner holds one core: the `stress` proof, on every test.
 
+    uvloop's ids run in `tests` (on the Python running nox): uvloop is an event loop, not a
+    language feature, and its third of the suite here would take CI past its time.
     Skipped (not failed) on a machine with one interpreter: `tests` covers that one.
     """
     if not _OTHERS:
@@ -118,7 +120,7 @@ def interpreters(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     skip_clusters = [f"--ignore={path}" for path in SETUP_HEAVY]
     with _busy_core():
-        session.run("pytest", *skip_clusters, *session.posargs)
+        session.run("pytest", *skip_clusters, "-k", "not uvloop", *session.posargs)
 
 
 @contextlib.contextmanager

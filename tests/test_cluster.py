@@ -20,6 +20,7 @@ from anypool.testing import FaultProxy, RedisServer, find_valkey_server
 from anypool.testing import RedisCluster as ClusterServers
 
 from .conftest import open_fds
+from .settle import nodes_at_rest
 
 pytestmark = pytest.mark.anyio
 
@@ -49,11 +50,6 @@ def client(servers: ClusterServers, **options: Any) -> RedisCluster:
     return RedisCluster(startup_nodes=servers.startup_nodes[:1], connect_timeout=5.0, **options)
 
 
-def in_use(redis: RedisCluster) -> dict[str, int]:
-    """Connections leased on every node's pool (0 at rest: none leaked)."""
-    return {str(node): stats.in_use for node, stats in redis.node_statistics().items()}
-
-
 def other_primary(servers: ClusterServers, slot: int) -> tuple[RedisServer, RedisServer]:
     source = servers.node_for_slot(slot)
     target = next(n for n in servers.primaries() if n.port != source.port)
@@ -78,7 +74,7 @@ async def test_commands_go_where_their_keys_are(shared_cluster: ClusterServers) 
         assert await redis.mset({f"{{t}}:{i}": i for i in range(5)}) is True
         assert await redis.mget([f"{{t}}:{i}" for i in range(5)]) == [b"0", b"1", b"2", b"3", b"4"]
         assert await redis.unlink(*keys) == len(keys) - 10
-        assert in_use(redis) == dict.fromkeys(in_use(redis), 0)
+        await nodes_at_rest(redis.node_statistics)
 
 
 async def test_keys_in_different_slots_are_refused_naming_them(
@@ -191,7 +187,7 @@ async def test_live_resharding_under_load_loses_and_repeats_nothing(
                 done.set()
         for key in keys:
             assert int(await redis.get(key)) == acknowledged[key] > 0
-        assert in_use(redis) == dict.fromkeys(in_use(redis), 0)
+        await nodes_at_rest(redis.node_statistics)
         await redis.delete(*keys)
 
 
@@ -251,7 +247,7 @@ async def test_failover_under_load(own_cluster: ClusterServers) -> None:
         for key, count in acknowledged.items():
             value = int(await redis.get(key) or 0)
             assert count <= value <= count + uncertain[key], (key, count, value, uncertain[key])
-        assert in_use(redis) == dict.fromkeys(in_use(redis), 0)
+        await nodes_at_rest(redis.node_statistics)
 
 
 # --- cancellation and clean-up ------------------------------------------------------------------
@@ -277,7 +273,7 @@ async def test_cancellation_storm_mismatches_nothing(shared_cluster: ClusterServ
                 task_group.start_soon(one, key, rng.choice([0, 0.0001, 0.001, 0.01]))
         for key in keys:
             assert await redis.get(key) == key.encode()
-        assert in_use(redis) == dict.fromkeys(in_use(redis), 0)
+        await nodes_at_rest(redis.node_statistics)
         await redis.delete(*keys)
 
 
@@ -337,7 +333,7 @@ async def test_a_pipeline_across_nodes_returns_replies_in_order(
         with pytest.raises(redis_exceptions.ResponseError, match="Command # 2"):
             await pipe.execute()
         assert redis.cluster_statistics()["gave_up"] == 0
-        assert in_use(redis) == dict.fromkeys(in_use(redis), 0)
+        await nodes_at_rest(redis.node_statistics)
 
 
 async def test_a_pipeline_follows_a_slot_that_moves(shared_cluster: ClusterServers) -> None:
@@ -569,7 +565,7 @@ async def test_bad_commands_get_specific_errors_and_leave_nothing(
         with pytest.raises(redis_exceptions.ResponseError):
             await redis.execute_command("MSET", "a", "1", "b")
         assert await redis.exists("a", "b") == 0
-        assert in_use(redis) == dict.fromkeys(in_use(redis), 0)
+        await nodes_at_rest(redis.node_statistics)
 
 
 async def test_errors_leave_the_block_as_they_are(shared_cluster: ClusterServers) -> None:
@@ -691,7 +687,7 @@ async def test_watch_multi_exec_on_one_slot(shared_cluster: ClusterServers) -> N
         assert await redis.get("{w}balance") == b"100"
         async with redis.pipeline() as pipe:  # reset() gives a watching connection back
             await pipe.watch("{w}balance")
-        assert in_use(redis) == dict.fromkeys(in_use(redis), 0)
+        await nodes_at_rest(redis.node_statistics)
 
 
 async def test_transaction_helper_applies_each_update_once(shared_cluster: ClusterServers) -> None:
@@ -709,7 +705,7 @@ async def test_transaction_helper_applies_each_update_once(shared_cluster: Clust
             for _ in range(20):
                 tg.start_soon(redis.transaction, add_one, "{t}counter")
         assert await redis.get("{t}counter") == b"20"
-        assert in_use(redis) == dict.fromkeys(in_use(redis), 0)
+        await nodes_at_rest(redis.node_statistics)
 
 
 async def test_watch_refuses_other_slots_and_state_commands_before_sending(
@@ -741,7 +737,7 @@ async def test_watch_refuses_other_slots_and_state_commands_before_sending(
                 pipe.execute_command(*args)
             await pipe.reset()
         assert await redis.exists("{q}a") == 0
-        assert in_use(redis) == dict.fromkeys(in_use(redis), 0)
+        await nodes_at_rest(redis.node_statistics)
 
 
 async def test_a_transaction_whose_slot_moves_runs_again_where_it_is(
@@ -770,7 +766,7 @@ async def test_a_transaction_whose_slot_moves_runs_again_where_it_is(
             assert await redis.transaction(bump, key) == [True]
         assert await redis.get(key) == b"2"
         assert moves == 1
-        assert in_use(redis) == dict.fromkeys(in_use(redis), 0)
+        await nodes_at_rest(redis.node_statistics)
 
 
 @pytest.mark.parametrize("kind", KINDS)
