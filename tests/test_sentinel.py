@@ -26,6 +26,8 @@ import anypool
 from anypool import Reconnected, RedisPool
 from anypool.testing import RedisSentinel, ScriptedServer, find_valkey_server
 
+from .settle import at_rest
+
 # Failovers take seconds; a sentinel stalled over 2 s on a loaded machine enters TILT mode and
 # acts on nothing for 30 s: the bounds below only catch hangs, and pytest's outlasts them.
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(900)]
@@ -341,7 +343,7 @@ async def test_failover_under_load(own_setup: RedisSentinel, how: str) -> None:
                         await anyio.sleep(0.5)  # more writes on the new primary
                         stop.set()
                 stats = redis.sentinel_statistics()
-                assert redis.statistics().in_use == 0
+                await at_rest(redis.statistics, opening=False)
     finally:
         if monitor is not None:
             monitor.close()
@@ -515,7 +517,7 @@ async def test_cancellation_storm_across_a_failover(own_setup: RedisSentinel) ->
                 await anyio.to_thread.run_sync(own_setup.failover)
         for key in keys:
             assert await redis.get(key) == key.encode()
-        assert redis.statistics().in_use == 0
+        await at_rest(redis.statistics, opening=False)
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -646,3 +648,30 @@ async def test_a_pool_follows_the_sentinels_only_once_used(shared_setup: RedisSe
     with anyio.fail_after(HANG):
         while ours():  # closed with the pool
             await anyio.sleep(0.02)
+
+
+@pytest.mark.parametrize("sentinel", [True, False], ids=["sentinel-pool", "plain-pool"])
+async def test_a_retired_idle_connection_is_never_handed_out(
+    shared_setup: RedisSentinel, sentinel: bool
+) -> None:
+    """A connection retired while idle is closed, not leased: the next command (on a
+    connection of its own) runs on a new one.  (So a command meets ConnectionRetired only on
+    a shared connection retired while it is busy: requests queued behind a write when a
+    failover is announced; a Sentinel pool sends those once more.)"""
+    options: dict[str, Any] = {"max_size": 1, "autopipeline": False}
+    if sentinel:
+        client = pool(shared_setup, **options)
+    else:
+        primary = shared_setup.primary
+        client = RedisPool.from_url(
+            f"redis://:dpw@{primary.host}:{primary.port}", connect_timeout=10.0, **options
+        )
+    async with client as redis_:
+        async with redis_.acquire() as held:
+            connection = held.connection
+            await held.ping()
+        connection.refuse("the test retired it")
+        assert await redis_.ping()
+        assert connection.closed
+        stats = await at_rest(redis_.statistics)
+        assert stats.pool_size == 1
