@@ -105,6 +105,41 @@ async def test_replica_role_reads_from_replicas(shared_setup: RedisSentinel) -> 
         await writer.delete("replicated")
 
 
+async def test_connections_opened_together_ask_for_the_replicas_once(
+    shared_setup: RedisSentinel,
+) -> None:
+    """Eight connections opened at once by a new replica pool share one replica lookup (the
+    periodic refresh, every 5 s, may add one), and spread over the replicas."""
+    async with pool(shared_setup, role="replica", max_size=8) as reader:
+        held = 0
+        all_held = anyio.Event()
+        release = anyio.Event()
+        roles: list[Any] = []
+        ports: list[int] = []
+
+        async def hold() -> None:
+            nonlocal held
+            async with reader.acquire() as connection:
+                roles.append(await connection.execute_command("ROLE"))
+                ports.append(connection.connection.config.port)
+                held += 1
+                if held == 8:
+                    all_held.set()
+                await release.wait()
+
+        with anyio.fail_after(HANG):
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(hold)
+                await all_held.wait()
+                release.set()
+        assert [role[0] for role in roles] == [b"slave"] * 8
+        stats = reader.sentinel_statistics()
+        assert 1 <= stats["replica_lookups"] <= 2  # one per connection without single-flight
+        assert len({(role[1], role[2]) for role in roles}) == 1  # all on this primary
+        assert collections.Counter(ports) == {r.port: 4 for r in shared_setup.replicas}
+
+
 async def test_the_replica_pool_of_a_primary_pool(shared_setup: RedisSentinel) -> None:
     async with pool(shared_setup) as redis_:
         await redis_.set("via-replica", "1")

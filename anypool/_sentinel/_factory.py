@@ -104,6 +104,7 @@ class SentinelConnectionFactory(ConnectionFactory):
         self._moves: list[tuple[Address, str]] = []  # demoted nodes the mover must act on
         self._moved: anyio.Event | None = None
         self._replicas_stale = True
+        self._refreshing: anyio.Event | None = None  # set when the replica refresh running ends
         self._subscribed: dict[Address, bool] = {}  # sentinels listened to since last failure
         # Set while a failover promotes a replica: new primary connections wait for it.
         self._promoting: anyio.Event | None = None
@@ -278,14 +279,16 @@ class SentinelConnectionFactory(ConnectionFactory):
             return await self._primary_connection()
         candidates = list(self.replicas)
         failures = []
+        # Taken before connecting: connections opened together go to different replicas.
+        start = self._turn % len(candidates)
+        self._turn = (start + 1) % len(candidates)
         for i in range(len(candidates)):
-            address = candidates[(self._turn + i) % len(candidates)]
+            address = candidates[(start + i) % len(candidates)]
             try:
                 connection = await self.discovery.connect_checked(address, "slave")
             except (RedisError, OSError) as exc:
                 failures.append(f"{show(address)}: {type(exc).__name__}: {exc}")
                 continue
-            self._turn = (self._turn + i + 1) % len(candidates)
             return connection
         self._replicas_stale = True
         raise ReplicaNotFound(
@@ -297,7 +300,24 @@ class SentinelConnectionFactory(ConnectionFactory):
         """Ask the sentinels for the healthy replicas, and keep those that say so themselves
         (``ROLE``: a replica with its link to the primary up; the sentinels notice a broken
         link only at their next INFO, up to 10 s later).  With none, reads go to the
-        primary."""
+        primary.
+
+        One refresh at a time: a caller that comes while one runs waits for it and takes its
+        result (connections opened together ask the sentinels once).  A refresh that fails
+        or is cancelled leaves the list as it was, and the next caller asks again.
+        """
+        running = self._refreshing
+        if running is not None:
+            await running.wait()
+            return
+        self._refreshing = done = anyio.Event()
+        try:
+            await self._refresh_replicas()
+        finally:
+            self._refreshing = None
+            done.set()
+
+    async def _refresh_replicas(self) -> None:
         try:
             listed = await self.discovery.replicas()
         except ReplicaNotFound as exc:
