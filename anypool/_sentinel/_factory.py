@@ -189,18 +189,26 @@ class SentinelConnectionFactory(ConnectionFactory):
             promoting.set()
 
     async def _primary_connection(self) -> Connection:
-        await self._wait_promotion()
         moves = 0
         for _ in range(1000):  # bounded; each pass waits for a lookup or a connect
             if moves >= 4:  # the primary would have had to move at every step
                 break
+            # A failover may begin at any step (an announcement): wait for its promotion
+            # before each lookup, not only the first.
+            await self._wait_promotion()
             address = self.primary
             if address is None:
-                address, connection = await self.find_primary()
+                try:
+                    address, connection = await self.find_primary()
+                except PrimaryNotFound:
+                    if self._promoting is None:
+                        raise
+                    # The sentinels still name the primary a failover begun meanwhile is
+                    # replacing (refused): wait for the promotion, then look again.
+                    continue
                 if address is None:
                     # The lookup waited for was cancelled (its caller left), or a failover
                     # began meanwhile: look up again (not a move).
-                    await self._wait_promotion()
                     continue
                 if connection is not None:
                     if self.known == address:
@@ -366,19 +374,27 @@ class SentinelConnectionFactory(ConnectionFactory):
                 address = self.replicas[self._turn % len(self.replicas)]
                 self._turn = (self._turn + 1) % len(self.replicas)
                 return self.discovery.data_config(address)
-        await self._wait_promotion()
-        found = self.primary
-        if found is None or moved:
-            found, connection = await self.find_primary()
-            if connection is not None:
-                await connection.aclose()
-        if found is None:  # the lookup waited for was cancelled: ask ourselves
-            found, connection = await self.find_primary()
-            if connection is not None:
-                await connection.aclose()
-        if found is None:
-            raise ConnectError(f"the primary of {self.service!r} is not known yet")
-        return self.discovery.data_config(found)
+        for _ in range(3):  # a failover's pause, a cancelled lookup waited for, our own
+            await self._wait_promotion()
+            found = self.primary
+            if found is None or moved:
+                try:
+                    found, connection = await self.find_primary()
+                except PrimaryNotFound:
+                    if self._promoting is not None:
+                        continue  # a failover began: wait for its promotion
+                    if self.known is None:
+                        raise
+                    # The sentinels have not caught up with the failover the pool followed
+                    # (they still name the node it replaced, which is refused): the primary
+                    # adopted stands, rather than backing off until they agree.
+                    found, connection = self.known, None
+                if connection is not None:
+                    await connection.aclose()
+            if found is not None:
+                return self.discovery.data_config(found)
+            moved = True  # the lookup waited for was cancelled: ask ourselves
+        raise ConnectError(f"the primary of {self.service!r} is not known yet")
 
     # --- what changes where -----------------------------------------------------------------
 
