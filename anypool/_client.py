@@ -907,6 +907,9 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         return self._pool.statistics()
 
     def __repr__(self) -> str:
+        if self._sentinel is not None:  # its config's host and port are not used
+            where = f"sentinel {self._sentinel.service!r} {self._sentinel.role}"
+            return f"<RedisPool {where} {self._pool!r}>"
         return f"<RedisPool {self._config.to_url()} {self._pool!r}>"
 
 

@@ -252,6 +252,32 @@ async def test_hostile_sentinels_are_skipped_and_named(shared_setup: RedisSentin
     assert isinstance(info.value, redis.asyncio.sentinel.MasterNotFoundError)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+async def test_sentinels_with_their_own_password(kind: str) -> None:
+    """Sentinels that require a password of their own (sentinel_password; the data nodes'
+    is password): it works, and a missing or wrong one is named as the sentinels'
+    credentials, with neither password shown."""
+    with RedisSentinel(1, 1, binary=binary(kind), password="dpw", sentinel_password="spw") as s:
+        sentinels = s.sentinel_addresses
+        async with RedisPool.from_sentinel(
+            sentinels, "mymaster", password="dpw", sentinel_password="spw"
+        ) as redis_:
+            await redis_.set("auth", 1)
+            assert await redis_.get("auth") == b"1"
+            assert "sentinel 'mymaster' primary" in repr(redis_)
+            assert "localhost" not in repr(redis_)  # its config's address is not used
+        for wrong in ({}, {"sentinel_password": "not-it"}):
+            async with RedisPool.from_sentinel(
+                sentinels, "mymaster", password="dpw", **wrong
+            ) as redis_:
+                with anyio.fail_after(HANG), pytest.raises(anypool.PrimaryNotFound) as info:
+                    await redis_.get("auth")
+            message = str(info.value)
+            assert "refused the credentials" in message
+            assert "sentinel_password" in message
+            assert not any(secret in message for secret in ("dpw", "spw", "not-it"))
+
+
 async def test_an_unknown_service_is_named(shared_setup: RedisSentinel) -> None:
     async with RedisPool.from_sentinel(shared_setup.sentinel_addresses, "nope") as redis:
         with anyio.fail_after(HANG), pytest.raises(anypool.PrimaryNotFound) as info:
@@ -363,7 +389,7 @@ async def test_failover_under_load(own_setup: RedisSentinel, how: str) -> None:
                     leave after 1 ms: their connections are closed, so new ones are opened
                     all through the failover."""
                     rng = random.Random(index)
-                    for n in range(100_000):
+                    for _ in range(100_000):
                         if stop.is_set():
                             return
                         with anyio.move_on_after(0.001 if rng.random() < 0.3 else HANG):

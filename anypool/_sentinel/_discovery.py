@@ -117,11 +117,18 @@ class Discovery:
             ConnectError, TimeoutError, AuthenticationError...: as a connection's; the
                 sentinel's error reply as redis-py's exception.
         """
-        connection = await Connection.connect(self.sentinel_config(address))
         try:
-            return await connection.execute(*command)
-        finally:
-            await connection.aclose()
+            connection = await Connection.connect(self.sentinel_config(address))
+            try:
+                return await connection.execute(*command)
+            finally:
+                await connection.aclose()
+        except redis.exceptions.AuthenticationError as exc:  # refused at AUTH, or NOAUTH
+            raise AuthenticationError(
+                f"the sentinel {show(address)} refused the credentials ({exc}): the sentinels' "
+                "are sentinel_username/sentinel_password (username/password are the data "
+                "nodes', never sent to the sentinels)"
+            ) from exc
 
     async def connect_checked(self, address: Address, role: str) -> Connection:
         """A new connection to the data node at ``address``, kept only if ``ROLE`` says it is
