@@ -449,6 +449,58 @@ async def test_failover_under_load(own_setup: RedisSentinel, how: str) -> None:
           f"{len(errors)} errors: {kinds}")  # fmt: skip
 
 
+async def test_a_coordinated_failover_loses_no_acknowledged_write() -> None:
+    """Valkey 9's SENTINEL FAILOVER ... COORDINATED (the old primary pauses writes until the
+    replica has caught up, then hands over and becomes a replica) under 8 writers of unique
+    list entries: every acknowledged entry is on the new primary, once; an entry whose write
+    failed is there at most once.  (The promoted node closes its client connections when the
+    sentinels reconfigure it, after it took over: a write in flight then fails with
+    ConnectionLost, which says whether it may have run; see docs/sentinel.md.)"""
+    with RedisSentinel(1, 3, binary=find_valkey_server(), password="dpw") as setup:
+        acked: list[str] = []
+        failed: list[str] = []
+        errors: list[BaseException] = []
+        stop = anyio.Event()
+        async with pool(setup) as redis_:
+
+            async def writer(index: int) -> None:
+                for n in range(100_000):
+                    if stop.is_set():
+                        return
+                    entry = f"{index}:{n}"
+                    try:
+                        await redis_.rpush("coordinated", entry)
+                    except (anypool.ConnectionError, anypool.TimeoutError, anypool.PoolUnavailable,
+                            redis.exceptions.ResponseError) as exc:  # fmt: skip
+                        errors.append(exc)
+                        failed.append(entry)
+                        await anyio.sleep(0.05)
+                        continue
+                    acked.append(entry)
+
+            with anyio.fail_after(HANG):
+                async with anyio.create_task_group() as tg:
+                    for index in range(8):
+                        tg.start_soon(writer, index)
+                    while len(acked) < 100:  # writing before the failover
+                        await anyio.sleep(0.01)
+                    new = await anyio.to_thread.run_sync(lambda: setup.failover(coordinated=True))
+                    while redis_.sentinel_statistics()["primary"] != address(new):
+                        await anyio.sleep(0.05)
+                    written = len(acked)
+                    while len(acked) < written + 100:  # writing on the new primary
+                        await anyio.sleep(0.01)
+                    stop.set()
+            await at_rest(redis_.statistics, opening=False)
+        assert all(isinstance(e, anypool.ConnectionLost) for e in errors), errors
+        assert len(errors) <= 8 * 2  # at most the writes in flight at each close
+        entries = [e.decode() for e in setup.call(new, "LRANGE", "coordinated", 0, -1)]
+        counts = collections.Counter(entries)
+        assert all(count == 1 for count in counts.values())  # nothing twice
+        assert set(acked) <= set(entries)  # no acknowledged write lost
+        assert set(entries) - set(acked) <= set(failed)  # the rest may have run
+
+
 async def test_fewer_acknowledged_writes_lost_than_redis_py(own_setup: RedisSentinel) -> None:
     """The graceful failover, with redis-py's sentinel client writing in the same run: both
     write unique keys; once the old primary has been demoted (and resynced), count the

@@ -358,13 +358,17 @@ class RedisSentinel:
         old.kill()
         return self._wait_promoted(old, time.monotonic() + timeout)
 
-    def failover(self, *, timeout: float = 60.0) -> RedisServer:
+    def failover(self, *, coordinated: bool = False, timeout: float = 60.0) -> RedisServer:
         """``SENTINEL FAILOVER``: the sentinels promote a replica at once (no vote, no down
         primary needed) and later demote the old primary, which keeps running (it reports
         itself primary until the sentinels reconfigure it, about 8-10 s later: writes sent to
         it meanwhile are lost when it resyncs).  Waits until every running sentinel names the
         new primary and it says ``ROLE`` master; returns it.  The set-up must be ready
         (:meth:`wait_ready`): a sentinel in TILT or a replica still syncing refuses.
+
+        ``coordinated`` (Valkey 9 only: ``SENTINEL FAILOVER ... COORDINATED``): the old
+        primary hands over itself (``FAILOVER``: it pauses writes until the replica has
+        caught up, then becomes its replica), so no acknowledged write is lost.
 
         Raises:
             RedisServerError: the sentinels refused until ``timeout`` passed, or the
@@ -376,7 +380,8 @@ class RedisSentinel:
         last = ""
         while True:
             try:
-                self.call(asked, "SENTINEL", "FAILOVER", self.service_name)
+                extra = ("COORDINATED",) if coordinated else ()
+                self.call(asked, "SENTINEL", "FAILOVER", self.service_name, *extra)
                 break
             except Exception as exc:  # INPROG, NOGOODSLAVE: a replica's INFO is not fresh
                 last = str(exc)
