@@ -9,6 +9,7 @@ streams and turns their errors into anypool's.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import socket
@@ -292,6 +293,17 @@ async def _connect_socket(loop: asyncio.AbstractEventLoop, config: RedisConfig) 
     raise errors[0]
 
 
+def connected_to_itself(sock: socket.socket) -> bool:
+    """Whether ``sock`` is connected to itself.  Connecting to a loopback port nobody listens
+    on can succeed when the kernel picks that same port as the local one (a TCP "simultaneous
+    open" with itself): every byte sent then comes back as if the server had answered.  A
+    client that keeps reconnecting to a stopped server's port meets it sooner or later."""
+    try:
+        return bool(sock.getsockname() == sock.getpeername())
+    except OSError:  # not connected (any more)
+        return False
+
+
 def _anyio_buffer_check(stream: anyio.abc.ByteStream) -> Callable[[], bool] | None:
     """For anyio's asyncio TCP stream: whether it holds bytes it already read.
 
@@ -368,6 +380,12 @@ def _tune_socket(stream: anyio.abc.ByteStream, config: RedisConfig) -> None:
     sock: socket.socket | None = _raw_socket(stream)
     if sock is None:  # the server hung up at once: a failed connect, reported as one
         raise anyio.BrokenResourceError("the connection closed as it was made")
+    if connected_to_itself(sock):
+        raise ConnectionRefusedError(
+            errno.ECONNREFUSED,
+            f"nothing listens on {config.address}: the connection reached itself (the kernel "
+            "gave it the port it was connecting to, as it can on loopback)",
+        )
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if config.socket_keepalive:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

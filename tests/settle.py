@@ -38,6 +38,26 @@ async def at_rest(
     return stats
 
 
+async def client_at_rest(redis: Any, *, seconds: float = AT_REST_SECONDS) -> tuple[Any, Any]:
+    """:func:`at_rest` for a RedisPool, and its auto-pipelining quiet too: no lane in use,
+    nothing in flight or queued.  (A caller cancelled after its command was written leaves
+    its reply to the background upkeep, which reads and discards it, then parks the shared
+    connection: until then the connection is leased.)  Returns both statistics."""
+    shared: dict[str, int] = {}
+    with anyio.move_on_after(seconds):
+        while True:
+            shared = redis.autopipeline_statistics()
+            if not (shared["lanes"] or shared["in_flight"] or shared["queued"]):
+                break
+            await anyio.sleep(0.01)
+    if shared["lanes"] or shared["in_flight"] or shared["queued"]:
+        raise AssertionError(
+            f"auto-pipelining not at rest after {seconds} s: lanes={shared['lanes']} "
+            f"in_flight={shared['in_flight']} queued={shared['queued']}"
+        )
+    return await at_rest(redis.statistics, seconds=seconds), shared
+
+
 async def nodes_at_rest(
     node_statistics: Callable[[], Mapping[Any, Any]], *, seconds: float = AT_REST_SECONDS
 ) -> None:

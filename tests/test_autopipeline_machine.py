@@ -250,9 +250,25 @@ class AutopipelineMachine(RuleBasedStateMachine):
             assert str(value), "an error without a message"
 
     def _ready(self) -> None:
-        """Before a stall: min_size connections are open (a connect to a stalled server would
-        time out, which is not what the stall tests)."""
-        self.world.portal.call(lambda: self.world.redis.pool.wait(timeout=HANG))
+        """Before a stall: min_size connections are open, idle and checked alive (a connect
+        to a stalled server would time out, which is not what the stall tests).  Counting
+        them is not enough: an idle connection a kill left dead is counted until a lease
+        finds it dead (the stalled call would then connect), and one leased by a health
+        check is busy."""
+        pool = self.world.redis.pool
+        wanted = pool.config.min_size
+
+        async def ready() -> None:
+            with anyio.fail_after(HANG):
+                while True:
+                    await pool.check()  # every idle one PINGed now: dead ones closed
+                    await pool.wait(timeout=HANG)  # and replaced
+                    stats = pool.statistics()
+                    if stats.pool_available >= wanted and (stats.in_use, stats.opening) == (0, 0):
+                        return
+                    await anyio.sleep(0.01)
+
+        self.world.portal.call(ready)
 
     def _heal(self) -> None:
         """After a restart: commands work again within a bounded time."""

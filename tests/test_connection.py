@@ -20,7 +20,7 @@ import sniffio
 import anypool
 from anypool import RedisConfig, RedisPool
 from anypool._connection import Connection
-from anypool._transport import _kernel_probe, _tune_socket
+from anypool._transport import _kernel_probe, _tune_socket, connected_to_itself
 from anypool.testing import RedisServer
 
 from .conftest import open_fds
@@ -645,3 +645,60 @@ async def test_a_refused_connection_sends_nothing_and_still_reads_what_is_owed(
         assert conn.refused == "the primary was demoted"
         assert not conn.is_reusable and not conn.looks_alive()
     assert isinstance(anypool.ConnectionRetired("x"), anypool.ConnectionClosed)
+
+
+# --- a connection that reached itself ----------------------------------------------------------
+
+
+@contextmanager
+def _self_connected() -> Iterator[socket.socket]:
+    """A loopback socket connected to itself: bound to a port nobody listens on, then
+    connected to that port (the TCP simultaneous open the kernel can also pick by chance)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.connect(sock.getsockname())
+        yield sock
+
+
+def test_a_socket_connected_to_itself_is_recognised() -> None:
+    with _self_connected() as sock:
+        assert connected_to_itself(sock)
+        sock.sendall(b"PING\r\n")
+        assert sock.recv(64) == b"PING\r\n"  # what it sends comes back as an "answer"
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.connect(server.getsockname())
+        assert not connected_to_itself(client)
+    with socket.socket() as unconnected:
+        assert not connected_to_itself(unconnected)
+
+
+def test_a_connection_that_reached_itself_is_a_refused_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reconnecting to a stopped server's loopback port can reach the client itself; that is a
+    refused connect (nothing listens there), not a server that "answered" our own bytes
+    (CI: 'sent bytes nobody asked for during the handshake'), and no socket is left open."""
+    made: list[socket.socket] = []
+
+    async def connect_to_itself(loop: object, config: RedisConfig) -> socket.socket:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", config.port))
+        sock.connect(("127.0.0.1", config.port))
+        sock.setblocking(False)
+        made.append(sock)
+        return sock
+
+    async def main() -> None:
+        with socket.socket() as probe:  # a free port
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = RedisConfig(host="127.0.0.1", port=port, connect_timeout=5.0)
+        with pytest.raises(anypool.ConnectError, match="refused"):
+            await Connection.connect(config)
+
+    monkeypatch.delenv("ANYPOOL_TRANSPORT", raising=False)  # the asyncio Protocol stream
+    monkeypatch.setattr(anypool._transport, "_connect_socket", connect_to_itself)
+    anyio.run(main, backend="asyncio")
+    assert len(made) == 1 and made[0].fileno() == -1  # closed

@@ -407,9 +407,11 @@ async def test_lifetime_jitter_spreads_expiry() -> None:
 
 
 async def test_breaker_opens_fails_fast_then_heals() -> None:
-    factory = FakeFactory()
+    factory, clock = FakeFactory(), Clock()  # the breaker's window: no real-time race
     factory.fail_always = True
-    async with Pool(factory, max_size=4, breaker=anypool.BreakerPolicy(3, 0.2), **QUIET) as pool:
+    async with Pool(
+        factory, max_size=4, breaker=anypool.BreakerPolicy(3, 0.2), clock=clock, **QUIET
+    ) as pool:
         for _ in range(3):
             with pytest.raises(ConnectionRefusedError):
                 await pool.lease()
@@ -418,8 +420,12 @@ async def test_breaker_opens_fails_fast_then_heals() -> None:
         with pytest.raises(anypool.PoolUnavailable, match="connection refused"):
             await pool.lease()
         assert factory.create_calls == calls  # failed fast: no connect attempted
+        clock.now += 0.1
+        with pytest.raises(anypool.PoolUnavailable):  # still within the reset timeout
+            await pool.lease()
+        assert factory.create_calls == calls
         factory.fail_always = False
-        await anyio.sleep(0.25)  # the reset timeout: one probe goes through
+        clock.now += 0.15  # past the reset timeout: one probe goes through
         async with pool.acquire():
             pass
         assert pool.health is Health.HEALTHY

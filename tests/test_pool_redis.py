@@ -101,7 +101,7 @@ async def test_server_killed_breaker_opens_then_pool_heals_on_its_own() -> None:
             config,
             min_size=2,
             max_size=4,
-            breaker=BreakerPolicy(failure_threshold=3, reset_timeout=0.5),
+            breaker=BreakerPolicy(failure_threshold=3, reset_timeout=2.0),
             reconnect_backoff=BackoffPolicy(base=0.05, cap=0.2, jitter=0.1),
             health_check_interval=0.2,
         ) as pool:
@@ -116,11 +116,13 @@ async def test_server_killed_breaker_opens_then_pool_heals_on_its_own() -> None:
                     except (anypool.ConnectionError, anypool.PoolUnavailable):
                         pass
             # ...then fail fast, naming the cause
-            started = time.monotonic()
+            before = pool.statistics()
             with pytest.raises(anypool.PoolUnavailable, match="refused"):
                 async with pool.acquire(timeout=5):
                     pass
-            assert time.monotonic() - started < 0.5
+            after = pool.statistics()  # failed fast: no connection tried
+            assert after.connections_errors == before.connections_errors
+            assert after.connections_num == before.connections_num
             assert pool.statistics().breaker_state in ("open", "half_open")
             server.restart()  # same port
             # the pool heals by itself: the breaker probes, the refill restores min_size
@@ -140,7 +142,6 @@ async def test_keepalive_replaces_a_connection_killed_while_idle(config: RedisCo
         await pool.wait(timeout=5)
         async with pool.acquire() as conn:
             victim_id = conn.client_id
-        assert pool.statistics().pool_available == 1  # the victim is idle now
         admin = await Connection.connect(config)
         await admin.execute("CLIENT", "KILL", "ID", victim_id)
         await admin.aclose()
