@@ -55,6 +55,9 @@ logger = logging.getLogger("anypool.connection")
 
 _READ_SIZE: Final = 64 * 1024  # what one read asks for, at first
 _MAX_READ_SIZE: Final = 1024 * 1024  # ... and at most, after reads that filled it (big replies)
+# How long telling a closed connection from stray bytes after the handshake may take (both are
+# already there to read; this only bounds a surprise).
+_LEFTOVER_READ_BOUND: Final = 1.0
 
 
 class _Default:
@@ -142,8 +145,9 @@ class Connection:
         is left open.
 
         Raises:
-            ConnectError: refused, unreachable, unknown host, TLS failure, or the server
-                rejected ``SELECT``/``CLIENT SETNAME``.
+            ConnectError: refused, unreachable, unknown host, TLS failure, the server
+                rejected ``SELECT``/``CLIENT SETNAME``, or it closed the connection during or
+                right after the handshake (a server being stopped).
             ConnectTimeout: ``connect_timeout`` passed.
             AuthenticationError: wrong password, or unknown or disabled ACL user; or the
                 credential provider failed or returned something else than credentials.
@@ -180,11 +184,7 @@ class Connection:
                     connection = cls(config, stream)
                     await connection._handshake(*fresh)
                 if not connection.looks_alive():
-                    # Bytes after the handshake's replies answer nothing: they would be read
-                    # as the first command's reply.
-                    raise ProtocolError(
-                        f"{config.address} sent bytes nobody asked for during the handshake"
-                    )
+                    await connection._refuse_leftover()
                 return connection
             raise ConnectTimeout(
                 f"connecting to {config.address} took longer than connect_timeout ({timeout}s)"
@@ -196,6 +196,25 @@ class Connection:
             if error is exc:
                 raise
             raise error from exc
+
+    async def _refuse_leftover(self) -> NoReturn:
+        """The handshake is answered, but the connection is not idle: either the server sent
+        bytes nobody asked for (they would be read as the first command's reply), or it closed
+        the connection, as a server being stopped or killed does to a connect it had just
+        answered.  That is a failed connect, which pools and discovery try again elsewhere,
+        not a server that speaks the protocol wrongly.  Either is already there to read, so
+        one read tells them apart; the bound only guards against a surprise."""
+        address = self.config.address
+        if not self._parser.has_data():
+            with anyio.move_on_after(_LEFTOVER_READ_BOUND):
+                try:
+                    await self._stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    raise ConnectError(
+                        f"{address} closed the connection as soon as it had answered the "
+                        "handshake (a server stopping?)"
+                    ) from None
+        raise ProtocolError(f"{address} sent bytes nobody asked for during the handshake")
 
     async def _handshake(self, username: str | None, password: str | None) -> None:
         config = self.config

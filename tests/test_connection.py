@@ -702,3 +702,68 @@ def test_a_connection_that_reached_itself_is_a_refused_connect(
     monkeypatch.setattr(anypool._transport, "_connect_socket", connect_to_itself)
     anyio.run(main, backend="asyncio")
     assert len(made) == 1 and made[0].fileno() == -1  # closed
+
+
+# --- what follows the handshake's replies -------------------------------------------------------
+
+_SETNAME = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$1\r\nx\r\n"
+
+
+async def _answer_the_handshake_then(after: bytes, close: bool) -> BaseException | None:
+    """Connect to a scripted server that answers the handshake (RESP2, CLIENT SETNAME x) with
+    +OK followed by ``after``, and closes the connection when ``close``; both happen in one
+    synchronous step, before the client reads anything.  What the connect raised, or None."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        config = RedisConfig(host="127.0.0.1", port=listener.getsockname()[1], protocol=2,
+                             client_name="x", lib_name=None, lib_version=None,
+                             connect_timeout=10.0)  # fmt: skip
+        outcome: list[BaseException | None] = []
+
+        async def client() -> None:
+            try:
+                conn = await Connection.connect(config)
+            except anypool.AnyPoolError as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+                await conn.aclose()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client)
+                await anyio.wait_readable(listener)
+                server, _ = listener.accept()
+                with server:
+                    server.setblocking(False)
+                    request = b""
+                    while len(request) < len(_SETNAME):
+                        await anyio.wait_readable(server)
+                        request += server.recv(4096)
+                    assert request == _SETNAME
+                    server.setblocking(True)
+                    server.sendall(b"+OK\r\n" + after)  # no await from here ...
+                    if close:
+                        server.close()  # ... to here: the client has read nothing yet
+                    else:
+                        while not outcome:
+                            await anyio.sleep(0.01)
+    return outcome[0]
+
+
+async def test_a_server_that_closes_right_after_the_handshake_is_a_failed_connect() -> None:
+    """A server stopped (or killed) just as it answered a connect: a ConnectError, which pools
+    and discovery try again elsewhere, not a ProtocolError blaming the server's bytes (a
+    Sentinel test killed a primary under load and saw 'sent bytes nobody asked for')."""
+    error = await _answer_the_handshake_then(b"", close=True)
+    assert isinstance(error, anypool.ConnectError), error
+    assert "closed the connection as soon as it had answered the handshake" in str(error)
+
+
+async def test_bytes_after_the_handshake_replies_are_a_protocol_error() -> None:
+    for close in (False, True):
+        error = await _answer_the_handshake_then(b"+STRAY\r\n", close=close)
+        assert isinstance(error, anypool.ProtocolError), error
+        assert "sent bytes nobody asked for during the handshake" in str(error)
