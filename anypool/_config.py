@@ -937,11 +937,11 @@ def _parse_url(
         if host:
             values["host"] = unquote(host)
         if port_text:
-            if not port_text.isdigit():
+            if not (port_text.isascii() and port_text.isdigit()):  # int() refuses "²"
                 raise _fail("port", port_text, "must be an integer between 1 and 65535")
             values["port"] = int(port_text)
         if slash and path:
-            if not path.isdigit():
+            if not (path.isascii() and path.isdigit()):
                 raise _fail("db", unquote(path), "the URL path must be a database number")
             path_db = int(path)
             values["db"] = path_db

@@ -56,6 +56,8 @@ def test_url_minimal_and_tls() -> None:
         ("redis+sentinel://h:0/svc", "url", "port"),
         ("redis+sentinel://h:99999/svc", "url", "port"),
         ("redis+sentinel://h:x/svc", "url", "port"),
+        ("redis+sentinel://h:\u00b2/svc", "url", "port"),  # "²".isdigit(), but not int()'s
+        ("redis+sentinel://h:1,h:\u0662/svc", "url", "port"),  # an Arabic-Indic 2
         ("redis+sentinel://[::1/svc", "url", "IPv6"),
         ("redis+sentinel://h/svc/x", "db", "database number"),
         ("redis+sentinel://h/svc?role=leader", "role", "'primary' or 'replica'"),
@@ -135,6 +137,10 @@ def test_sentinel_connections_get_their_own_credentials_and_the_data_tls() -> No
         ({"role": "master-ish"}, "role"),
         ({"sentinel_options": {"port": 1}}, "sentinel_options"),
         ({"sentinel_options": {"prot": 1}}, "sentinel_options"),
+        ({"sentinel_options": "socket_timeout"}, "sentinel_options"),
+        ({"sentinel_options": [("socket_timeout", 1)]}, "sentinel_options"),
+        ({"sentinels": ["h:\u00b2"]}, "sentinels"),
+        ({"sentinels": ["redis://h:26379"]}, "sentinels"),
     ],
 )
 def test_from_sentinel_refuses_bad_arguments(kwargs: dict[str, Any], field: str) -> None:
@@ -142,6 +148,26 @@ def test_from_sentinel_refuses_bad_arguments(kwargs: dict[str, Any], field: str)
     with pytest.raises(anypool.ConfigError) as info:
         RedisPool.from_sentinel(**arguments)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    "sentinels",
+    [
+        "redis://:hunter2@h:26379",  # a URL where the addresses go
+        ["u:hunter2@h:26379"],
+        ["redis://u:hunter2@h:26379"],
+        [("h", "hunter2")],  # a password where the port goes
+        [("h", b"hunter2")],
+        [("hunter2",)],
+        [("h", 1, "hunter2")],
+        [],
+    ],
+)
+def test_bad_sentinels_never_show_a_password(sentinels: Any) -> None:
+    with pytest.raises(anypool.ConfigError) as info:
+        RedisPool.from_sentinel(sentinels, "svc")
+    assert info.value.field == "sentinels"
+    assert "hunter2" not in str(info.value) and "hunter2" not in repr(info.value.value)
 
 
 def test_redis_py_role_names_are_accepted() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .._backoff import backoff_delay
 from .._config import BackoffPolicy, RedisConfig
@@ -37,11 +37,16 @@ from .._errors import (
     ReplicaNotFound,
 )
 from ._discovery import Address, Discovery, NotTheRole, show
-from ._settings import SentinelSettings
+from ._settings import SentinelSettings, is_port
 
 __all__ = ["SentinelConnectionFactory"]
 
 logger = logging.getLogger("anypool.sentinel")
+
+
+class _SentinelRefused(ResponseError):
+    """A sentinel refused what following it needs (its announcements' channels)."""
+
 
 # Sentinel events the watcher listens to (names kept from the "slave" days, on Valkey too).
 # +promoted-slave comes from the sentinel leading a failover as soon as the replica answers as
@@ -351,7 +356,9 @@ class SentinelConnectionFactory(ConnectionFactory):
             self.replicas = replicas
             for address in removed:
                 self._queue_move(address, f"{show(address)} is no longer a healthy replica")
-        if not replicas and self.known is None:
+        if not replicas and self.known is None and self._promoting is None:
+            # (During a promotion the primary is not asked for: it is announced, and what
+            # falls back to it waits for that.)
             _, checked = await self.find_primary()
             if checked is not None:
                 await checked.aclose()
@@ -546,8 +553,15 @@ class SentinelConnectionFactory(ConnectionFactory):
                 delay = backoff_delay(
                     failures, base=backoff.base, cap=backoff.cap, jitter=backoff.jitter
                 )
-                logger.info(
-                    "%s: listening to sentinel %s failed (%s: %s); again in %.2fs",
+                # A refusal is a configuration problem that stops the pool from following
+                # failovers: said loudly, once per run of failures.
+                level = (
+                    logging.WARNING
+                    if isinstance(exc, _SentinelRefused) and failures == 1
+                    else logging.INFO
+                )
+                logger.log(
+                    level, "%s: listening to sentinel %s failed (%s: %s); again in %.2fs",
                     self.service, show(sentinel), type(exc).__name__, exc, delay,
                 )  # fmt: skip
                 await anyio.sleep(delay)
@@ -574,6 +588,12 @@ class SentinelConnectionFactory(ConnectionFactory):
                     continue
                 pinged = False
                 for frame in frames:
+                    if isinstance(frame, Exception):  # SUBSCRIBE refused (NOPERM...)
+                        raise _SentinelRefused(
+                            f"sentinel {show(sentinel)} refused to subscribe to its failover "
+                            f"announcements ({frame}): failovers are not followed through "
+                            "it; let the sentinels' user read them (ACL: &* or allchannels)"
+                        )
                     kind = _text(frame[0]) if isinstance(frame, list) and frame else ""
                     if kind == "subscribe":
                         acknowledged += 1
@@ -608,7 +628,7 @@ class SentinelConnectionFactory(ConnectionFactory):
             return
         if channel == "+switch-master":
             # <name> <old-ip> <old-port> <new-ip> <new-port>
-            if len(words) == 5 and words[0] == self.service and words[4].isdigit():
+            if len(words) == 5 and words[0] == self.service and is_port(words[4]):
                 self.counters["announcements"] += 1
                 self._announced_count += 1
                 self.adopt(
@@ -621,16 +641,21 @@ class SentinelConnectionFactory(ConnectionFactory):
         # "<type> <name> <ip> <port> @ <master-name> <master-ip> <master-port>"
         if len(words) < 8 or words[0] != "slave" or words[5] != self.service:
             return
-        if not words[3].isdigit():
+        if not is_port(words[3]):
             return
         if channel == "+failover-state-send-slaveof-noone":
-            old = (words[6], int(words[7])) if words[7].isdigit() else None
-            if self.role == "primary" and old is not None and self.known in (old, None):
+            old = (words[6], int(words[7])) if is_port(words[7]) else None
+            if old is not None and self.known in (old, None):
+                # A replica pool pauses too: what falls back to the primary (reads when no
+                # replica is healthy, and their subscriptions) must not go to the old one.
                 self.counters["announcements"] += 1
                 logger.warning(
-                    "%s: a failover is promoting %s; writes wait for it (the old primary's "
-                    "would be lost)", self.service, show((words[2], int(words[3]))),
+                    "%s: a failover is promoting %s; %s wait for it (the old primary's would "
+                    "be lost)", self.service, show((words[2], int(words[3]))),
+                    "writes" if self.role == "primary" else "reads that go to the primary",
                 )  # fmt: skip
+                if self.role == "replica":
+                    self._replicas_stale = True
                 self._promoting = anyio.Event()
                 self._pause_deadline = anyio.current_time() + _PAUSE_LIMIT
                 self._announced_count += 1

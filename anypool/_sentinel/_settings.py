@@ -83,30 +83,63 @@ def check_sentinels(sentinels: Any) -> tuple[tuple[str, int], ...]:
     """The sentinel addresses as ``(host, port)`` pairs; ``"host:port"`` strings and a bare
     host (port 26379) are accepted too.
 
+    Errors never show what could be a password: a string with user info (a URL given by
+    mistake) is shown redacted, and a port that is not a number only by its type.
+
     Raises:
         ConfigError: not a sequence of addresses, or an address is malformed.
     """
     if isinstance(sentinels, str | bytes) or not isinstance(sentinels, Iterable):
         raise _fail(
-            "sentinels", sentinels, "must be a sequence of (host, port) pairs or 'host:port'"
-        )
+            "sentinels", _shown(sentinels),
+            "must be a sequence of (host, port) pairs or 'host:port' strings (a URL goes to "
+            "from_url)",
+        )  # fmt: skip
     result = []
     for entry in sentinels:
         if isinstance(entry, str):
+            if "@" in entry or "://" in entry:
+                raise _fail(
+                    "sentinels", _shown(entry),
+                    "an entry is 'host:port' (credentials go in sentinel_username and "
+                    "sentinel_password; a URL goes to from_url)",
+                )  # fmt: skip
             result.append(_address(entry, "sentinels", repr(entry)))
             continue
         try:
             host, port = entry
         except (TypeError, ValueError):
-            raise _fail("sentinels", entry, "entries must be (host, port) pairs") from None
+            raise _fail(
+                "sentinels", type(entry).__name__, "entries must be (host, port) pairs"
+            ) from None
         if not isinstance(host, str) or not host:
-            raise _fail("sentinels", entry, "a sentinel's host must be a non-empty string")
+            raise _fail("sentinels", type(host).__name__,
+                        "a sentinel's host must be a non-empty string")  # fmt: skip
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise _fail("sentinels", entry, "a sentinel's port must be an integer in 1-65535")
+            shown = (host, port) if isinstance(port, int) else (host, type(port).__name__)
+            raise _fail("sentinels", shown, "a sentinel's port must be an integer in 1-65535")
         result.append((host, port))
     if not result:
-        raise _fail("sentinels", sentinels, "must name at least one sentinel")
+        raise _fail("sentinels", _shown(sentinels), "must name at least one sentinel")
     return tuple(result)
+
+
+def is_port(text: str) -> bool:
+    """Whether ``text`` is a TCP port number in ASCII digits (``str.isdigit`` accepts "²",
+    which ``int()`` refuses)."""
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
+
+
+def _shown(value: Any) -> Any:
+    """``value`` as an error shows it: a string with user info redacted (see redact_url);
+    anything else but a short sequence of addresses by its type."""
+    if isinstance(value, str):
+        return redact_url(value) if "@" in value else value
+    if isinstance(value, bytes):
+        return "bytes"
+    if isinstance(value, list | tuple) and len(value) <= 8:
+        return [_shown(item) if isinstance(item, str) else type(item).__name__ for item in value]
+    return type(value).__name__
 
 
 def _address(text: str, field: str, shown: str) -> tuple[str, int]:
@@ -122,7 +155,7 @@ def _address(text: str, field: str, shown: str) -> tuple[str, int]:
         raise _fail(field, shown, "a sentinel's host is empty")
     if not port_text:
         return unquote(host), DEFAULT_SENTINEL_PORT
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not is_port(port_text):
         raise _fail(field, shown, "a sentinel's port must be an integer in 1-65535")
     return unquote(host), int(port_text)
 
@@ -142,6 +175,11 @@ def sentinel_config(
     Raises:
         ConfigError: an option is not a RedisConfig field, or is invalid.
     """
+    if options is not None and not isinstance(options, Mapping):
+        raise _fail(
+            "sentinel_options", type(options).__name__,
+            "must be a mapping of RedisConfig fields to values, e.g. {'socket_timeout': 1.0}",
+        )  # fmt: skip
     fields: dict[str, Any] = {name: getattr(data, name) for name in _INHERITED}
     fields["username"], fields["password"] = username, password
     fields["protocol"] = 2  # sentinel replies are read in their RESP2 shapes
