@@ -29,18 +29,21 @@ REDIS_FACING = [
     "tests/test_helper_parity.py", "tests/test_plugin.py", "tests/test_pytest_asyncio.py",
     "tests/test_autopipeline.py", "tests/test_autopipeline_machine.py",
     "tests/test_cluster.py", "tests/test_cluster_pubsub.py", "tests/test_cluster_machine.py",
+    "tests/test_sentinel.py",
 ]  # fmt: skip
 
-# The tests that start whole clusters (several servers each, with failovers and migrations):
-# the `tests` session runs them (and `stress`, `soak`); `interpreters` leaves them out to keep
-# CI within its time, since nothing in them depends on the Python version that the rest of
-# the suite does not already cover there (the pure routing tables still run there).
-CLUSTER_HEAVY = [
+# The tests that start whole clusters or Sentinel set-ups (several servers each, with failovers
+# and migrations): the `tests` session runs them (and `stress`, `soak`); `interpreters` leaves
+# them out to keep CI within its time, since nothing in them depends on the Python version that
+# the rest of the suite does not already cover there (the pure routing tables and Sentinel
+# settings still run there).
+SETUP_HEAVY = [
     "tests/test_cluster.py", "tests/test_cluster_pubsub.py", "tests/test_cluster_machine.py",
+    "tests/test_sentinel.py",
 ]  # fmt: skip
 
 # The tests whose guarantees must hold with auto-pipelining off too (every command on its own
-# connection): the `tests` session runs them again with ANYPOOL_TEST_AUTOPIPELINE=0.
+# connection): the `variants` session runs them again with ANYPOOL_TEST_AUTOPIPELINE=0.
 AUTOPIPELINE_OFF = [
     "tests/test_reliability.py", "tests/test_state_machine.py", "tests/test_client.py",
     "tests/test_pool_redis.py", "tests/test_open_close.py", "tests/test_blocking.py",
@@ -83,20 +86,34 @@ def tests(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
-    # On asyncio, connections use an asyncio.Protocol transport; run the tests that talk to
-    # Redis again over anyio's streams, so both sides of the transport seam stay proven
-    # ("-k asyncio" selects the asyncio+uvloop ids too).
-    session.run(
-        "pytest", "-k", "asyncio", "tests/test_connection.py", "tests/test_tls.py",
-        "tests/test_client.py", "tests/test_pool_redis.py", "tests/test_blocking.py",
-        "tests/test_pubsub.py", "tests/test_state_machine.py", "tests/test_pubsub_machine.py",
-        "tests/test_keywords.py", "tests/test_pubsub_redispy.py", "tests/test_helper_parity.py",
-        "tests/test_autopipeline.py", "tests/test_autopipeline_machine.py",
-        env={"ANYPOOL_TRANSPORT": "anyio"},
-    )  # fmt: skip
-    # Auto-pipelining is on by default; the storms, crashes, state machines and the client's
-    # tests run again with it off (the hostile-server suite draws it per example).
-    session.run("pytest", *AUTOPIPELINE_OFF, env={"ANYPOOL_TEST_AUTOPIPELINE": "0"})
+
+
+# The tests that talk to Redis on asyncio, run again over anyio's socket streams (the default
+# asyncio transport is an asyncio.Protocol): both sides of the transport seam stay proven.
+ANYIO_TRANSPORT = [
+    "tests/test_connection.py", "tests/test_tls.py", "tests/test_client.py",
+    "tests/test_pool_redis.py", "tests/test_blocking.py", "tests/test_pubsub.py",
+    "tests/test_state_machine.py", "tests/test_pubsub_machine.py", "tests/test_keywords.py",
+    "tests/test_pubsub_redispy.py", "tests/test_helper_parity.py", "tests/test_autopipeline.py",
+    "tests/test_autopipeline_machine.py",
+]  # fmt: skip
+
+
+@nox.session
+def variants(session: nox.Session) -> None:
+    """The suite's guarantees in the two non-default modes: the Redis-facing asyncio tests over
+    anyio's streams (ANYPOOL_TRANSPORT=anyio; "-k asyncio" selects the uvloop ids too), and
+    the storms, crashes, state machines and client tests with auto-pipelining off (the
+    hostile-server suite draws it per example in every run).
+
+    Not in CI (its time budget): run it before a change to the transports, the multiplexer or
+    the pool lands, as `nox -s tests variants`.
+    """
+    session.install("-e", ".[test]")
+    session.run("pytest", "-k", "asyncio", *ANYIO_TRANSPORT, *session.posargs,
+                env={"ANYPOOL_TRANSPORT": "anyio"})  # fmt: skip
+    session.run("pytest", *AUTOPIPELINE_OFF, *session.posargs,
+                env={"ANYPOOL_TEST_AUTOPIPELINE": "0"})  # fmt: skip
 
 
 _OTHERS = _other_interpreters()
@@ -104,7 +121,7 @@ _OTHERS = _other_interpreters()
 
 @nox.session(python=_OTHERS or False)
 def interpreters(session: nox.Session) -> None:
-    """The test suite (but the whole-cluster tests, see CLUSTER_HEAVY) on every other
+    """The test suite (but the whole-cluster and Sentinel tests, see SETUP_HEAVY) on every other
     supported Python the machine has (pyenv's, for CI), on asyncio and trio, while a CPU
     burner holds one core: the `stress` proof, on every test.
 
@@ -115,7 +132,7 @@ def interpreters(session: nox.Session) -> None:
     if not _OTHERS:
         session.skip(f"no Python among {SUPPORTED_PYTHONS} besides this one on PATH")
     session.install("-e", ".[test]")
-    skip_clusters = [f"--ignore={path}" for path in CLUSTER_HEAVY]
+    skip_clusters = [f"--ignore={path}" for path in SETUP_HEAVY]
     with _busy_core():
         session.run("pytest", *skip_clusters, "-k", "not uvloop", *session.posargs)
 

@@ -26,6 +26,7 @@ from ._errors import ConnectError as ConnectError
 from ._errors import ConnectionClosed as ConnectionClosed
 from ._errors import ConnectionError as ConnectionError
 from ._errors import ConnectionLost as ConnectionLost
+from ._errors import ConnectionRetired as ConnectionRetired
 from ._errors import ConnectTimeout as ConnectTimeout
 from ._errors import CrossSlotError as CrossSlotError
 from ._errors import InvalidArgument as InvalidArgument
@@ -35,7 +36,9 @@ from ._errors import PoolError as PoolError
 from ._errors import PoolExhausted as PoolExhausted
 from ._errors import PoolTimeout as PoolTimeout
 from ._errors import PoolUnavailable as PoolUnavailable
+from ._errors import PrimaryNotFound as PrimaryNotFound
 from ._errors import ProtocolError as ProtocolError
+from ._errors import ReplicaNotFound as ReplicaNotFound
 from ._errors import ReplyDecodeError as ReplyDecodeError
 from ._errors import ResponseError as ResponseError
 from ._errors import SlowConsumer as SlowConsumer
@@ -77,6 +80,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionError",
     "ConnectionLost",
+    "ConnectionRetired",
     "CrossSlotError",
     "Health",
     "InvalidArgument",
@@ -94,6 +98,7 @@ __all__ = [
     "PoolStatistics",
     "PoolTimeout",
     "PoolUnavailable",
+    "PrimaryNotFound",
     "ProtocolError",
     "PubSub",
     "Reconnected",
@@ -101,6 +106,7 @@ __all__ = [
     "RedisCluster",
     "RedisConnection",
     "RedisPool",
+    "ReplicaNotFound",
     "ReplyDecodeError",
     "ResourceFactory",
     "ResponseError",

@@ -138,3 +138,10 @@ class CircuitBreaker:
     def abandon_probe(self) -> None:
         """The half-open probe was cancelled before it knew: let another caller probe."""
         self._probing = False
+
+    def probe_now(self) -> None:
+        """The server may be back (told so from outside, e.g. a failover was announced): an
+        open breaker lets one probe through now instead of after ``reset_timeout``."""
+        if self._state is BreakerState.OPEN:
+            self._state = BreakerState.HALF_OPEN
+            self._probing = False

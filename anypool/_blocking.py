@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
 from types import TracebackType
 from typing import Any, Literal, NoReturn, Self, TypeVar
@@ -196,6 +196,25 @@ class BlockingRedisPool(_Blocking):
             client=cls._client_class.from_url(url, **options),
         )
 
+    @classmethod
+    def from_sentinel(
+        cls,
+        sentinels: Sequence[tuple[str, int] | str],
+        service_name: str,
+        role: str = "primary",
+        *,
+        backend: Backend = "asyncio",
+        backend_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Self:
+        """As :meth:`RedisPool.from_sentinel`: the primary (or the replicas) of a service
+        watched by Sentinel, following failovers (docs/sentinel.md)."""
+        return cls(
+            backend=backend,
+            backend_options=backend_options,
+            client=RedisPool.from_sentinel(sentinels, service_name, role, **options),
+        )
+
     def open(self) -> None:
         """Open the pool without a ``with`` block (start the helper thread and its event loop,
         open the pool there); close it with :meth:`close`.  ``with`` stays the recommended
@@ -325,6 +344,14 @@ class BlockingRedisPool(_Blocking):
         """An exclusive connection for a ``with`` block (see :meth:`RedisPool.acquire`)."""
         kwargs = {} if timeout is None else {"timeout": timeout}
         return _Held(self, lambda: self._client.acquire(**kwargs), BlockingConnection)
+
+    @property
+    def replica(self) -> _Blocking:
+        """As :attr:`RedisPool.replica`: the Sentinel pool's read pool over the replicas,
+        synchronously (usable while this pool is open)."""
+        if self._exit_stack is None:
+            raise RuntimeError("open the pool (with ... or open()) before using its replicas")
+        return _Blocking(self._portal, self._client.replica)
 
     @property
     def health(self) -> Health:

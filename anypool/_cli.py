@@ -27,11 +27,13 @@ from redis.exceptions import RedisError
 from . import __version__
 from ._client import RedisPool
 from ._cluster import SLOTS, Node, RedisCluster
-from ._config import split_url
+from ._config import redact_url, split_url
 from ._connection import Connection
 from ._errors import AnyPoolError
 from ._pubsub import Message, Reconnected, Subscription
+from ._sentinel import is_sentinel_url
 from .testing import RedisCluster as ClusterServers
+from .testing import RedisSentinel as SentinelServers
 from .testing import RedisServer, RedisServerError
 
 T = TypeVar("T")
@@ -95,9 +97,38 @@ async def _ping_nodes(url: str, timeout: float) -> tuple[str, int]:
     return line, 0 if not failing and table.covered == SLOTS else 1
 
 
+async def _ping_sentinel(url: str, timeout: float) -> tuple[list[str], int]:
+    """PING the primary of a ``redis+sentinel://`` URL's service (found through its
+    sentinels, checked with ROLE) and say what each sentinel names; exit 1 unless every
+    sentinel answered and they agree."""
+    pool = RedisPool.from_url(
+        url, max_size=1, health_check_interval=None, autopipeline=False,
+        connect_timeout=timeout, socket_timeout=timeout,
+    )  # fmt: skip
+    async with pool:
+        started = time.perf_counter()
+        reply = await pool.ping()
+        elapsed = time.perf_counter() - started
+        stats = pool.sentinel_statistics()
+        views = await pool.sentinel_views()
+    pong = "PONG" if reply is True else repr(reply)
+    lines = [
+        f"{pong} from the primary {stats['primary']} of "
+        f"{stats['service']!r} in {elapsed * 1000:.2f} ms (asking the sentinels, connecting "
+        "and the ROLE check included)"
+    ]
+    lines += [f"  sentinel {sentinel}: {view}" for sentinel, view in views.items()]
+    agree = set(views.values()) == {stats["primary"]}
+    if not agree:
+        lines.append("the sentinels do not all name that primary")
+    return lines, 0 if agree else 1
+
+
 async def _ping(url: str, timeout: float) -> tuple[list[str], int]:
     """PING the server of ``url``; if it is a cluster node, every node of its cluster too.
     Returns the lines to print and the exit code."""
+    if is_sentinel_url(url):
+        return await _ping_sentinel(url, timeout)
     # split_url: a URL written for redis-py may carry pool options (max_connections...), which
     # mean nothing to one connection and are not an error here.
     config, _ = split_url(url, connect_timeout=timeout, socket_timeout=timeout)
@@ -192,7 +223,12 @@ async def _clients(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         kind = "cluster" if per_node else "clients"
-        table = Table(title=f"{kind} of {split_url(args.url)[0].to_url()}")
+        where = (
+            f"the primary of {redact_url(args.url)}"
+            if is_sentinel_url(args.url)
+            else split_url(args.url)[0].to_url()
+        )
+        table = Table(title=f"{kind} of {where}")
         columns = ("name", "count", "idle min s", "idle max s", "pub/sub", "addresses")
         for column in ("node", *columns) if per_node else columns:
             table.add_column(column)
@@ -727,6 +763,76 @@ async def _cluster_tour(servers: ClusterServers) -> None:
         say(view)
 
 
+async def _sentinel_tour(setup: SentinelServers) -> None:
+    say = _console().print
+    async with RedisPool.from_url(setup.url, decode_responses=True, socket_timeout=10.0) as redis:
+        await redis.set("demo:greeting", "hello")
+        stats = redis.sentinel_statistics()
+        say(f"[bold]anypool {__version__}[/]: the sentinels name {stats['primary']} as the "
+            f"primary of {stats['service']!r}; it said ROLE master: "
+            f"{await redis.get('demo:greeting')!r}")  # fmt: skip
+
+        say("\n[bold]1. Reads from the replicas[/]")
+        copies = await redis.execute_command("WAIT", len(setup.servers) - 1, 5000)
+        value = await redis.replica.get("demo:greeting")
+        used = ", ".join(redis.replica.sentinel_statistics()["replicas"])
+        say(f"  WAIT: {copies} replicas have the write; redis.replica.get() -> {value!r} "
+            f"(replicas used: {used})")  # fmt: skip
+
+        say("\n[bold]2. SENTINEL FAILOVER while 16 tasks write[/]")
+        stop = anyio.Event()
+        acknowledged: list[str] = []
+        errors: list[str] = []
+
+        async def writer(index: int) -> None:
+            n = 0
+            while not stop.is_set():
+                key = f"demo:w:{index}:{n}"
+                n += 1
+                try:
+                    await redis.set(key, 1)
+                    acknowledged.append(key)
+                except (AnyPoolError, RedisError) as exc:
+                    errors.append(_one_line(exc))
+                    await anyio.sleep(0.05)
+
+        old = redis.sentinel_statistics()["primary"]
+        async with anyio.create_task_group() as tg:
+            for index in range(16):
+                tg.start_soon(writer, index)
+            await anyio.sleep(0.3)
+            started = time.perf_counter()
+            new = await anyio.to_thread.run_sync(setup.failover)
+            for _ in range(3000):  # at most ~30 s
+                if redis.sentinel_statistics()["primary"] == f"{new.host}:{new.port}":
+                    break
+                await anyio.sleep(0.01)
+            moved = time.perf_counter() - started
+            await anyio.sleep(0.5)
+            stop.set()
+        present = 0
+        for start in range(0, len(acknowledged), 500):
+            chunk = acknowledged[start : start + 500]
+            present += sum(v is not None for v in await redis.mget(chunk))
+        say(f"  the pool moved from {old} to {new.host}:{new.port} {moved:.1f}s after the "
+            f"failover began, on the sentinels' announcement (writes waited while the replica "
+            f"was promoted); {len(acknowledged)} writes acknowledged, {len(errors)} errors, "
+            f"{len(acknowledged) - present} acknowledged writes missing on the new "
+            "primary")  # fmt: skip
+        say("  (a client that waits to be told by the old primary keeps writing to it for "
+            "about 10 s, until the sentinels demote it: those writes are lost)")  # fmt: skip
+
+        say("\n[bold]3. Statistics[/]")
+        from rich.table import Table
+
+        view = Table()
+        view.add_column("statistic")
+        view.add_column("value", justify="right")
+        for key, stat in redis.sentinel_statistics().items():
+            view.add_row(key, str(stat))
+        say(view)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # The tour prints what matters: anypool's own log records stay quiet while it runs, and the
     # logger is left exactly as it was found (level, propagation) when it ends.
@@ -735,6 +841,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log.setLevel(logging.WARNING)
     log.propagate = False
     try:
+        if args.sentinel:
+            if args.url is not None or args.cluster:
+                raise CommandError(
+                    "--sentinel starts its own servers (it fails one over): it takes neither "
+                    "--url nor --cluster"
+                )
+            with SentinelServers(2, 3) as setup:
+                _console().print("started an embedded primary, 2 replicas and 3 sentinels")
+                run_on(args.backend, _sentinel_tour, setup)
+            return 0
         if args.cluster:
             if args.url is not None:
                 raise CommandError(
@@ -780,7 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"anypool {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     backend_help = "event loop: asyncio, asyncio with uvloop's loop, or trio"
-    url_help = "redis://, rediss:// or unix:// URL (default: $REDIS_URL)"
+    url_help = (
+        "redis://, rediss://, unix:// or redis+sentinel://h1,h2/service URL (default: $REDIS_URL)"
+    )
 
     demo = commands.add_parser(
         "demo", help="a guided tour on an embedded redis-server", formatter_class=fmt
@@ -793,6 +911,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--cluster", action="store_true",
         help="tour a cluster of embedded nodes instead (routing, a slot moving, a failover)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--sentinel", action="store_true",
+        help="tour a primary with replicas and sentinels instead (replica reads, a failover "
+        "under load)",
     )  # fmt: skip
     demo.set_defaults(func=cmd_demo)
 

@@ -14,6 +14,8 @@ make sense, and a connection left in a changed state is closed on return, not re
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -30,11 +32,12 @@ from redis.exceptions import (
     LockError,
     LockNotOwnedError,
     NoScriptError,
+    ReadOnlyError,
     ResponseError,
     WatchError,
 )
 
-from . import _pubsub
+from . import _pubsub, _sentinel
 from ._compat import (
     EMPTY_RESPONSE,
     LOCK_EXTEND_SCRIPT,
@@ -51,7 +54,14 @@ from ._compat import (
 )
 from ._config import PoolConfig, RedisConfig, split_url_over
 from ._connection import Connection, ConnectionFactory
-from ._errors import CommandNotAllowed, ConfigError, ConnectionClosed, ProtocolError
+from ._errors import (
+    CommandNotAllowed,
+    ConfigError,
+    ConnectionClosed,
+    ConnectionRetired,
+    PoolClosed,
+    ProtocolError,
+)
 from ._keywords import connection_kwargs, sort_options
 from ._multiplex import Multiplexer
 from ._owner import Owner
@@ -204,11 +214,17 @@ class _Commands(AsyncCoreCommands):
         name = name_of(args[0])
         try:
             reply = await connection.execute(*wire_args(args), decode=NEVER_DECODE not in options)
-        except ResponseError:
+        except ResponseError as exc:
+            if isinstance(exc, ReadOnlyError):
+                self._answered_readonly(connection)
             if EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
             raise
         return self._shape(connection.protocol, name, reply, options)
+
+    def _answered_readonly(self, connection: Connection) -> None:
+        """``connection``'s server answered READONLY (a Sentinel pool learns from it that its
+        primary was demoted)."""
 
 
 # redis-py 8's ``set`` inspects every call's arguments to warn about experimental ones: skip that
@@ -233,6 +249,9 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
     Args:
         config: how to connect (default: localhost:6379, db 0).
         pool_config: how to pool (see :class:`PoolConfig`).
+        sentinel: a pool of the primary (or replicas) of a service watched by Sentinel, which
+            :meth:`from_sentinel` and a ``redis+sentinel://`` URL make; ``config``'s host and
+            port are then not used (see docs/sentinel.md).
         **options: any :class:`RedisConfig` or :class:`PoolConfig` field, overriding the two
             records (``max_size=16``, ``decode_responses=True``, ``protocol=2``...), and
             redis-py's ``Redis()`` keywords with redis-py's meaning (``max_connections``,
@@ -251,6 +270,7 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         config: RedisConfig | None = None,
         *,
         pool_config: PoolConfig | None = None,
+        sentinel: _sentinel.SentinelSettings | None = None,
         **options: Any,
     ) -> None:
         connection_options, pool_options, client_options = sort_options(options)
@@ -260,10 +280,29 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         pool_config = (pool_config or PoolConfig()).replace(**pool_options)
         self._mux = _multiplexer(client_options, pool_config)  # before the retry options
         if pool_config.name is None:
-            pool_config = pool_config.replace(name=f"redis {config.address}/{config.db}")
+            where = (
+                config.address
+                if sentinel is None
+                else f"sentinel {sentinel.service_name!r} {sentinel.role}"
+            )
+            pool_config = pool_config.replace(name=f"redis {where}/{config.db}")
         self._retry = RetryRule.from_options(**client_options)
         self._config = config
-        self._factory = ConnectionFactory(config)
+        self._sentinel: _sentinel.SentinelConnectionFactory | None = None
+        self._replica: RedisPool | None = None
+        if sentinel is not None and sentinel.role == "primary":
+            # The read pool over the replicas (``redis.replica``): connections on first use.
+            self._replica = type(self)(
+                config,
+                pool_config=pool_config.replace(name=f"{pool_config.name} replicas", min_size=0),
+                sentinel=dataclasses.replace(sentinel, role="replica"),
+                **client_options,
+            )
+        if sentinel is not None:
+            self._factory: ConnectionFactory = _sentinel.SentinelConnectionFactory(config, sentinel)
+            self._sentinel = self._factory
+        else:
+            self._factory = ConnectionFactory(config)
         self._pool: Pool[Connection] = Pool(self._factory, pool_config)
         self._shared: Multiplexer | None = None
         if self._mux is not None:
@@ -291,10 +330,91 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
                 part of a password is shown).
         """
         pool_config = options.pop("pool_config", None)  # RedisPool's own record, not a keyword
+        if _sentinel.is_sentinel_url(url):
+            return cls._from_sentinel_url(url, pool_config, options)
         redis_options, pool_options, client_options = sort_options(options)
         config, url_options = split_url_over(url, redis_options)
         merged = {**pool_options, **client_options, **url_options}
         return cls(config, pool_config=pool_config, **merged)
+
+    @classmethod
+    def _from_sentinel_url(
+        cls, url: str, pool_config: PoolConfig | None, options: dict[str, Any]
+    ) -> RedisPool:
+        sentinel_options: dict[str, Any] = {
+            name: options.pop(name)
+            for name in ("role", "sentinel_username", "sentinel_password", "sentinel_options")
+            if name in options
+        }
+        redis_options, pool_options, client_options = sort_options(options)
+        sentinels, service, url_sentinel, config, url_options = _sentinel.split_sentinel_url(
+            url, redis_options
+        )
+        sentinel_options.update(url_sentinel)  # what the URL says wins, as for the rest
+        settings = _sentinel.settings(sentinels, service, config, **sentinel_options)
+        merged = {**pool_options, **client_options, **url_options}
+        return cls(config, pool_config=pool_config, sentinel=settings, **merged)
+
+    @classmethod
+    def from_sentinel(
+        cls,
+        sentinels: Sequence[tuple[str, int] | str],
+        service_name: str,
+        role: str = "primary",
+        *,
+        sentinel_username: str | None = None,
+        sentinel_password: str | None = None,
+        sentinel_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RedisPool:
+        """A pool of the primary (``role="primary"``) or of the healthy replicas
+        (``role="replica"``) of ``service_name``, wherever the sentinels say they are, that
+        follows failovers on its own.
+
+        ::
+
+            async with anypool.RedisPool.from_sentinel(
+                [("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26379)], "mymaster",
+                password="data-node-secret", sentinel_password="sentinel-secret",
+            ) as redis:
+                await redis.set("k", "v")
+
+        The same as a URL: ``redis+sentinel://:data-node-secret@10.0.0.1,10.0.0.2,10.0.0.3/
+        mymaster?sentinel_password=sentinel-secret`` (:meth:`from_url`).
+
+        Args:
+            sentinels: ``(host, port)`` of each sentinel (or ``"host:port"``; port 26379 if
+                left out), asked in turn, the last that answered first.
+            service_name: the name the sentinels monitor the primary under.
+            role: ``"primary"`` (reads and writes; redis-py's ``"master"`` too) or
+                ``"replica"`` (reads spread over the replicas that are up and linked to the
+                primary; the primary when there is none; redis-py's ``"slave"`` too).
+            sentinel_username, sentinel_password: the sentinels' credentials (the data
+                nodes' are ``username``/``password`` among ``options``: they are not sent to
+                the sentinels, nor these to the data nodes).
+            sentinel_options: any other :class:`RedisConfig` field for the connections to
+                the sentinels (TLS files, timeouts...).  By default they use the data nodes'
+                TLS settings, keepalive and client name, and allow 2 s (or the data nodes'
+                shorter timeouts) to connect and to answer.
+            **options: as :class:`RedisPool` (for the data nodes and the pool).
+
+        Opening does no I/O.  The first connection asks the sentinels; each new connection
+        is checked with ``ROLE``.  What a failover does is in docs/sentinel.md.
+
+        Raises:
+            ConfigError: an option is invalid.
+        """
+        pool_config = options.pop("pool_config", None)
+        config = options.pop("config", None)
+        redis_options, pool_options, client_options = sort_options(options)
+        config = (config or RedisConfig()).replace(**redis_options)
+        settings = _sentinel.settings(
+            sentinels, service_name, config, role=role, sentinel_username=sentinel_username,
+            sentinel_password=sentinel_password, sentinel_options=sentinel_options,
+        )  # fmt: skip
+        return cls(
+            config, pool_config=pool_config, sentinel=settings, **pool_options, **client_options
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> RedisPool:
@@ -320,8 +440,16 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
                 shared = self._shared
                 if shared is not None:
                     await self._pool.start_task(shared.run_upkeep, name="anypool autopipeline")
+                if self._sentinel is not None:
+                    await self._pool.start_task(
+                        self._sentinel.run, self._node_left, self._pool.config.reconnect_backoff,
+                        name="anypool sentinel watcher",
+                    )  # fmt: skip
                 try:
-                    yield self
+                    async with contextlib.AsyncExitStack() as stack:
+                        if self._replica is not None:
+                            await stack.enter_async_context(self._replica)
+                        yield self
                 finally:
                     # First of all: every subscription ends with PoolClosed, its task stops.
                     if self._pubsub is not None:
@@ -392,6 +520,80 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
             return
         await self._owner.close()
 
+    async def _node_left(self, address: tuple[str, int], reason: str) -> None:
+        """A node stopped serving this Sentinel pool's role (a failover demoted the primary, a
+        replica went down): close idle connections now and retire leased ones on return,
+        stop queueing on shared connections to it, and move subscriptions away from it."""
+        try:
+            self._pool.probe_now()  # the breaker and health describe the service, not a node
+            await self._pool.reset()
+        except PoolClosed:
+            return  # closing: every connection is being closed anyway
+        if self._shared is not None:
+            await self._shared.upkeep()
+        if self._pubsub is not None:
+            await self._pubsub.move_from(address, reason)
+
+    @property
+    def replica(self) -> RedisPool:
+        """A Sentinel pool's read pool: the same command API on the service's replicas that
+        are up and linked to the primary (each new connection is checked with ``ROLE``),
+        spread across them; on the primary while there is none.  Opened and closed with this
+        pool; its connections are made on first use.  ::
+
+            await redis.set("k", "v")           # the primary
+            value = await redis.replica.get("k")  # a replica: may not have "k" yet
+
+        Consistency: replication is asynchronous.  A read on a replica may miss writes the
+        primary acknowledged a moment ago (``WAIT`` on the primary first for read-your-
+        writes), and after a failover a replica may serve data the new primary lost.
+        Writes sent to it fail with ``ReadOnlyError``.
+
+        Raises:
+            RuntimeError: this pool is not a Sentinel pool of the primary.
+        """
+        if self._replica is None:
+            raise RuntimeError(
+                f"{self._pool.name} has no replica pool: only a Sentinel pool of the primary "
+                "has one (from_sentinel(..., role='primary'), or a redis+sentinel:// URL)"
+            )
+        return self._replica
+
+    async def sentinel_views(self) -> dict[str, str]:
+        """Ask every sentinel of a Sentinel pool where the primary is now:
+        ``{"host:port" of the sentinel: "host:port" of the primary it names}``, or why it
+        could not answer (down, timed out, does not know the service).  They may disagree
+        for a moment during a failover.
+
+        Raises:
+            RuntimeError: this pool is not managed by Sentinel.
+        """
+        if self._sentinel is None:
+            raise RuntimeError(f"{self._pool.name} is not a Sentinel pool (see from_sentinel)")
+        return await self._sentinel.discovery.views()
+
+    def sentinel_statistics(self) -> dict[str, Any]:
+        """A Sentinel pool's view (:meth:`from_sentinel`, ``redis+sentinel://``): ``service``,
+        ``role``, ``primary`` (``"host:port"`` now, None before the first lookup),
+        ``replicas`` used (role "replica"), ``sentinels`` (in the order they are asked), and
+        counters: ``switches`` (primary changes followed), ``announcements`` (failover
+        announcements acted on: a promotion begun, ``+promoted-slave``, ``+switch-master``),
+        ``wrong_role`` (new connections whose ``ROLE`` was not
+        the one asked for), ``readonly`` (``READONLY`` replies), ``primary_lookups``,
+        ``replica_lookups``, ``sentinel_failures`` (a sentinel that could not answer a
+        lookup), ``watch_failures`` (the listening connection to a sentinel failed).
+
+        Raises:
+            RuntimeError: this pool is not managed by Sentinel.
+        """
+        if self._sentinel is None:
+            raise RuntimeError(f"{self._pool.name} is not a Sentinel pool (see from_sentinel)")
+        return self._sentinel.statistics()
+
+    def _answered_readonly(self, connection: Connection) -> None:
+        if self._sentinel is not None:
+            self._sentinel.note_readonly(connection)
+
     # --- commands -----------------------------------------------------------------------------
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
@@ -409,6 +611,9 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         Cancellation: the connection is closed if the reply was still owed; the pool slot is
         always returned; a cancelled retry sleep ends the call.
         """
+        # A Sentinel pool sends a command once more when its connection was retired before
+        # it was sent (its server is a primary a failover demoted): _run_shared, _attempt and
+        # the end of this method.  The others pay nothing for it (no extra call layer).
         shared = self._shared
         if shared is not None:
             name = shareable_name(args)  # the fast path: decided by the name alone
@@ -425,13 +630,21 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         else:
             refuse_on_pool(args)
         if self._retry is not None:
-            return await self._retry.call(lambda sent: self._attempt(args, options, sent))
+            resend = self._sentinel is not None
+            return await self._retry.call(
+                lambda sent: self._attempt(args, options, sent, resend=resend)
+            )
         pool = self._pool
         lease = await pool.lease()
         try:
             return await self._run(lease.resource, args, options)
+        except ConnectionRetired:
+            if self._sentinel is None:
+                raise
         finally:
             await pool.release(lease)
+        # Not sent: once more, on a connection to where the primary is now.
+        return await self._attempt(args, options, Sent(), resend=False)
 
     async def _run_shared(
         self, name: str, args: tuple[Any, ...], options: dict[str, Any], sent: Sent | None
@@ -439,17 +652,24 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         """One command (``args``, as sent) auto-pipelined on a shared connection (see
         _multiplex.py)."""
         assert self._shared is not None
-        replies, protocol = await self._shared.execute(
-            (args,), _RAW if NEVER_DECODE in options else _DECODED, sent
-        )
+        decode = _RAW if NEVER_DECODE in options else _DECODED
+        try:
+            replies, connection = await self._shared.execute((args,), decode, sent)
+        except ConnectionRetired:
+            if self._sentinel is None:
+                raise
+            # Not sent (a Sentinel pool; see execute_command): once more, where the primary is.
+            replies, connection = await self._shared.execute((args,), decode, sent)
         reply = replies[0]
         if isinstance(reply, Exception):
+            if isinstance(reply, ReadOnlyError):
+                self._answered_readonly(connection)
             if isinstance(reply, ResponseError) and EMPTY_RESPONSE in options:
                 return options[EMPTY_RESPONSE]
             raise reply
         if sent is not None:
             options = dict(options)  # a retry would need them as they were
-        return self._shape(protocol, name, reply, options)
+        return self._shape(connection.protocol, name, reply, options)
 
     def autopipeline_statistics(self) -> dict[str, int]:
         """Counters of auto-pipelining (see docs/performance.md): requests, writes and the
@@ -462,8 +682,12 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
             return dict.fromkeys(_AUTOPIPELINE_STATISTICS, 0)
         return self._shared.statistics()
 
-    async def _attempt(self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent) -> Any:
-        """One try of a command under ``retry=``; ``sent`` tells whether its write began."""
+    async def _attempt(
+        self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent, *, resend: bool
+    ) -> Any:
+        """One try of a command on a connection of its own (under ``retry=``, or a Sentinel
+        pool's second send); ``sent`` tells whether its write began.  With ``resend``, a
+        connection retired before the command was sent is followed by one more try."""
         pool = self._pool
         lease = await pool.lease()
         try:
@@ -471,10 +695,14 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
             writes = connection.writes
             try:
                 return await self._run(connection, args, dict(options))
+            except ConnectionRetired:
+                if not resend:
+                    raise
             finally:
                 sent.value = connection.writes != writes
         finally:
             await pool.release(lease)
+        return await self._attempt(args, options, sent, resend=False)  # see execute_command
 
     async def execute_command_once(
         self, args: tuple[Any, ...], options: dict[str, Any], sent: Sent, *, asking: bool = False
@@ -494,7 +722,8 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         shared = self._shared
         if shared is not None and not needs_own_connection(args):
             decodes = (True, NEVER_DECODE not in options)
-            replies, protocol = await shared.execute(commands, decodes[-len(commands) :], sent)
+            replies, connection = await shared.execute(commands, decodes[-len(commands) :], sent)
+            protocol = connection.protocol
         else:
             lease = await self._pool.lease()
             try:
@@ -641,6 +870,7 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
                 self._config, self._pool, per_connection=100,
                 keepalive=pool_config.health_check_interval,
                 backoff=pool_config.reconnect_backoff,
+                placement=None if self._sentinel is None else self._sentinel.placement(),
             )  # fmt: skip
         return self._pubsub
 
@@ -677,6 +907,9 @@ class RedisPool(_Commands, _pubsub.PubSubMethods, AsyncContextManagerMixin):  # 
         return self._pool.statistics()
 
     def __repr__(self) -> str:
+        if self._sentinel is not None:  # its config's host and port are not used
+            where = f"sentinel {self._sentinel.service!r} {self._sentinel.role}"
+            return f"<RedisPool {where} {self._pool!r}>"
         return f"<RedisPool {self._config.to_url()} {self._pool!r}>"
 
 

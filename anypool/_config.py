@@ -36,7 +36,8 @@ from ._compat import DEFAULT_WIRE_PROTOCOL, HAS_LEGACY_RESPONSES_OPTION, REDIS_P
 from ._errors import ConfigError
 
 __all__ = [
-    "BackoffPolicy", "BreakerPolicy", "PoolConfig", "RedisConfig", "split_url", "split_url_over",
+    "BackoffPolicy", "BreakerPolicy", "PoolConfig", "RedisConfig", "redact_url", "split_url",
+    "split_url_over",
 ]  # fmt: skip
 
 SslCertReqs = Literal["required", "optional", "none"]
@@ -762,7 +763,7 @@ def _convert(name: str, raw: str, kind: str) -> Any:
 _PLAIN_USER = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=-]*")
 
 
-def _redact_url(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL as error messages show it: everything that could be a credential redacted.
 
     Whatever precedes the *last* ``@`` after the scheme is treated as user info, even where
@@ -849,7 +850,7 @@ def _split(
 ) -> tuple[RedisConfig, dict[str, Any]]:
     if not isinstance(url, str):
         raise _fail("url", url, "must be a string")
-    shown = _redact_url(url)
+    shown = redact_url(url)
     try:
         return _parse_url(url, shown, overrides, defaults)
     except ConfigError as exc:
@@ -936,11 +937,11 @@ def _parse_url(
         if host:
             values["host"] = unquote(host)
         if port_text:
-            if not port_text.isdigit():
+            if not (port_text.isascii() and port_text.isdigit()):  # int() refuses "²"
                 raise _fail("port", port_text, "must be an integer between 1 and 65535")
             values["port"] = int(port_text)
         if slash and path:
-            if not path.isdigit():
+            if not (path.isascii() and path.isdigit()):
                 raise _fail("db", unquote(path), "the URL path must be a database number")
             path_db = int(path)
             values["db"] = path_db

@@ -40,6 +40,7 @@ from ._errors import (
     ConnectError,
     ConnectionClosed,
     ConnectionLost,
+    ConnectionRetired,
     ConnectTimeout,
     ProtocolError,
     TimeoutError,
@@ -54,6 +55,9 @@ logger = logging.getLogger("anypool.connection")
 
 _READ_SIZE: Final = 64 * 1024  # what one read asks for, at first
 _MAX_READ_SIZE: Final = 1024 * 1024  # ... and at most, after reads that filled it (big replies)
+# How long telling a closed connection from stray bytes after the handshake may take (both are
+# already there to read; this only bounds a surprise).
+_LEFTOVER_READ_BOUND: Final = 1.0
 
 
 class _Default:
@@ -105,6 +109,7 @@ class Connection:
         # unless the connection is closed.
         self._owed = 0
         self._closed_by: str | None = None  # why the connection was closed, once it is
+        self._refused_by: str | None = None  # why nothing more may be sent (see refuse())
         self.protocol = config.wire_protocol
         self.server_version: str | None = None
         self.client_id: int | None = None
@@ -140,8 +145,9 @@ class Connection:
         is left open.
 
         Raises:
-            ConnectError: refused, unreachable, unknown host, TLS failure, or the server
-                rejected ``SELECT``/``CLIENT SETNAME``.
+            ConnectError: refused, unreachable, unknown host, TLS failure, the server
+                rejected ``SELECT``/``CLIENT SETNAME``, or it closed the connection during or
+                right after the handshake (a server being stopped).
             ConnectTimeout: ``connect_timeout`` passed.
             AuthenticationError: wrong password, or unknown or disabled ACL user; or the
                 credential provider failed or returned something else than credentials.
@@ -178,11 +184,7 @@ class Connection:
                     connection = cls(config, stream)
                     await connection._handshake(*fresh)
                 if not connection.looks_alive():
-                    # Bytes after the handshake's replies answer nothing: they would be read
-                    # as the first command's reply.
-                    raise ProtocolError(
-                        f"{config.address} sent bytes nobody asked for during the handshake"
-                    )
+                    await connection._refuse_leftover()
                 return connection
             raise ConnectTimeout(
                 f"connecting to {config.address} took longer than connect_timeout ({timeout}s)"
@@ -194,6 +196,25 @@ class Connection:
             if error is exc:
                 raise
             raise error from exc
+
+    async def _refuse_leftover(self) -> NoReturn:
+        """The handshake is answered, but the connection is not idle: either the server sent
+        bytes nobody asked for (they would be read as the first command's reply), or it closed
+        the connection, as a server being stopped or killed does to a connect it had just
+        answered.  That is a failed connect, which pools and discovery try again elsewhere,
+        not a server that speaks the protocol wrongly.  Either is already there to read, so
+        one read tells them apart; the bound only guards against a surprise."""
+        address = self.config.address
+        if not self._parser.has_data():
+            with anyio.move_on_after(_LEFTOVER_READ_BOUND):
+                try:
+                    await self._stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    raise ConnectError(
+                        f"{address} closed the connection as soon as it had answered the "
+                        "handshake (a server stopping?)"
+                    ) from None
+        raise ProtocolError(f"{address} sent bytes nobody asked for during the handshake")
 
     async def _handshake(self, username: str | None, password: str | None) -> None:
         config = self.config
@@ -372,10 +393,8 @@ class Connection:
         timeout: Timeout,
         decode: bool | Sequence[bool] = True,
     ) -> list[Any]:
-        if self._closed_by is not None:
-            raise ConnectionClosed(
-                f"the connection to {self.config.address} is closed ({self._closed_by})"
-            )
+        if self._closed_by is not None or self._refused_by is not None:
+            raise self._unusable()
         if self._owed:
             # Between exchanges nothing is owed: another task is mid-exchange right now.
             raise RuntimeError(
@@ -450,10 +469,8 @@ class Connection:
         Cancellation: a send cut short may leave half a command on the wire, so the connection
         is closed (the multiplexing engine shields its writes for that reason).
         """
-        if self._closed_by is not None:
-            raise ConnectionClosed(
-                f"the connection to {self.config.address} is closed ({self._closed_by})"
-            )
+        if self._closed_by is not None or self._refused_by is not None:
+            raise self._unusable()
         try:
             if timeout is None:
                 await self._stream.send(data)
@@ -599,6 +616,29 @@ class Connection:
             raise exc
         raise error from exc
 
+    def _unusable(self) -> ConnectionClosed:
+        if self._closed_by is not None:
+            return ConnectionClosed(
+                f"the connection to {self.config.address} is closed ({self._closed_by})"
+            )
+        return ConnectionRetired(
+            f"nothing was sent: the connection to {self.config.address} was retired "
+            f"({self._refused_by})"
+        )
+
+    def refuse(self, reason: str) -> None:
+        """Send nothing more on this connection (its server is no longer the one to talk to:
+        a primary demoted by a failover).  Every later command fails with
+        :class:`ConnectionRetired` saying ``reason`` and that it was not sent; replies already
+        owed are still read.  Its holder returns it, and the pool closes it."""
+        if self._refused_by is None:
+            self._refused_by = reason
+
+    @property
+    def refused(self) -> str | None:
+        """Why :meth:`refuse` was called, or None."""
+        return self._refused_by
+
     # --- state --------------------------------------------------------------------------------
 
     @property
@@ -615,7 +655,12 @@ class Connection:
     def is_reusable(self) -> bool:
         """Whether another caller may use this connection: open, nothing owed, nothing unread
         (in the parser, or buffered by the transport above the kernel socket)."""
-        if self._closed_by is not None or self._owed or self._parser.has_data():
+        if (
+            self._closed_by is not None
+            or self._refused_by is not None
+            or self._owed
+            or self._parser.has_data()
+        ):
             return False
         readable_now = self._readable_now
         return readable_now is None or not readable_now()

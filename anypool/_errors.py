@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import redis.asyncio.sentinel as _async_sentinel
 import redis.exceptions as _r
+import redis.sentinel as _sentinel
 
 ResponseError = _r.ResponseError
 
@@ -37,6 +39,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionError",
     "ConnectionLost",
+    "ConnectionRetired",
     "CrossSlotError",
     "InvalidArgument",
     "MessagesLost",
@@ -45,7 +48,9 @@ __all__ = [
     "PoolExhausted",
     "PoolTimeout",
     "PoolUnavailable",
+    "PrimaryNotFound",
     "ProtocolError",
+    "ReplicaNotFound",
     "ReplyDecodeError",
     "ResponseError",
     "SlowConsumer",
@@ -120,8 +125,48 @@ class ConnectionClosed(ConnectionError):
     """The connection was already closed by anypool (after an error, a cancellation or close)."""
 
 
+class ConnectionRetired(ConnectionClosed):
+    """Nothing was sent: the connection's server stopped serving what the pool is for (a
+    failover demoted the primary).  Sending the command again is safe; a Sentinel pool does
+    it once on its own."""
+
+
 class AuthenticationError(ConnectionError, _r.AuthenticationError):
     """The server rejected the credentials (wrong password, unknown or disabled ACL user)."""
+
+
+# --- Sentinel ---------------------------------------------------------------------------------
+
+
+class PrimaryNotFound(
+    ConnectError, _async_sentinel.MasterNotFoundError, _sentinel.MasterNotFoundError
+):
+    """No sentinel named a primary for the service that answered as one (``ROLE``).  The
+    message names every sentinel asked and why it did not help (down, timed out, refused the
+    credentials, does not know the service, named a node that is not primary).
+
+    Also redis-py's ``MasterNotFoundError`` (asyncio's and the sync one).
+
+    Attributes:
+        attempts: ``(sentinel address, why)`` for every sentinel asked, in order.
+    """
+
+    def __init__(self, message: str, attempts: Any = ()) -> None:
+        super().__init__(message)
+        self.attempts = list(attempts)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.attempts))
+
+
+class ReplicaNotFound(
+    ConnectError, _async_sentinel.SlaveNotFoundError, _sentinel.SlaveNotFoundError
+):
+    """No usable replica of the service: the sentinels list none that is up and linked to
+    its primary, or none of those could be connected to.  The message says what was tried.
+
+    Also redis-py's ``SlaveNotFoundError`` (asyncio's and the sync one).
+    """
 
 
 # --- the cluster ------------------------------------------------------------------------------

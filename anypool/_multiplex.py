@@ -44,7 +44,14 @@ import anyio
 import anyio.lowlevel
 
 from ._connection import Connection, ConnectionFactory
-from ._errors import AnyPoolError, ConnectionLost, PoolExhausted, ProtocolError, TimeoutError
+from ._errors import (
+    AnyPoolError,
+    ConnectionLost,
+    ConnectionRetired,
+    PoolExhausted,
+    ProtocolError,
+    TimeoutError,
+)
 from ._pool import Lease, Pool
 from ._resp import NEED_DATA, Arg, Packer
 from ._retry import Sent
@@ -172,9 +179,10 @@ class Multiplexer:
         commands: Sequence[Sequence[Arg]],
         decodes: Sequence[bool],
         sent: Sent | None = None,
-    ) -> tuple[list[Any], int]:
+    ) -> tuple[list[Any], Connection]:
         """Run ``commands`` (contiguous on one connection) and return their replies in order,
-        error replies in their place as exception instances, and the RESP version spoken.
+        error replies in their place as exception instances, and the connection they ran on
+        (its ``protocol``: the RESP version spoken; read it, do not use it).
 
         Args:
             commands: the commands.
@@ -249,7 +257,7 @@ class Multiplexer:
         error = request.error
         if error is not None:
             raise error
-        return request.replies, lane.connection.protocol
+        return request.replies, lane.connection
 
     async def _resume(self, lane: _Lane) -> bool:
         """Take a parked lane back into use; False (and the lane dropped) if the pool took
@@ -427,6 +435,9 @@ class Multiplexer:
         connection = lane.connection
         counts = self._counts
         while True:
+            if connection.refused is not None:
+                self._refuse(lane, batch)
+                return
             for request in batch:
                 request.sent = True
                 if request.sent_flag is not None:
@@ -548,6 +559,22 @@ class Multiplexer:
             raise ProtocolError(
                 f"{connection.config.address} sent a reply nobody asked for on a shared connection"
             )
+
+    def _refuse(self, lane: _Lane, batch: list[_Request]) -> None:
+        """The lane's connection was retired (its server stopped serving the pool's role):
+        ``batch``, not sent, fails with ConnectionRetired (safe to send again); the lane
+        takes no more and still reads the replies owed to the requests sent before."""
+        lane.retiring = True
+        reason = connection_reason(lane.connection)
+        for request in batch:
+            lane.in_flight.remove(request)
+            request.error = ConnectionRetired(
+                f"{_name(request.name)} was not sent: the connection to "
+                f"{lane.connection.config.address} was retired ({reason})"
+            )
+            if request.waiter is not None:
+                request.waiter.wake()
+        self._wake_room()
 
     def _withdraw(self, lane: _Lane, request: _Request) -> None:
         """A caller left before its reply: unsent, it is removed; sent, its reply will be
@@ -713,6 +740,10 @@ def _interrupted(exc: BaseException, connection: Connection, command: Any) -> Ba
         f"a write to {connection.config.address} was interrupted ({type(exc).__name__}) while "
         f"sending {_name(command)} and the commands queued with it; the connection was closed"
     )
+
+
+def connection_reason(connection: Connection) -> str:
+    return connection.refused or "closed"
 
 
 def _name(command: Any) -> str:

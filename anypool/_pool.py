@@ -872,6 +872,14 @@ class Pool(Generic[R], AsyncContextManagerMixin):
         for entry in entries:
             await self._close_entry(entry)
 
+    def probe_now(self) -> None:
+        """The server may be reachable again (a failover was announced, a new address is
+        known): if the circuit breaker is open, the next connect is tried at once (one probe,
+        as after ``reset_timeout``), and maintenance refills now."""
+        self._breaker.probe_now()
+        self._update_health()
+        self._wake_maintenance.set()
+
     def resize(self, *, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change the size limits at run time.
 

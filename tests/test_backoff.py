@@ -65,3 +65,19 @@ def test_cancelled_probe_lets_another_probe() -> None:
     assert breaker.allow()
     breaker.abandon_probe()
     assert breaker.allow()
+
+
+def test_probe_now_lets_one_probe_through_an_open_breaker() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(1, 60.0, clock)
+    breaker.probe_now()  # closed: nothing to do
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record_failure(OSError("down"))
+    assert not breaker.allow()
+    breaker.probe_now()  # told the server may be back (a failover was announced)
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.allow()
+    assert not breaker.allow()  # one probe, as after reset_timeout
+    breaker.record_failure(OSError("still down"))
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.retry_in() == pytest.approx(60.0)  # a failed probe re-opens it fully

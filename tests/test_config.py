@@ -95,6 +95,8 @@ def test_split_url_returns_pool_options() -> None:
         ("redis://localhost/0?client_name=a%20b", "client_name"),
         ("unix://", "url"),
         ("redis://[::1/0", "url"),
+        ("redis://localhost:\u00b2/0", "port"),  # "²".isdigit(), but int() refuses it
+        ("redis://localhost/\u0661", "db"),  # an Arabic-Indic 1
     ],
 )
 def test_bad_urls_name_the_field(url: str, field: str) -> None:

@@ -619,6 +619,34 @@ async def test_a_username_without_a_password_authenticates_as_that_user(
             await admin.acl_deluser(user)
 
 
+async def test_a_refused_connection_sends_nothing_and_still_reads_what_is_owed(
+    config: RedisConfig,
+) -> None:
+    """refuse(): no later command is written (ConnectionRetired, writes unchanged: provably
+    not sent); the reply owed to the command in flight is still read; then it is not
+    reusable, so the pool closes it."""
+    async with connected(config) as conn:
+        results: list[object] = []
+        async with anyio.create_task_group() as tg:
+
+            async def in_flight() -> None:
+                results.append(await conn.execute("DEBUG", "SLEEP", "0.2"))
+
+            tg.start_soon(in_flight)
+            await anyio.wait_all_tasks_blocked()
+            conn.refuse("the primary was demoted")
+            writes = conn.writes
+        assert results == [b"OK"]  # the owed reply arrived
+        with pytest.raises(anypool.ConnectionRetired, match=r"nothing was sent.*was demoted"):
+            await conn.execute("SET", "refused", "1")
+        with pytest.raises(anypool.ConnectionRetired):
+            await conn.send_commands([("PING",)])
+        assert conn.writes == writes
+        assert conn.refused == "the primary was demoted"
+        assert not conn.is_reusable and not conn.looks_alive()
+    assert isinstance(anypool.ConnectionRetired("x"), anypool.ConnectionClosed)
+
+
 # --- a connection that reached itself ----------------------------------------------------------
 
 
@@ -674,3 +702,68 @@ def test_a_connection_that_reached_itself_is_a_refused_connect(
     monkeypatch.setattr(anypool._transport, "_connect_socket", connect_to_itself)
     anyio.run(main, backend="asyncio")
     assert len(made) == 1 and made[0].fileno() == -1  # closed
+
+
+# --- what follows the handshake's replies -------------------------------------------------------
+
+_SETNAME = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$1\r\nx\r\n"
+
+
+async def _answer_the_handshake_then(after: bytes, close: bool) -> BaseException | None:
+    """Connect to a scripted server that answers the handshake (RESP2, CLIENT SETNAME x) with
+    +OK followed by ``after``, and closes the connection when ``close``; both happen in one
+    synchronous step, before the client reads anything.  What the connect raised, or None."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        config = RedisConfig(host="127.0.0.1", port=listener.getsockname()[1], protocol=2,
+                             client_name="x", lib_name=None, lib_version=None,
+                             connect_timeout=10.0)  # fmt: skip
+        outcome: list[BaseException | None] = []
+
+        async def client() -> None:
+            try:
+                conn = await Connection.connect(config)
+            except anypool.AnyPoolError as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+                await conn.aclose()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client)
+                await anyio.wait_readable(listener)
+                server, _ = listener.accept()
+                with server:
+                    server.setblocking(False)
+                    request = b""
+                    while len(request) < len(_SETNAME):
+                        await anyio.wait_readable(server)
+                        request += server.recv(4096)
+                    assert request == _SETNAME
+                    server.setblocking(True)
+                    server.sendall(b"+OK\r\n" + after)  # no await from here ...
+                    if close:
+                        server.close()  # ... to here: the client has read nothing yet
+                    else:
+                        while not outcome:
+                            await anyio.sleep(0.01)
+    return outcome[0]
+
+
+async def test_a_server_that_closes_right_after_the_handshake_is_a_failed_connect() -> None:
+    """A server stopped (or killed) just as it answered a connect: a ConnectError, which pools
+    and discovery try again elsewhere, not a ProtocolError blaming the server's bytes (a
+    Sentinel test killed a primary under load and saw 'sent bytes nobody asked for')."""
+    error = await _answer_the_handshake_then(b"", close=True)
+    assert isinstance(error, anypool.ConnectError), error
+    assert "closed the connection as soon as it had answered the handshake" in str(error)
+
+
+async def test_bytes_after_the_handshake_replies_are_a_protocol_error() -> None:
+    for close in (False, True):
+        error = await _answer_the_handshake_then(b"+STRAY\r\n", close=close)
+        assert isinstance(error, anypool.ProtocolError), error
+        assert "sent bytes nobody asked for during the handshake" in str(error)

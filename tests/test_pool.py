@@ -553,3 +553,20 @@ async def test_a_lease_released_to_another_pool_is_refused_untouched() -> None:
         await a.release(lease)  # still releasable where it belongs
         assert_balanced(a, factory_a)
         assert_balanced(b, factory_b)
+
+
+async def test_probe_now_ends_the_breaker_wait_at_once() -> None:
+    factory = FakeFactory()
+    factory.fail_always = True
+    async with Pool(factory, max_size=2, breaker=anypool.BreakerPolicy(2, 3600), **QUIET) as pool:
+        for _ in range(2):
+            with pytest.raises(ConnectionRefusedError):
+                await pool.lease()
+        with pytest.raises(anypool.PoolUnavailable):
+            await pool.lease()
+        factory.fail_always = False
+        pool.probe_now()  # without it, the next try would be in an hour
+        async with pool.acquire():
+            pass
+        assert pool.health is Health.HEALTHY
+        assert pool.statistics().breaker_state == "closed"

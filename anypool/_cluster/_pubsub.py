@@ -72,6 +72,9 @@ class _AnyNode:
                 "with RedisCluster.ssubscribe(), not on a subscription of classic channels"
             )
 
+    def serves(self, config: RedisConfig) -> bool:
+        return True  # a move is a server's refusal or end, seen on the connection itself
+
     async def locate(self, moved: bool) -> RedisConfig:
         if moved:
             await self._topology.wait_for_refresh()
@@ -109,6 +112,9 @@ class _SlotOwner:
                 f"{keys!r:.60} hash to slot {slot}: subscribe to them separately (or give "
                 "them the same {hash tag})"
             )
+
+    def serves(self, config: RedisConfig) -> bool:
+        return True  # a move is a server's refusal or end, seen on the connection itself
 
     async def locate(self, moved: bool) -> RedisConfig:
         if moved:

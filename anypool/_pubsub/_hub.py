@@ -126,6 +126,12 @@ class Placement(Protocol):
         subscription, so the topology is to be read again first."""
         ...
 
+    def serves(self, config: RedisConfig) -> bool:
+        """Whether the server a connection was made to (``config``) is still where the
+        subscriptions belong: it may have stopped while the connection was being made (a
+        failover), and the connection then moves before subscribing."""
+        ...
+
 
 class _Waiter:
     """A subscriber waiting for its command's answer."""
@@ -470,6 +476,17 @@ class Hub:
                 end(sub, self.ended_error())
             connection.close()
 
+    async def move_from(self, address: tuple[str, int], reason: str) -> int:
+        """Move every subscriber connection to ``address`` (host, port) to where the
+        placement says now: its socket is closed, and it reconnects, resubscribes and reports
+        the gap (one :class:`~anypool.Reconnected` per subscription), as after any lost
+        connection.  Returns how many were moved."""
+        moved = 0
+        for connection in [*self.connections, *self._starting]:
+            if await connection.leave_server(address, reason):
+                moved += 1
+        return moved
+
     def statistics(self) -> dict[str, int]:
         return {
             **self.counters,
@@ -513,6 +530,7 @@ class SubscriberConnection:
         self._carried: list[Completion] = []
         self._scope = anyio.CancelScope()
         self._closed = False
+        self._socket: Connection | None = None  # the connection served now
 
     # --- routes (synchronous; user tasks call these) -------------------------------------------
 
@@ -658,7 +676,17 @@ class SubscriberConnection:
     async def _serve(self, connection: Connection, gap: tuple[float, str] | None) -> BaseException:
         """Read and write until the socket fails; returns why.  Always closes it."""
         self._write_failure = None
+        self._socket = connection
         failure: BaseException | None = None
+        placement = self.hub.placement
+        if placement is not None and not placement.serves(connection.config):
+            # Its server stopped serving while it was being connected (move_from() could not
+            # reach it): move it before anything is subscribed there.
+            await connection.aclose()
+            return ConnectionLost(
+                f"{connection.config.address} stopped serving these subscriptions while the "
+                "connection was being made"
+            )
         try:
             if gap is not None:
                 self._resubscribe(*gap)
@@ -674,6 +702,17 @@ class SubscriberConnection:
                 await connection.aclose()
         assert failure is not None  # _read returns only by raising
         return self._write_failure or failure
+
+    async def leave_server(self, address: tuple[str, int], reason: str) -> bool:
+        """If this connection's server is ``address``, close its socket (``reason`` is the
+        gap's error): the task reconnects where the placement says.  Whether it did."""
+        socket = self._socket
+        if socket is None or socket.closed:
+            return False
+        if (socket.config.host, socket.config.port) != address:
+            return False
+        await socket.abandon(reason)
+        return True
 
     async def _reconnect(self) -> Connection:
         hub = self.hub

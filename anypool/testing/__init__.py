@@ -22,9 +22,11 @@ pytest plugin (loaded automatically when anypool is installed) with the ``anypoo
 
 from ._cluster import RedisCluster
 from ._faults import FaultProxy, ScriptedServer
+from ._sentinel import RedisSentinel
 from ._server import RedisServer, RedisServerError, find_redis_server, find_valkey_server
 
 __all__ = [
-    "FaultProxy", "RedisCluster", "RedisServer", "RedisServerError", "ScriptedServer",
+    "FaultProxy", "RedisCluster", "RedisSentinel", "RedisServer", "RedisServerError",
+    "ScriptedServer",
     "find_redis_server", "find_valkey_server",
 ]  # fmt: skip

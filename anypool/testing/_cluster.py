@@ -10,7 +10,6 @@ from types import TracebackType
 from typing import Any
 
 from .._cluster._slots import Node, parse_cluster_slots
-from .._resp import NEED_DATA, Packer, PythonParser
 from ._server import RedisServer, RedisServerError, find_redis_server
 
 __all__ = ["RedisCluster"]
@@ -104,28 +103,7 @@ class RedisCluster:
     def call(self, node: RedisServer, *args: Any, timeout: float = 10.0) -> Any:
         """Send one command to ``node`` on a fresh connection and return its reply (bytes,
         as the server sent it).  Error replies are raised as redis-py's exceptions."""
-        with socket.create_connection((node.host, node.port), timeout=timeout) as sock:
-            packer = Packer()
-            commands: list[Sequence[Any]] = []
-            if self.password is not None:
-                commands.append(("AUTH", self.password))
-            commands.append(args)
-            sock.sendall(packer.pack_commands(commands))
-            parser = PythonParser()
-            replies: list[Any] = []
-            while len(replies) < len(commands):
-                reply = parser.gets(decode=False)
-                if reply is NEED_DATA:
-                    data = sock.recv(65536)
-                    if not data:
-                        raise ConnectionError(f"{node.host}:{node.port} closed the connection")
-                    parser.feed(data)
-                    continue
-                replies.append(reply)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies[-1]
+        return node.call(*args, timeout=timeout)
 
     def node_id(self, node: RedisServer) -> str:
         """The node's cluster id (``CLUSTER MYID``)."""

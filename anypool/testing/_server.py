@@ -17,6 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+from .._resp import NEED_DATA, Packer, PythonParser
 
 __all__ = ["RedisServer", "RedisServerError", "find_redis_server", "find_valkey_server"]
 
@@ -111,6 +114,10 @@ class RedisServer:
         unix_socket: also listen on a unix socket (see :attr:`unix_socket_path`).
         password: shorthand for ``--requirepass``; used for readiness checks and :attr:`url`.
         startup_timeout: seconds to wait for the server to answer before failing.
+        config: the text of a configuration file, written in the server's directory before
+            its first start and given as its first argument (a sentinel, ``"--sentinel"`` in
+            ``args``, needs one: it saves its state there).  It is kept across
+            :meth:`restart`, with what the server rewrote in it.
 
     Raises:
         RedisServerError: no binary, or the server did not become ready (its log is included).
@@ -125,8 +132,10 @@ class RedisServer:
         unix_socket: bool = False,
         password: str | None = None,
         startup_timeout: float = 10.0,
+        config: str | None = None,
     ) -> None:
         self.binary = binary or find_redis_server()
+        self._config = config
         self.host = host
         self._requested_port = port
         self.port = port or 0
@@ -210,8 +219,13 @@ class RedisServer:
         for attempt in range(attempts):
             if not self.port:
                 self.port = _free_port(self.host)
-            command = [
-                self.binary,
+            command = [self.binary]
+            if self._config is not None:
+                path = os.path.join(directory, "redis.conf")
+                if not os.path.exists(path):  # a restart keeps what the server rewrote
+                    Path(path).write_text(self._config)
+                command.append(path)
+            command += [
                 "--port", str(self.port),
                 "--bind", self.host,
                 "--dir", directory,
@@ -281,6 +295,37 @@ class RedisServer:
             f"redis-server on {self.host}:{self.port} did not answer within "
             f"{self.startup_timeout}s (last: {last_error})\n--- log ---\n{self.log}"
         )
+
+    def call(self, *args: Any, timeout: float = 10.0) -> Any:
+        """Send one command on a fresh connection (authenticated with :attr:`password`) and
+        return its reply as the server sent it (strings as bytes).  For test set-up and
+        checks: a plain blocking socket, no pool.
+
+        Raises:
+            redis.exceptions.ResponseError: the server's error reply (its redis-py class).
+            OSError: the server cannot be reached, or closed the connection.
+        """
+        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+            commands: list[Sequence[Any]] = []
+            if self.password is not None:
+                commands.append(("AUTH", self.password))
+            commands.append(args)
+            sock.sendall(Packer().pack_commands(commands))
+            parser = PythonParser()
+            replies: list[Any] = []
+            while len(replies) < len(commands):
+                reply = parser.gets(decode=False)
+                if reply is NEED_DATA:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise ConnectionError(f"{self.host}:{self.port} closed the connection")
+                    parser.feed(data)
+                    continue
+                replies.append(reply)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies[-1]
 
     def _ping(self, timeout: float) -> bytes:
         with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
